@@ -1,0 +1,117 @@
+"""A network and its parameterisation: ``ScoreModel`` calls the net, ``Prediction`` converts its output.
+
+With ``y = x − μ``, ``y = α y_0 + σ ε`` for every SDE, so
+  noise ``ε``, data ``x_0 = μ + (y − σ ε)/α``, score ``−ε/σ``, and velocity
+  ``v = (α c ε − σ y_0 / c) / r`` with ``c = sde.velocity_scale`` and ``r = sqrt(α² + σ²/c²)``.
+For VP (c = 1, r = 1) this is Salimans & Ho's ``v = α ε − σ x_0``; for MR (c = λ, r = 1) it is the MR
+Sampler's ``v = α λ ε − (σ/λ)(x_0 − μ)``.
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+
+from .tensors import as_time, bcast, real_dtype
+
+PREDICTIONS = ("noise", "data", "score", "velocity")
+
+
+def check_prediction(kind: str) -> str:
+    if kind not in PREDICTIONS:
+        raise ValueError(f"prediction must be one of {', '.join(PREDICTIONS)} (got {kind!r})")
+    return kind
+
+
+class Prediction:
+    """One network output at ``(x, t)``, convertible exactly to noise / data / score / velocity."""
+
+    def __init__(self, kind: str, value: torch.Tensor, x: torch.Tensor, t: torch.Tensor, sde,
+                 mu: torch.Tensor | None = None):
+        self.kind = check_prediction(kind)
+        self.x, self.t, self.sde, self.mu = x, t, sde, mu
+        self._cache = {kind: value}
+        self._alpha = bcast(sde.alpha(t), x)
+        self._sigma = bcast(sde.sigma(t), x)
+
+    @property
+    def y(self) -> torch.Tensor:
+        return self.x if self.mu is None else self.x - self.mu
+
+    def _velocity_frame(self):
+        c = self.sde.velocity_scale
+        r = torch.sqrt(self._alpha**2 + (self._sigma / c) ** 2)
+        return c, r
+
+    @property
+    def noise(self) -> torch.Tensor:
+        if "noise" not in self._cache:
+            a, s = self._alpha, self._sigma
+            if self.kind == "data":
+                y0 = self._cache["data"] if self.mu is None else self._cache["data"] - self.mu
+                eps = (self.y - a * y0) / s
+            elif self.kind == "score":
+                eps = -s * self._cache["score"]
+            else:  # velocity: solve y = α y0 + σ ε, r v = α c ε − (σ/c) y0 for ε
+                c, r = self._velocity_frame()
+                eps = (a * r * self._cache["velocity"] + (s / c) * self.y) / (c * r**2)
+            self._cache["noise"] = eps
+        return self._cache["noise"]
+
+    @property
+    def data(self) -> torch.Tensor:
+        if "data" not in self._cache:
+            a, s = self._alpha, self._sigma
+            if self.kind == "velocity":
+                c, r = self._velocity_frame()
+                y0 = (a * c * self.y - s * r * self._cache["velocity"]) / (c * r**2)
+            else:
+                y0 = (self.y - s * self.noise) / a
+            self._cache["data"] = y0 if self.mu is None else y0 + self.mu
+        return self._cache["data"]
+
+    @property
+    def score(self) -> torch.Tensor:
+        if "score" not in self._cache:
+            self._cache["score"] = -self.noise / self._sigma
+        return self._cache["score"]
+
+    @property
+    def velocity(self) -> torch.Tensor:
+        if "velocity" not in self._cache:
+            c, r = self._velocity_frame()
+            y0 = self.data if self.mu is None else self.data - self.mu
+            self._cache["velocity"] = (self._alpha * c * self.noise - self._sigma * y0 / c) / r
+        return self._cache["velocity"]
+
+    def __getitem__(self, kind: str) -> torch.Tensor:
+        return getattr(self, check_prediction(kind))
+
+
+class ScoreModel:
+    """A network with its SDE and parameterisation.
+
+    The network is called as ``net(x, time_fn(t), **cond)`` (``mu=mu`` added to ``cond`` when a μ is
+    given); ``time_fn`` defaults to ``sde.model_time``. ``dtype`` casts the network's input (e.g.
+    float16) while the solver state keeps its own dtype.
+    """
+
+    def __init__(self, net: Callable, sde, prediction: str = "noise", *, time_fn: Callable | None = None,
+                 dtype: torch.dtype | None = None):
+        self.net, self.sde = net, sde
+        self.prediction = check_prediction(prediction)
+        self.time_fn = time_fn if time_fn is not None else sde.model_time
+        self.dtype = dtype
+
+    def __call__(self, x: torch.Tensor, t, mu: torch.Tensor | None = None, **cond) -> Prediction:
+        t = as_time(t, like=x)
+        if t.ndim == 0:
+            t = t.expand(x.shape[0])
+        if mu is not None:
+            cond = {**cond, "mu": mu}
+        x_in = x if self.dtype is None else x.to(self.dtype)
+        time_in = self.time_fn(t)
+        if torch.is_tensor(time_in) and time_in.is_floating_point():
+            time_in = time_in.to(real_dtype(x_in.dtype))
+        out = self.net(x_in, time_in, **cond)
+        return Prediction(self.prediction, out.to(x.dtype), x, t, self.sde, mu)

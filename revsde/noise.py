@@ -1,0 +1,140 @@
+"""Noise sources for samplers: ``noise(t0, t1)`` returns a standard normal of the state's shape.
+
+No sampler calls ``torch.randn`` itself. ``GaussianNoise`` draws fresh normals from one generator per
+sample (a sample never depends on its batch); ``BrownianNoise`` returns normalised increments
+``(W(t_hi) − W(t_lo)) / sqrt(t_hi − t_lo)`` of a fixed Brownian path (``torchsde.BrownianInterval``
+in tree mode), so the path is the same at every step count. ``fresh()`` gives normals that are not
+part of the path (Langevin correctors). Complex states get circular complex normals, E|z|² = 1.
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+
+from .tensors import as_time
+
+Generators = torch.Generator | Sequence[torch.Generator] | None
+
+
+def generators_from_seed(seed: int, batch: int, device=None) -> list[torch.Generator]:
+    """EDM's scheme: sample ``b`` of a run with ``seed`` draws from its own generator seeded ``seed + b``."""
+    device = torch.device(device) if device is not None else torch.device("cpu")
+    return [torch.Generator(device=device).manual_seed(int(seed) + b) for b in range(batch)]
+
+
+def randn(shape: tuple, generator: Generators = None, dtype=None, device=None) -> torch.Tensor:
+    """Standard normals; with a list of generators, row ``b`` comes from generator ``b`` alone."""
+    if generator is None or isinstance(generator, torch.Generator):
+        return torch.randn(shape, generator=generator, dtype=dtype, device=device)
+    if len(generator) != shape[0]:
+        raise ValueError(f"got {len(generator)} generators for a batch of {shape[0]}: give one per sample")
+    return torch.stack([torch.randn(shape[1:], generator=g, dtype=dtype, device=device) for g in generator])
+
+
+def draw_entropy(generator: Generators, batch: int) -> list[int]:
+    """Integer seeds drawn from the generators (one per sample, or ``batch`` from a single one)."""
+    if generator is None or isinstance(generator, torch.Generator):
+        return torch.randint(2**62, (batch,), generator=generator, device="cpu" if generator is None
+                             else generator.device).tolist()
+    return [int(torch.randint(2**62, (1,), generator=g, device=g.device)) for g in generator]
+
+
+class GaussianNoise:
+    """Fresh ``N(0, I)`` at every call, drawn from per-sample generators (or one batch generator)."""
+
+    def __init__(self, shape: tuple, generator: Generators = None, dtype=torch.float32, device=None):
+        self.shape, self.generator, self.dtype, self.device = tuple(shape), generator, dtype, device
+
+    def __call__(self, t0=None, t1=None) -> torch.Tensor:
+        return randn(self.shape, self.generator, dtype=self.dtype, device=self.device)
+
+    fresh = __call__
+
+    def entropy(self) -> list[int]:
+        return draw_entropy(self.generator, self.shape[0])
+
+
+class BrownianNoise:
+    """Increments of one fixed Brownian path on ``[t0, t1]``.
+
+    ``entropy`` is an int (one path of the whole batch: fast, but tied to the batch) or a list of
+    ints, one path per sample (a sample never depends on its batch). ``tol`` is the tree's time
+    resolution: queries closer than it are snapped.
+    """
+
+    def __init__(self, shape: tuple, t0: float, t1: float, entropy: int | Sequence[int] = 0, *,
+                 dtype=torch.float32, device=None, tol: float = 1e-7):
+        import torchsde
+
+        self.shape, self.dtype, self.device = tuple(shape), dtype, device
+        self.t0, self.t1 = float(min(t0, t1)), float(max(t0, t1))
+        self._complex = dtype.is_complex
+        path_dtype = torch.float64
+        per_sample = not isinstance(entropy, int)
+        event = list(self.shape[1:] if per_sample else self.shape)
+        if self._complex:
+            event = event + [2]
+
+        def interval(seed):
+            return torchsde.BrownianInterval(self.t0, self.t1, size=tuple(event), dtype=path_dtype,
+                                             device=device, entropy=int(seed), tol=tol, halfway_tree=True,
+                                             levy_area_approximation="space-time")
+
+        self._paths = [interval(s) for s in entropy] if per_sample else [interval(entropy)]
+        self._per_sample = per_sample
+        seeds = list(entropy) if per_sample else [entropy]
+        self._fresh_gens = [torch.Generator().manual_seed((int(s) * 7919 + 17) % 2**63) for s in seeds]
+        self.entropies = seeds
+
+    def _increment(self, path, lo: float, hi: float) -> torch.Tensor:
+        lo, hi = max(lo, self.t0), min(hi, self.t1)
+        w = path(lo, hi) / (hi - lo) ** 0.5
+        if self._complex:
+            w = torch.view_as_complex(w.contiguous()) / 2**0.5
+        return w
+
+    def __call__(self, t0, t1) -> torch.Tensor:
+        a, b = as_time(t0).flatten().cpu(), as_time(t1).flatten().cpu()
+        lo, hi = torch.minimum(a, b), torch.maximum(a, b)
+        if self._per_sample:
+            batch = self.shape[0]
+            lo, hi = lo.expand(batch), hi.expand(batch)
+            z = torch.stack([self._increment(p, float(l), float(h)) for p, l, h in zip(self._paths, lo, hi)])
+        elif bool((lo == lo[0]).all() and (hi == hi[0]).all()):
+            z = self._increment(self._paths[0], float(lo[0]), float(hi[0]))
+        else:  # one batch path, per-sample intervals: query each sample's interval, keep its row
+            z = torch.stack([self._increment(self._paths[0], float(l), float(h))[i]
+                             for i, (l, h) in enumerate(zip(lo, hi))])
+        return z.to(dtype=self.dtype, device=self.device)
+
+    def increment(self, t0, t1, return_U: bool = False):
+        """Unnormalised ``W(t_hi) − W(t_lo)`` and, with ``return_U``, the space-time Lévy area
+        ``U = ∫ (W(r) − W(t_lo)) dr`` over ``[t_lo, t_hi]`` (torchsde's convention)."""
+        a, b = as_time(t0).flatten().cpu(), as_time(t1).flatten().cpu()
+        lo, hi = torch.minimum(a, b).expand(self.shape[0]), torch.maximum(a, b).expand(self.shape[0])
+        if not self._per_sample and bool((lo == lo[0]).all() and (hi == hi[0]).all()):
+            w, u = self._paths[0](max(float(lo[0]), self.t0), min(float(hi[0]), self.t1), return_U=True)
+            return self._finish(w, u, return_U)
+        paths = self._paths if self._per_sample else self._paths * self.shape[0]
+        ws, us = [], []
+        for i, (p, l, h) in enumerate(zip(paths, lo, hi)):
+            w, u = p(max(float(l), self.t0), min(float(h), self.t1), return_U=True)
+            ws.append(w if self._per_sample else w[i])
+            us.append(u if self._per_sample else u[i])
+        return self._finish(torch.stack(ws), torch.stack(us), return_U)
+
+    def _finish(self, w, u, return_U):
+        if self._complex:
+            w = torch.view_as_complex(w.contiguous()) / 2**0.5
+            u = torch.view_as_complex(u.contiguous()) / 2**0.5
+        w, u = w.to(dtype=self.dtype, device=self.device), u.to(dtype=self.dtype, device=self.device)
+        return (w, u) if return_U else w
+
+    def fresh(self) -> torch.Tensor:
+        gens = self._fresh_gens if self._per_sample else self._fresh_gens[0]
+        z = randn(self.shape, gens, dtype=self.dtype)
+        return z.to(self.device)
+
+    def entropy(self) -> list[int]:
+        return list(self.entropies) if self._per_sample else [self.entropies[0] + b for b in range(self.shape[0])]

@@ -1,0 +1,82 @@
+"""Song et al.'s reverse-SDE predictors as stand-alone samplers (score_sde, ICLR 2021)."""
+from __future__ import annotations
+
+from . import updates
+from .base import Query, Sampler, Step, check_choice
+
+
+class _PredictorSampler(Sampler):
+    """Shared loop: one evaluation at ``t_cur``, the predictor's mean, then its noise."""
+
+    kind = "sde"
+    order = 1.0
+    evals_per_step = 1
+
+    def __init__(self, *, denoise: bool = True):
+        self.denoise = check_choice(self.name, "denoise", denoise, (True, False))
+
+    def update(self, sde, x, t_cur, t_next, pred, mu):
+        raise NotImplementedError
+
+    def run(self, sde, grid, x, mu, noise):
+        n = grid.shape[0] - 1
+        for i in range(n):
+            t_cur, t_next = grid[i], grid[i + 1]
+            pred = yield Query(x, t_cur)
+            mean, std = self.update(sde, x, t_cur, t_next, pred, mu)
+            # The last step returns the noise-free mean (score_sde's noise_removal) unless told not to.
+            x = mean if (self.denoise and i == n - 1) else mean + std * noise(t_cur, t_next)
+            yield Step(i, x, t_next, pred.data)
+        return x
+
+
+class EulerMaruyama(_PredictorSampler):
+    """Euler–Maruyama on the reverse SDE ``dx = [f (x − μ) − g² ∇log p] dt + g dw̄``.
+
+    Song et al. 2021 (score_sde ``EulerMaruyamaPredictor``). Strong order 1 (additive noise);
+    1 evaluation per step; SDE.
+    """
+
+    name = "euler_maruyama"
+
+    def update(self, sde, x, t_cur, t_next, pred, mu):
+        return updates.euler_maruyama(sde, x, t_cur, t_next, pred, mu)
+
+
+class ReverseDiffusion(_PredictorSampler):
+    """Reverse-diffusion predictor ``x − f_i + G_i² s + G_i z`` (Song et al. 2021).
+
+    ``discretization="exact"`` uses the exact forward transition of the linear SDE (DDPM for VP,
+    SMLD for VE, as score_sde); ``"euler"`` the Euler discretisation (score_sde's default elsewhere,
+    SGMSE's). Strong order 1; 1 evaluation per step; SDE.
+    """
+
+    name = "reverse_diffusion"
+
+    def __init__(self, *, discretization: str = "exact", denoise: bool = True):
+        super().__init__(denoise=denoise)
+        self.discretization = check_choice(self.name, "discretization", discretization, ("exact", "euler"))
+
+    def update(self, sde, x, t_cur, t_next, pred, mu):
+        return updates.reverse_diffusion(sde, x, t_cur, t_next, pred, mu, self.discretization)
+
+
+class Ancestral(_PredictorSampler):
+    """Ancestral sampling: draw ``x_next`` from the forward process's posterior given x̂₀ (Ho et al. 2020).
+
+    Exact for every linear SDE and any grid (not a step skip). ``variance="posterior"`` is DDPM's β̃
+    and SMLD's ancestral step; ``"forward"`` is DDPM's β, the choice of score_sde's VP ancestral
+    predictor. Strong order 1; 1 evaluation per step; SDE.
+    """
+
+    name = "ancestral"
+
+    def __init__(self, *, variance: str = "posterior", denoise: bool = True):
+        super().__init__(denoise=denoise)
+        self.variance = check_choice(self.name, "variance", variance, ("posterior", "forward"))
+
+    def update(self, sde, x, t_cur, t_next, pred, mu):
+        return updates.posterior(sde, x, t_cur, t_next, pred, mu, self.variance)
+
+
+PREDICTORS = {"euler_maruyama": EulerMaruyama, "reverse_diffusion": ReverseDiffusion, "ancestral": Ancestral}

@@ -1,0 +1,60 @@
+"""One-step updates of the reverse SDE shared by several samplers: each returns ``(mean, std)``.
+
+``t_cur > t_next`` are ``(B,)`` times; the caller adds ``std · z``. ``y = x − μ`` throughout.
+"""
+from __future__ import annotations
+
+import torch
+
+from ..tensors import bcast
+
+
+def _y(x, mu):
+    return x if mu is None else x - mu
+
+
+def _x(y, mu):
+    return y if mu is None else y + mu
+
+
+def euler_maruyama(sde, x, t_cur, t_next, pred, mu):
+    """``x − [f (x − μ) − g² s] Δ`` and ``g sqrt(Δ)``."""
+    dt = t_cur - t_next
+    mean = x - sde.reverse_drift(x, t_cur, pred.score, mu) * bcast(dt, x)
+    return mean, bcast(torch.sqrt(sde.g2(t_cur) * dt), x)
+
+
+def reverse_diffusion(sde, x, t_cur, t_next, pred, mu, discretization: str = "exact"):
+    """Song et al.'s reverse-diffusion predictor ``x − f_i + G_i² s``, noise ``G_i``.
+
+    ``"exact"`` uses the SDE's exact forward transition ``y_cur = a y_next + G z`` (the DDPM and
+    SMLD discretisations for VP and VE); ``"euler"`` uses ``f_i = f(t)(x − μ)Δ``, ``G_i² = g² Δ``
+    (score_sde's default for other SDEs, and SGMSE's).
+    """
+    if discretization == "exact":
+        a, G2 = sde.transition(t_next, t_cur)
+        f_i = bcast(a - 1, x) * _y(x, mu)
+    else:
+        dt = t_cur - t_next
+        f_i = bcast(sde.f(t_cur) * dt, x) * _y(x, mu)
+        G2 = sde.g2(t_cur) * dt
+    return x - f_i + bcast(G2, x) * pred.score, bcast(torch.sqrt(G2), x)
+
+
+def posterior(sde, x, t_cur, t_next, pred, mu, variance: str = "posterior"):
+    """Gaussian posterior ``q(x_next | x_cur, x̂_0)`` of the forward process, x̂₀ = the data prediction.
+
+    Mean ``(α_n G²/σ_c²) ŷ_0 + (a σ_n²/σ_c²) y_c``; variance ``σ_n² G²/σ_c²`` (``"posterior"``: DDPM's
+    β̃, SMLD's, IR-SDE's) or ``G²`` (``"forward"``: DDPM's β, score_sde's VP ancestral sampling).
+    """
+    a, G2 = sde.transition(t_next, t_cur)
+    var_c, var_n = sde.sigma(t_cur) ** 2, sde.sigma(t_next) ** 2
+    y0 = _y(pred.data, mu)
+    mean = bcast(sde.alpha(t_next) * G2 / var_c, x) * y0 + bcast(a * var_n / var_c, x) * _y(x, mu)
+    var = var_n * G2 / var_c if variance == "posterior" else G2
+    return _x(mean, mu), bcast(torch.sqrt(var), x)
+
+
+def langevin(x, score, step, z):
+    """One Langevin move ``x + ε s + sqrt(2ε) z`` with per-sample step ``ε`` (shape ``(B,)``)."""
+    return x + bcast(step, x) * score + bcast(torch.sqrt(2 * step), x) * z

@@ -1,0 +1,170 @@
+"""Variance-preserving SDEs: linear-β VP, cosine VP, discrete DDPM tables, and sub-VP (Song et al. 2021)."""
+from __future__ import annotations
+
+import math
+
+import torch
+
+from ..tensors import as_time
+from .base import LinearSDE, check_positive, check_t_min, log_alpha_from_log_snr, vp_sigma
+
+
+class VPSDE(LinearSDE):
+    """VP SDE ``dx = −½ β(t) x dt + sqrt(β(t)) dw`` with linear ``β(t) = β_min + t (β_max − β_min)``.
+
+    ``α_t = exp(−¼ t² (β_max − β_min) − ½ t β_min)``, ``σ_t² = 1 − α_t²``. Alternative schedules:
+    ``VPSDE.cosine()`` and ``VPSDE.from_alphas_cumprod(table)`` (a DDPM training table).
+    """
+
+    prior_std = 1.0
+
+    def __init__(self, beta_min: float = 0.1, beta_max: float = 20.0, *, t_min: float = 1e-3):
+        self.beta_min = check_positive("beta_min", beta_min)
+        self.beta_max = check_positive("beta_max", beta_max)
+        if self.beta_max <= self.beta_min:
+            raise ValueError(f"beta_max must exceed beta_min (got {beta_min}, {beta_max})")
+        self.t_max = 1.0
+        self.t_min = check_t_min(t_min, self.t_max)
+
+    @classmethod
+    def cosine(cls, s: float = 0.008, *, t_min: float = 1e-3, t_max: float = 0.9946) -> "CosineVPSDE":
+        """Improved-DDPM cosine schedule in continuous time (``t_max`` < 1 keeps λ finite, as DPM-Solver)."""
+        return CosineVPSDE(s, t_min=t_min, t_max=t_max)
+
+    @classmethod
+    def from_alphas_cumprod(cls, alphas_cumprod) -> "DiscreteVPSDE":
+        """A discrete DDPM table ``ᾱ_0..ᾱ_{N−1}``, interpolated linearly in log-SNR between points."""
+        return DiscreteVPSDE(alphas_cumprod)
+
+    def _int_beta(self, t):
+        return 0.5 * t**2 * (self.beta_max - self.beta_min) + t * self.beta_min
+
+    def log_alpha(self, t):
+        return -0.5 * self._int_beta(as_time(t))
+
+    def sigma(self, t):
+        return vp_sigma(self.log_alpha(t))
+
+    def f(self, t):
+        t = as_time(t)
+        return -0.5 * (self.beta_min + t * (self.beta_max - self.beta_min))
+
+    def g2(self, t):
+        return -2 * self.f(t)
+
+    def t_from_log_snr(self, lam):
+        # ∫β = softplus(−2λ); solve the quadratic ½ Δβ t² + β_min t = ∫β for t ≥ 0.
+        int_beta = torch.nn.functional.softplus(-2 * as_time(lam))
+        d = self.beta_max - self.beta_min
+        return 2 * int_beta / (self.beta_min + torch.sqrt(self.beta_min**2 + 2 * d * int_beta))
+
+    def config(self):
+        return {"beta_min": self.beta_min, "beta_max": self.beta_max, "t_min": self.t_min}
+
+
+class CosineVPSDE(VPSDE):
+    """VP SDE with ``α_t = cos(π/2 · (t + s)/(1 + s)) / cos(π/2 · s/(1 + s))`` (Nichol & Dhariwal)."""
+
+    def __init__(self, s: float = 0.008, *, t_min: float = 1e-3, t_max: float = 0.9946):
+        self.s = check_positive("s", s)
+        if not 0 < t_max < 1:
+            raise ValueError(f"t_max of the cosine schedule must lie in (0, 1) (got {t_max})")
+        self.t_max = float(t_max)
+        self.t_min = check_t_min(t_min, self.t_max)
+        self._log_alpha_0 = math.log(math.cos(math.pi / 2 * s / (1 + s)))
+
+    def _phase(self, t):
+        return math.pi / 2 * (as_time(t) + self.s) / (1 + self.s)
+
+    def log_alpha(self, t):
+        return torch.log(torch.cos(self._phase(t))) - self._log_alpha_0
+
+    def f(self, t):
+        return -torch.tan(self._phase(t)) * math.pi / (2 * (1 + self.s))
+
+    def t_from_log_snr(self, lam):
+        log_alpha = log_alpha_from_log_snr(as_time(lam)) + self._log_alpha_0
+        return 2 * (1 + self.s) / math.pi * torch.arccos(torch.exp(log_alpha)) - self.s
+
+    def config(self):
+        return {"s": self.s, "t_min": self.t_min, "t_max": self.t_max}
+
+
+class DiscreteVPSDE(VPSDE):
+    """A DDPM table ``ᾱ_i`` (i = 0..N−1) as a continuous VP SDE.
+
+    Time ``t = i / (N − 1)`` so every table point is a grid point; ``λ_t`` is linear in ``t`` between
+    points, which makes ``α``, ``σ``, ``f`` and ``g²`` exact functions of t (``f = σ² dλ/dt``,
+    ``g² = −2 σ² dλ/dt``). ``model_time(t)`` is the DDPM index ``t (N − 1)``.
+    """
+
+    def __init__(self, alphas_cumprod):
+        ac = torch.as_tensor(alphas_cumprod, dtype=torch.float64).flatten()
+        if ac.numel() < 2 or not bool(((ac > 0) & (ac < 1)).all()):
+            raise ValueError("alphas_cumprod must hold at least 2 values, each in (0, 1)")
+        if not bool((ac[1:] < ac[:-1]).all()):
+            raise ValueError("alphas_cumprod must be strictly decreasing")
+        self.alphas_cumprod = ac
+        self.num_train_timesteps = ac.numel()
+        self._lam = 0.5 * (torch.log(ac) - torch.log1p(-ac))
+        self.t_min, self.t_max = 0.0, 1.0
+
+    @classmethod
+    def from_betas(cls, betas) -> "DiscreteVPSDE":
+        return cls(torch.cumprod(1 - torch.as_tensor(betas, dtype=torch.float64), 0))
+
+    def _segment(self, t):
+        """Index position, segment k (points k, k+1) and the table on ``t``'s device."""
+        t = as_time(t)
+        lam = self._lam.to(t.device)
+        pos = t * (self.num_train_timesteps - 1)
+        k = (torch.ceil(pos) - 1).clamp(0, self.num_train_timesteps - 2).long()
+        return pos, k, lam
+
+    def log_snr(self, t):
+        pos, k, lam = self._segment(t)
+        return lam[k] + (pos - k) * (lam[k + 1] - lam[k])
+
+    def log_alpha(self, t):
+        return log_alpha_from_log_snr(self.log_snr(t))
+
+    def sigma(self, t):
+        return torch.sqrt(torch.sigmoid(-2 * self.log_snr(t)))
+
+    def _dlam_dt(self, t):
+        _, k, lam = self._segment(t)
+        return (lam[k + 1] - lam[k]) * (self.num_train_timesteps - 1)
+
+    def f(self, t):
+        return torch.sigmoid(-2 * self.log_snr(t)) * self._dlam_dt(t)
+
+    def t_from_log_snr(self, lam_query):
+        lam_query = as_time(lam_query)
+        neg = -self._lam.to(lam_query.device)  # increasing
+        k = (torch.searchsorted(neg, -lam_query.contiguous()) - 1).clamp(0, self.num_train_timesteps - 2)
+        pos = k + (-lam_query - neg[k]) / (neg[k + 1] - neg[k])
+        return pos / (self.num_train_timesteps - 1)
+
+    def model_time(self, t):
+        return as_time(t) * (self.num_train_timesteps - 1)
+
+    def config(self):
+        return {"num_train_timesteps": self.num_train_timesteps}
+
+
+class SubVPSDE(VPSDE):
+    """sub-VP SDE: ``dx = −½ β x dt + sqrt(β (1 − e^{−2∫β})) dw``; ``σ_t = 1 − α_t²`` (no square root)."""
+
+    def sigma(self, t):
+        return -torch.expm1(2 * self.log_alpha(t))
+
+    def g2(self, t):
+        return -2 * self.f(t) * -torch.expm1(4 * self.log_alpha(t))
+
+    def t_from_log_snr(self, lam):
+        # α / (1 − α²) = e^λ  ⇒  α = (sqrt(1 + 4e^{2λ}) − 1) / (2 e^λ); then the VP quadratic.
+        e = torch.exp(as_time(lam))
+        alpha = 2 * e / (1 + torch.sqrt(1 + 4 * e**2))
+        int_beta = -2 * torch.log(alpha)
+        d = self.beta_max - self.beta_min
+        return 2 * int_beta / (self.beta_min + torch.sqrt(self.beta_min**2 + 2 * d * int_beta))
