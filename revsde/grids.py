@@ -24,6 +24,10 @@ def uniform_t(sde, steps: int) -> torch.Tensor:
 def logsnr(sde, steps: int) -> torch.Tensor:
     """Uniform in half log-SNR λ (DPM-Solver's "logSNR" / MR Sampler's "linear-lambda")."""
     ends = sde.log_snr(torch.tensor([sde.t_max, sde.t_min], dtype=torch.float64))
+    if not bool(torch.isfinite(ends).all()):
+        raise ValueError(f"the logsnr grid needs a finite log-SNR at both ends, but {sde!r} has "
+                         f"λ(t_max) = {float(ends[0])}, λ(t_min) = {float(ends[1])}; give the SDE a t_min > 0 "
+                         "with σ(t_min) > 0, or use another grid")
     lam = torch.linspace(float(ends[0]), float(ends[1]), _check_steps(steps) + 1, dtype=torch.float64)
     return _pin_ends(sde.t_from_log_snr(lam), sde)
 
@@ -42,11 +46,11 @@ def karras(sde, steps: int, rho: float = 7.0) -> torch.Tensor:
 def quadratic(sde, steps: int) -> torch.Tensor:
     """Quadratic in t, dense near the data (DDIM's "quad" skip)."""
     ramp = torch.linspace(1, 0, _check_steps(steps) + 1, dtype=torch.float64)
-    return sde.t_min + (sde.t_max - sde.t_min) * ramp**2
+    return _pin_ends(sde.t_min + (sde.t_max - sde.t_min) * ramp**2, sde)
 
 
 def _pin_ends(t: torch.Tensor, sde) -> torch.Tensor:
-    """Round-trip through λ can move the ends by an ulp; put them back exactly."""
+    """Round-trip through λ (or ``t_min + (t_max − t_min)``) can move the ends by an ulp; put them back exactly."""
     t = t.clone()
     t[0], t[-1] = sde.t_max, sde.t_min
     return t

@@ -92,8 +92,9 @@ class ScoreModel:
     """A network with its SDE and parameterisation.
 
     The network is called as ``net(x, time_fn(t), **cond)`` (``mu=mu`` added to ``cond`` when a μ is
-    given); ``time_fn`` defaults to ``sde.model_time``. ``dtype`` casts the network's input (e.g.
-    float16) while the solver state keeps its own dtype.
+    given); ``time_fn`` defaults to ``sde.model_time``. ``dtype`` casts the network's inputs (e.g.
+    float16: ``x``, the time, and every ``cond`` tensor of the state's dtype such as μ) while the solver
+    state keeps its own dtype.
     """
 
     def __init__(self, net: Callable, sde, prediction: str = "noise", *, time_fn: Callable | None = None,
@@ -110,6 +111,9 @@ class ScoreModel:
         if mu is not None:
             cond = {**cond, "mu": mu}
         x_in = x if self.dtype is None else x.to(self.dtype)
+        if self.dtype is not None:  # μ and other state-dtype inputs are network inputs as much as x is
+            cond = {k: v.to(self.dtype) if torch.is_tensor(v) and v.dtype == x.dtype else v
+                    for k, v in cond.items()}
         time_in = self.time_fn(t)
         if torch.is_tensor(time_in) and time_in.is_floating_point():
             time_in = time_in.to(real_dtype(x_in.dtype))

@@ -135,10 +135,11 @@ def _drive(model, smp, sde, grid, x, mu, noise, cond, callback, progress) -> Sol
             if not isinstance(request, Step):
                 raise TypeError(f"sampler {smp.name!r} yielded {type(request).__name__}; expected Query or Step")
             if not bool(torch.isfinite(request.x).all()):
-                t_bad = request.t.flatten()
+                lo, hi = float(request.t.min()), float(request.t.max())
+                when = f"{lo:.6g}" if lo == hi else f"{lo:.6g}..{hi:.6g}"
                 raise NonFiniteStateError(
                     f"sampler {smp.name!r}: the state became NaN/Inf at step {request.i} "
-                    f"(t = {float(t_bad.min()):.6g}..{float(t_bad.max()):.6g}, NFE {nfe}); "
+                    f"(t = {when}, NFE {nfe}); "
                     "try more steps, a data-prediction sampler, or check the network's output")
             steps += 1
             request.nfe = nfe

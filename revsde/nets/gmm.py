@@ -66,6 +66,23 @@ class GaussianMixture:
         scaled = torch.einsum("nij,nj->ni", self.eigvecs[k], self.eigvals[k].sqrt() * z)
         return self.means[k] + scaled
 
+    def pf_ode_map(self, sde, x: torch.Tensor, t0, t1, mu=None) -> torch.Tensor:
+        """The exact probability-flow ODE map of Gaussian data (K = 1) from ``t0`` to ``t1`` (per-sample).
+
+        In the eigenbasis of C, ``(y_t − α_t m̃)/sqrt(α_t² d + σ_t²)`` is constant along the flow
+        (``y = x − μ``, ``m̃ = m − μ``): substituting into ``dy/dt = f y − ½ g² ∇log p_t`` checks it.
+        """
+        if self.means.shape[0] != 1:
+            raise ValueError("the PF-ODE map is closed-form for a single Gaussian (K = 1) only")
+        (m,), (vals,), (vecs,) = self.means, self.eigvals, self.eigvecs
+        t0 = as_time(t0).expand(x.shape[0])[:, None]
+        t1 = as_time(t1).expand(x.shape[0])[:, None]
+        shift = torch.zeros_like(m) if mu is None else torch.as_tensor(mu, dtype=torch.float64)
+        a0, s0, a1, s1 = sde.alpha(t0), sde.sigma(t0), sde.alpha(t1), sde.sigma(t1)
+        m_tilde = m - shift
+        xi = ((x.to(torch.float64) - shift - a0 * m_tilde) @ vecs) / torch.sqrt(a0**2 * vals + s0**2)
+        return (shift + a1 * m_tilde + (xi * torch.sqrt(a1**2 * vals + s1**2)) @ vecs.T).to(x.dtype)
+
     # --- the score under a linear SDE -----------------------------------------------------------
     def noise(self, sde, x: torch.Tensor, t, mu: torch.Tensor | None = None) -> torch.Tensor:
         """Exact ``ε = −σ_t ∇log p_t(x)``; ``x`` of shape ``(B, D)`` or ``(B, …)`` with D elements."""

@@ -7,7 +7,8 @@ from __future__ import annotations
 import inspect
 
 from .base import Query, Run, Sampler, Step
-from .classic import Ancestral, EulerMaruyama, ReverseDiffusion
+from .classic import Ancestral, EulerMaruyama, Posterior, ReverseDiffusion
+from .mrs import MRSampler
 from .ode import ODEEuler, ODEHeun, ODERK4
 from .pc import PC, SGMSE
 from .rk45 import ODERK45
@@ -15,7 +16,7 @@ from .torchsde_sampler import TorchSDE
 
 REGISTRY: dict[str, type[Sampler]] = {cls.name: cls for cls in (
     EulerMaruyama, ReverseDiffusion, Ancestral, PC, SGMSE,
-    ODEEuler, ODEHeun, ODERK4, ODERK45, TorchSDE,
+    ODEEuler, ODEHeun, ODERK4, ODERK45, MRSampler, Posterior, TorchSDE,
 )}
 
 

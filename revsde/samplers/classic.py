@@ -80,3 +80,18 @@ class Ancestral(_PredictorSampler):
 
 
 PREDICTORS = {"euler_maruyama": EulerMaruyama, "reverse_diffusion": ReverseDiffusion, "ancestral": Ancestral}
+
+
+class Posterior(Ancestral):
+    """IR-SDE's posterior sampling (Luo et al. 2023; the MR Sampler paper's 100-NFE baseline), for any
+    linear SDE and any grid: ``x_next ~ q(x_next | x_cur, x̂_0)``, the exact Gaussian posterior of the
+    forward process between consecutive grid points with x̂₀ the data prediction. With IR-SDE's
+    A = α_cur/α_next, B = α_cur, C = α_next: mean ``μ + A(1−C²)/(1−B²)(x − μ) + C(1−A²)/(1−B²)(x̂₀ − μ)``,
+    std ``λ sqrt((1−A²)(1−C²)/(1−B²))`` — rescaled to the grid's actual steps, not a one-index step
+    skip. DDPM's ancestral step (β̃) for VP. 1 evaluation per step; SDE.
+    """
+
+    name = "posterior"
+
+    def __init__(self, *, denoise: bool = True):
+        super().__init__(variance="posterior", denoise=denoise)

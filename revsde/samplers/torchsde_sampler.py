@@ -1,66 +1,98 @@
 """torchsde's SDE solvers on the reverse SDE, with every drift evaluation a counted query.
 
-torchsde calls the drift synchronously from inside ``sdeint``; the solve runs in a worker thread
-that hands each drift request to this generator and waits for the ``Prediction``.
+torchsde's solvers call the drift synchronously inside ``step``. To yield a ``Query`` instead, each
+grid interval is solved by deterministic replay: the solver runs until it asks for a drift it has
+not been given, that request becomes a ``Query``, and the interval is run again from its start with
+the answers so far (identical requests are answered from the cache, so no evaluation is repeated;
+Brownian draws are cached by call order, so a replay sees the same noise).
 """
 from __future__ import annotations
 
 import math
-import queue
-import threading
 
 import torch
 
 from ..tensors import bcast
 from .base import Query, Sampler, Step, check_choice, check_number
 
-#: method → (SDE type it is written for, strong order with additive noise, needs space-time Lévy area)
+#: method → (SDE type it is written for, strong order with additive noise)
 METHODS = {
-    "euler": ("ito", 1.0, False),
-    "milstein": ("ito", 1.0, False),
-    "srk": ("ito", 1.5, True),
-    "midpoint": ("stratonovich", 1.0, False),
-    "heun": ("stratonovich", 1.0, False),
-    "euler_heun": ("stratonovich", 1.0, False),
-    "reversible_heun": ("stratonovich", 1.0, False),
+    "euler": ("ito", 1.0),
+    "milstein": ("ito", 1.0),
+    "srk": ("ito", 1.5),
+    "midpoint": ("stratonovich", 1.0),
+    "heun": ("stratonovich", 1.0),
+    "euler_heun": ("stratonovich", 1.0),
 }
+# Not offered: reversible_heun (built for memory-free adjoints; its stability region is the imaginary
+# axis, and on these dissipative reverse SDEs its error grew under refinement in our tests) and
+# log_ode_midpoint (needs the full Lévy area, a (B, D, D) tensor).
 
 
-class _Abort(Exception):
-    pass
+class _NeedDrift(Exception):
+    def __init__(self, u, y):
+        self.u, self.y = u, y
+
+
+class _Replay:
+    """Answers for one interval's drift requests and Brownian draws, in call order."""
+
+    def __init__(self):
+        self.drifts: list = []  # (u, y, drift)
+        self.draws: list = []
+        self._draw = 0
+
+    def restart(self):
+        self._draw = 0
+
+    def drift(self, u, y):
+        for u_seen, y_seen, value in self.drifts:
+            if u_seen == float(u) and torch.equal(y_seen, y):
+                return value
+        raise _NeedDrift(float(u), y.clone())
+
+    def draw(self, make):
+        if self._draw == len(self.draws):
+            self.draws.append(make())
+        value = self.draws[self._draw]
+        self._draw += 1
+        return value
 
 
 class _IntervalBrownian:
-    """torchsde's Brownian interface on the index time ``u`` of one grid interval ``[i, i+1]``.
+    """torchsde's Brownian interface in the index time ``u`` of grid interval ``[i, i+1]``.
 
     ``t(u) = t_i − (u − i) Δ`` per sample; ``W̃(u) = (W(t_i) − W(t(u))) / sqrt(Δ)`` is a standard
-    Brownian motion in u built from the noise source's path in t, so a ``BrownianNoise`` gives the
-    same path at every step count. Space-time Lévy area: ``U_u = (h ΔW − U_t) / Δ^{3/2}``; with
-    ``GaussianNoise`` (no path) it is drawn from its conditional law given ΔW.
+    Brownian motion in u made from the noise source's path in t, so ``BrownianNoise`` gives the same
+    path at every step count. Space-time Lévy area: ``U_u = (h ΔW − U_t) / Δ^{3/2}``; with
+    ``GaussianNoise`` (no path) it is drawn from its law given ΔW: ``U = ½ δ ΔW + δ^{3/2} ξ/√12``.
     """
 
-    def __init__(self, noise, shape, dtype, device, flatten):
-        self.noise, self._shape, self._dtype, self._device = noise, shape, dtype, device
-        self._flatten = flatten
-        self.levy_area_approximation = "space-time"
+    levy_area_approximation = "space-time"
+
+    def __init__(self, noise, shape, dtype, device, flatten, replay):
+        self.noise, self.shape, self.dtype, self.device = noise, shape, dtype, device
+        self._flatten, self._replay = flatten, replay
 
     def set_interval(self, i, t_cur, t_next):
         self.i, self.t_cur, self.delta = i, t_cur, t_cur - t_next
 
-    def _t(self, u):
+    def t(self, u):
         return self.t_cur - (float(u) - self.i) * self.delta
 
     def __call__(self, ta, tb=None, return_U=False, return_A=False):
         if return_A:
-            raise ValueError("sampler 'torchsde' does not provide Lévy area A (method log_ode_midpoint)")
-        du = float(tb) - float(ta)
-        t_a, t_b = self._t(ta), self._t(tb)
-        increment = getattr(self.noise, "increment", None)
-        if return_U and increment is not None:
-            dw_t, u_t = increment(t_a, t_b, return_U=True)  # over [t_b, t_a], with h = t_a − t_b
+            raise ValueError("sampler 'torchsde' does not provide the Lévy area A (method log_ode_midpoint)")
+        return self._replay.draw(lambda: self._sample(float(ta), float(tb), return_U))
+
+    def _sample(self, ua, ub, return_U):
+        du = ub - ua
+        t_a, t_b = self.t(ua), self.t(ub)
+        if return_U and hasattr(self.noise, "increment"):
+            dw_t, u_t = self.noise.increment(t_a, t_b, return_U=True)  # over [t_b, t_a], h = t_a − t_b
             h = bcast(t_a - t_b, dw_t)
             dw = dw_t / bcast(self.delta.sqrt(), dw_t)
-            levy = (h * dw_t - u_t) / bcast(self.delta ** 1.5, dw_t)
+            levy = (h * dw_t - u_t) / bcast(self.delta**1.5, dw_t)
             return self._flatten(dw), self._flatten(levy)
         dw = self.noise(t_a, t_b) * math.sqrt(du)
         if not return_U:
@@ -68,27 +100,18 @@ class _IntervalBrownian:
         levy = 0.5 * du * dw + du**1.5 / math.sqrt(12) * self.noise.fresh()
         return self._flatten(dw), self._flatten(levy)
 
-    @property
-    def shape(self):
-        return self._shape
-
-    @property
-    def dtype(self):
-        return self._dtype
-
-    @property
-    def device(self):
-        return self._device
+    def size(self):
+        return self.shape
 
 
 class TorchSDE(Sampler):
     """Any torchsde method on the reverse SDE (Li et al. 2020; Kidger et al. 2021).
 
-    Each grid interval is one ``sdeint`` call in its index time (one step, or adaptive steps with
-    ``adaptive=True``, which needs ``noise="brownian"``); solver state (reversible Heun) carries over.
-    The state is flattened (complex states as real pairs, noise ``g/√2`` per part). Strong order per
-    method with this additive noise: euler, milstein, midpoint, heun, euler_heun, reversible_heun 1,
-    srk 1.5; evaluations per step are the method's (srk 4 for diagonal noise here, midpoint 2, …).
+    Each grid interval is integrated in its index time by torchsde's solver (one step, or adaptive
+    steps with ``adaptive=True``, which needs ``noise="brownian"``). The noise is additive (g depends on t only), so Itô and Stratonovich methods solve
+    the same SDE. The state is flattened (complex states as real pairs, ``g/√2`` per part). Strong
+    order with additive noise: srk (SRA1, 2 evaluations per step) 1.5; euler, milstein, midpoint,
+    heun, euler_heun 1. SDE.
     """
 
     name = "torchsde"
@@ -110,75 +133,52 @@ class TorchSDE(Sampler):
         raise ValueError("sampler 'torchsde' evaluates where its method decides: the times are not known in advance")
 
     def run(self, sde, grid, x, mu, noise):
-        import torchsde
+        from torchsde._core import base_sde, methods
 
         if self.adaptive and not hasattr(noise, "increment"):
             raise ValueError("sampler 'torchsde' with adaptive=True needs noise='brownian' (a fixed path)")
         shape, is_complex = x.shape, x.dtype.is_complex
-        flat = (lambda v: torch.view_as_real(v).reshape(shape[0], -1)) if is_complex else \
-            (lambda v: v.reshape(shape[0], -1))
-        unflat = (lambda v: torch.view_as_complex(v.reshape(*shape, 2))) if is_complex else \
-            (lambda v: v.reshape(shape))
-        y0 = flat(x).contiguous()
-        bm = _IntervalBrownian(noise, tuple(y0.shape), y0.dtype, y0.device, flat)
-        requests: queue.Queue = queue.Queue()
-        replies: queue.Queue = queue.Queue()
+        if is_complex:
+            flat = lambda v: torch.view_as_real(v).reshape(shape[0], -1)
+            unflat = lambda v: torch.view_as_complex(v.reshape(*shape, 2))
+        else:
+            flat, unflat = (lambda v: v.reshape(shape[0], -1)), (lambda v: v.reshape(shape))
         noise_scale = 1 / math.sqrt(2) if is_complex else 1.0
+        y = flat(x).contiguous()
+        replay = _Replay()
+        bm = _IntervalBrownian(noise, tuple(y.shape), y.dtype, y.device, flat, replay)
 
         class ReverseSDE:
-            noise_type = "diagonal"
+            # g is state-independent: "additive" lets srk use SRA1 (2 stages) and g_prod stay elementwise.
+            noise_type = "additive"
             sde_type = METHODS[self.method][0]
-            last = None  # sdeint's shape check evaluates f at the start, where the method does too
 
-            def f(me, u, y):
-                if me.last is not None and me.last[0] == float(u) and torch.equal(me.last[1], y):
-                    return me.last[2]
-                t = bm._t(u)
-                requests.put(("query", unflat(y), t))
-                pred = replies.get()
-                if pred is None:
-                    raise _Abort
-                drift = -sde.reverse_drift(pred.x, t, pred.score, mu)
-                me.last = (float(u), y.clone(), flat(drift * bcast(bm.delta, drift)))
-                return me.last[2]
+            def f(_, u, y):
+                return replay.drift(u, y)
 
-            def g(_, u, y):
-                t = bm._t(u)
-                return (torch.sqrt(sde.g2(t) * bm.delta) * noise_scale).to(y.dtype)[:, None].expand_as(y)
+            def g_prod(_, u, y, v):
+                return bcast(torch.sqrt(sde.g2(bm.t(u)) * bm.delta) * noise_scale, v) * v
 
-        def solve(i, y, extra):
-            try:
-                u = torch.tensor([float(i), float(i + 1)], dtype=y.dtype, device=y.device)
-                ys, extra = torchsde.sdeint(ReverseSDE(), y, u, bm=bm, method=self.method, dt=1.0,
-                                           adaptive=self.adaptive, rtol=self.rtol, atol=self.atol,
-                                           dt_min=1e-4, extra=True, extra_solver_state=extra,
-                                           options={"grad_free": True} if self.method == "milstein" else None)
-                requests.put(("done", ys[-1], extra))
-            except _Abort:
-                pass
-            except BaseException as error:  # surfaced in the generator's thread
-                requests.put(("error", error, None))
-
-        y, extra = y0, None
-        n = grid.shape[0] - 1
-        for i in range(n):
+        solver = methods.select(self.method, METHODS[self.method][0])(
+            sde=base_sde.ForwardSDE(ReverseSDE()), bm=bm, dt=1.0, adaptive=self.adaptive, rtol=self.rtol,
+            atol=self.atol, dt_min=1e-4, options={})
+        extra = None
+        for i in range(grid.shape[0] - 1):
             bm.set_interval(i, grid[i], grid[i + 1])
-            worker = threading.Thread(target=solve, args=(i, y, extra), daemon=True)
-            worker.start()
-            finished = False
-            try:
-                while True:
-                    kind, value, more = requests.get()
-                    if kind == "query":
-                        replies.put((yield Query(value, more)))
-                    elif kind == "error":
-                        raise value
-                    else:
-                        y, extra, finished = value, more, True
-                        break
-            finally:
-                if not finished:  # the driver stopped early or the solve failed: release the worker
-                    replies.put(None)
-                worker.join()
+            replay.__init__()
+            u = torch.tensor([float(i), float(i + 1)], dtype=y.dtype, device=y.device)
+            while True:
+                replay.restart()
+                try:
+                    start = solver.init_extra_solver_state(u[0], y) if extra is None else extra
+                    ys, new_extra = solver.integrate(y, u, start)
+                    break
+                except _NeedDrift as need:
+                    # One network evaluation; the drift in u is Δ times the reverse drift in t.
+                    t = bm.t(need.u)
+                    pred = yield Query(unflat(need.y), t)
+                    drift = -sde.reverse_drift(pred.x, t, pred.score, mu)
+                    replay.drifts.append((need.u, need.y, flat(drift * bcast(bm.delta, drift))))
+            y, extra = ys[-1], new_extra
             yield Step(i, unflat(y), grid[i + 1])
         return unflat(y)

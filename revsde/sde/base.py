@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import abc
 import math
+import numbers
 
 import torch
 
@@ -135,7 +136,8 @@ def log_alpha_from_log_snr(lam: torch.Tensor) -> torch.Tensor:
 
 
 def check_positive(name: str, value: float) -> float:
-    if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
+    # numbers.Real admits numpy scalars (np.float32 is not a float subclass); bool is not a number here
+    if isinstance(value, bool) or not (isinstance(value, numbers.Real) and math.isfinite(value) and value > 0):
         raise ValueError(f"{name} must be a positive finite number (got {value!r})")
     return float(value)
 

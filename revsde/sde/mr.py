@@ -6,7 +6,7 @@ import math
 import torch
 
 from ..tensors import as_time
-from .base import LinearSDE, check_positive, check_t_min, log_alpha_from_log_snr
+from .base import LinearSDE, check_positive, check_t_min
 
 SCHEDULES = ("cosine", "linear", "constant")
 CONVENTIONS = ("mrs", "irsde")
@@ -30,10 +30,12 @@ def theta_schedule(schedule: str, steps: int) -> torch.Tensor:
 class MRSDE(LinearSDE):
     """IR-SDE ``dx = θ_t (μ − x) dt + sqrt(2 λ² θ_t) dw``, λ = ``stationary_std``.
 
-    Continuous time ``t ∈ [0, 1]`` maps to IR-SDE's index ``τ = t·steps`` (``model_time``); θ is
-    piecewise constant (θ_k on ``(k−1, k]``), so ``θ̄`` is linear between indices and every quantity
-    is exact at IR-SDE's grid points: ``α = exp(−θ̄(τ) dt)``, ``σ² = λ² (1 − α²)``, with
-    ``dt = −log(eps)/θ̄_T`` so that ``α(1) = eps``.
+    Continuous time ``t ∈ [0, 1]`` maps to IR-SDE's index ``τ = t·steps`` (``model_time``).
+    ``α = exp(−θ̄(τ) dt)`` and ``σ² = λ² (1 − α²)`` are exact at IR-SDE's grid points, where
+    ``θ̄_k = Σ_{i≤k} θ_i`` and ``dt = −log(eps)/θ̄_T`` (so ``α(1) = eps``). Between indices θ̄ follows
+    a monotone C¹ cubic Hermite interpolation (knot slopes = mean of the neighbouring θ's), so θ, f
+    and g² are continuous: a piecewise-constant θ would put a jump in the ODE's right-hand side at
+    every index and cost the Runge–Kutta solvers their order.
 
     ``convention="mrs"`` (default) keeps θ_0 in ``θ̄`` as the MR Sampler code does, so σ(0) > 0 and
     λ(0) is finite; ``"irsde"`` subtracts it as IR-SDE training does (σ(0) = 0, so ``t_min``
@@ -54,6 +56,7 @@ class MRSDE(LinearSDE):
         cum = torch.cumsum(self.thetas, 0)
         self.thetas_cumsum = cum - self.thetas[0] if convention == "irsde" else cum
         self.dt = -math.log(eps) / float(self.thetas_cumsum[-1])
+        self._slopes = self._knot_slopes()
         self.t_max = 1.0
         self.t_min = check_t_min((1 / steps if convention == "irsde" else 0.0) if t_min is None else t_min,
                                  self.t_max)
@@ -66,20 +69,41 @@ class MRSDE(LinearSDE):
         std = max_sigma / 255 if max_sigma >= 1 else max_sigma
         return cls(std, schedule, T, eps, **kwargs)
 
+    def _knot_slopes(self) -> torch.Tensor:
+        """θ at the integer indices for the Hermite interpolation of θ̄: the mean of the two adjacent
+        segments' θ, limited (Fritsch–Carlson) so θ stays positive inside every segment."""
+        seg = self.thetas[1:]  # θ̄ rises by θ_k over (k−1, k]
+        d = torch.empty(self.steps + 1, dtype=torch.float64)
+        d[1:-1] = 0.5 * (seg[:-1] + seg[1:])
+        # ends: the mean with θ_0 (which MRS counts before index 0), else linear extrapolation
+        d[0] = 0.5 * (self.thetas[0] + seg[0]) if self.convention == "mrs" else 1.5 * seg[0] - 0.5 * seg[1]
+        d[-1] = 1.5 * seg[-1] - 0.5 * seg[-2]
+        d.clamp_(min=0)
+        for k in range(self.steps):
+            a, b = d[k] / seg[k], d[k + 1] / seg[k]
+            r = torch.sqrt(a * a + b * b)
+            if r > 3:
+                d[k], d[k + 1] = 3 * a / r * seg[k], 3 * b / r * seg[k]
+        return d
+
     def _segment(self, t):
         t = as_time(t)
         tau = t * self.steps
-        k = (torch.ceil(tau) - 1).clamp(0, self.steps - 1).long()  # θ_{k+1} is active on (k, k+1]
-        return tau, k
+        k = torch.floor(tau).clamp(0, self.steps - 1).long()  # segment (k, k+1)
+        return tau - k, k
 
     def _theta_bar(self, t):
-        tau, k = self._segment(t)
-        cum = self.thetas_cumsum.to(tau.device)
-        return cum[k] + (tau - k) * (cum[k + 1] - cum[k])
+        s, k = self._segment(t)
+        cum, d = self.thetas_cumsum.to(s.device), self._slopes.to(s.device)
+        p0, p1, m0, m1 = cum[k], cum[k + 1], d[k], d[k + 1]
+        s2, s3 = s * s, s * s * s
+        return (2 * s3 - 3 * s2 + 1) * p0 + (s3 - 2 * s2 + s) * m0 + (3 * s2 - 2 * s3) * p1 + (s3 - s2) * m1
 
     def _theta(self, t):
-        _, k = self._segment(t)
-        return self.thetas.to(k.device)[k + 1]
+        s, k = self._segment(t)
+        cum, d = self.thetas_cumsum.to(s.device), self._slopes.to(s.device)
+        p0, p1, m0, m1 = cum[k], cum[k + 1], d[k], d[k + 1]
+        return 6 * s * (1 - s) * (p1 - p0) + (3 * s * s - 4 * s + 1) * m0 + (3 * s * s - 2 * s) * m1
 
     def log_alpha(self, t):
         return -self._theta_bar(t) * self.dt
@@ -92,13 +116,6 @@ class MRSDE(LinearSDE):
 
     def g2(self, t):
         return 2 * self.stationary_std**2 * self._theta(t) * self.dt * self.steps
-
-    def t_from_log_snr(self, lam):
-        # (x − μ)/λ is VP: α² = sigmoid(2(λ_t + log λ)); then invert the piecewise-linear θ̄.
-        theta_bar = -log_alpha_from_log_snr(as_time(lam) + math.log(self.stationary_std)) / self.dt
-        cum = self.thetas_cumsum.to(theta_bar.device)
-        k = (torch.searchsorted(cum, theta_bar.contiguous()) - 1).clamp(0, self.steps - 1)
-        return (k + (theta_bar - cum[k]) / (cum[k + 1] - cum[k])) / self.steps
 
     def model_time(self, t):
         return as_time(t) * self.steps

@@ -1,0 +1,1 @@
+"""The project's own networks and analytic models (``gmm``: Gaussian mixtures with an exact score)."""

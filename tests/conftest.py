@@ -1,0 +1,69 @@
+"""Shared fixtures: one instance of every SDE family and schedule the engine serves.
+
+``ALL_SDES`` is a list of ``(id, factory)``; the ``sde`` fixture is parametrized over it, so a test that
+takes ``sde`` runs once per SDE. Factories (not instances) keep tests from sharing mutable state.
+"""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from revsde import sde as S
+
+# The tests' tensors are small: intra-op threads only add synchronisation, and on a loaded 2-core
+# machine (CI, parallel jobs) they make tiny einsums and softmaxes 10-1000x slower.
+torch.set_num_threads(1)
+
+
+def ddpm_linear_alphas_cumprod(n: int = 1000, beta_start: float = 1e-4, beta_end: float = 0.02) -> torch.Tensor:
+    """The DDPM training table: ``ᾱ_i = Π_{j≤i} (1 − β_j)`` with β linear from 1e-4 to 0.02."""
+    betas = torch.linspace(beta_start, beta_end, n, dtype=torch.float64)
+    return torch.cumprod(1 - betas, 0)
+
+
+ALL_SDES = [
+    ("vp", lambda: S.VPSDE()),
+    ("vp_cosine", lambda: S.VPSDE.cosine()),
+    ("vp_ddpm", lambda: S.VPSDE.from_alphas_cumprod(ddpm_linear_alphas_cumprod())),
+    ("subvp", lambda: S.SubVPSDE()),
+    ("ve", lambda: S.VESDE()),
+    ("mr_cosine", lambda: S.MRSDE()),
+    ("mr_linear", lambda: S.MRSDE(schedule="linear")),
+    ("mr_constant", lambda: S.MRSDE(schedule="constant")),
+    ("mr_irsde", lambda: S.MRSDE(convention="irsde")),
+    ("ouve", lambda: S.OUVESDE()),
+]
+SDE_IDS = [name for name, _ in ALL_SDES]
+
+
+@pytest.fixture(params=[factory for _, factory in ALL_SDES], ids=SDE_IDS)
+def sde(request):
+    return request.param()
+
+
+def is_mean_reverting(sde) -> bool:
+    """MR and OUVE SDEs revert to an observation μ ≠ 0; the others have μ = 0."""
+    return isinstance(sde, (S.MRSDE, S.OUVESDE))
+
+
+def knots(sde) -> torch.Tensor | None:
+    """The times where a tabulated schedule's pieces meet (None for closed-form schedules)."""
+    if isinstance(sde, S.DiscreteVPSDE):
+        return torch.linspace(0, 1, sde.num_train_timesteps, dtype=torch.float64)
+    if isinstance(sde, S.MRSDE):
+        return torch.arange(sde.steps + 1, dtype=torch.float64) / sde.steps
+    return None
+
+
+def interior_times(sde, n: int = 41) -> torch.Tensor:
+    """``n`` times strictly inside ``(t_min, t_max)``; for tabulated schedules, mid-points between knots
+    (so a finite-difference stencil of half-width < half a segment never crosses a knot)."""
+    grid = torch.linspace(sde.t_min, sde.t_max, n + 2, dtype=torch.float64)[1:-1]
+    k = knots(sde)
+    if k is None:
+        return grid
+    seg = float(k[1] - k[0])
+    mids = (torch.floor(grid / seg) + 0.5) * seg
+    mids = mids[(mids > sde.t_min) & (mids < sde.t_max)]
+    return torch.unique(mids)
+
