@@ -24,8 +24,13 @@ class MRSampler(Sampler):
     (step i uses order ≤ i + 1). ``lower_order_final`` (DPM-Solver++'s rule, on by default): with
     fewer than 15 steps the last step is first order and the one before at most second order.
     ``denoise_last`` returns the data prediction of the last evaluation instead of the last step
-    (correct for every prediction type). ODE: global order = ``order``; SDE: a weak solver (its noise
-    is an exact draw of the step's stochastic integral, not a Brownian increment), no strong order.
+    (correct for every prediction type). ``warmup``: ``"multistep"`` (DPM-Solver++'s and the MR
+    Sampler code's: the first steps run at lower order, NFE = steps) or ``"midpoint"`` (the first step
+    is a second-order single step with one extra evaluation at its λ-midpoint, which then serves as
+    history). The first-order start caps the global order at 2, so order 3 is third-order only with
+    ``warmup="midpoint"``; the ``order`` attribute states the global order of the configuration.
+    ODE: global order as stated; SDE: a weak solver (its noise is an exact draw of the step's
+    stochastic integral, not a Brownian increment), no strong order.
     """
 
     name = "mrs"
@@ -33,7 +38,7 @@ class MRSampler(Sampler):
     default_grid = "logsnr"
 
     def __init__(self, *, order: int = 2, prediction: str = "data", stochastic: bool = False,
-                 lower_order_final: bool = True, denoise_last: bool = False):
+                 lower_order_final: bool = True, denoise_last: bool = False, warmup: str = "multistep"):
         self.stochastic = check_choice(self.name, "stochastic", stochastic, (False, True))
         self.prediction = check_choice(self.name, "prediction", prediction, PREDICTIONS)
         valid_orders = (1, 2) if stochastic else (1, 2, 3)
@@ -47,10 +52,14 @@ class MRSampler(Sampler):
         self.solver_order = order
         self.lower_order_final = check_choice(self.name, "lower_order_final", lower_order_final, (True, False))
         self.denoise_last = check_choice(self.name, "denoise_last", denoise_last, (False, True))
+        self.warmup = check_choice(self.name, "warmup", warmup, ("multistep", "midpoint"))
+        if stochastic and warmup != "multistep":
+            raise ValueError("sampler 'mrs' supports warmup='midpoint' for the ODE only (stochastic=False)")
 
     def options(self):
         return {"order": self.solver_order, "prediction": self.prediction, "stochastic": self.stochastic,
-                "lower_order_final": self.lower_order_final, "denoise_last": self.denoise_last}
+                "lower_order_final": self.lower_order_final, "denoise_last": self.denoise_last,
+                "warmup": self.warmup}
 
     @property
     def kind(self):
@@ -58,10 +67,18 @@ class MRSampler(Sampler):
 
     @property
     def order(self):
-        return None if self.stochastic else float(self.solver_order)
+        if self.stochastic:
+            return None
+        return float(self.solver_order if self.warmup == "midpoint" else min(self.solver_order, 2))
 
-    def step_order(self, i: int, n: int) -> int:
-        order = min(self.solver_order, i + 1)  # warm-up: not enough history yet
+    def query_times(self, grid):
+        if self.warmup == "midpoint" and self.solver_order > 1:
+            raise ValueError("sampler 'mrs' with warmup='midpoint' evaluates at a λ-midpoint computed from the SDE; "
+                             "use warmup='multistep' for a step-by-step driver")
+        return super().query_times(grid)
+
+    def step_order(self, i: int, n: int, history: int) -> int:
+        order = min(self.solver_order, history)  # warm-up: not enough history yet
         if self.lower_order_final and n < 15:
             if i == n - 1:
                 order = 1
@@ -83,98 +100,123 @@ class MRSampler(Sampler):
                 x = pred.data
                 yield Step(i, x, t_next, pred.data)
                 return x
-            order = self.step_order(i, n)
-            if self.prediction == "velocity":
-                x, history = self._velocity_step(sde, x, mu, pred, t_cur, t_next, history, order)
+            history = [(self._node(sde, t_cur, lam[i]), self._convert(sde, pred, mu))] + history[:2]
+            if i == 0 and self.warmup == "midpoint" and self.solver_order > 1 and n > 1:
+                # A second-order single step: evaluate once more at the λ-midpoint, keep it as history.
+                t_mid = sde.t_from_log_snr(0.5 * (lam[0] + lam[1]))
+                x_mid = self._advance(sde, x, mu, t_cur, t_mid, history, 1, noise)
+                pred_mid = yield Query(x_mid, t_mid)
+                history = [(self._node(sde, t_mid, None), self._convert(sde, pred_mid, mu))] + history[:2]
+                x = self._advance(sde, x, mu, t_cur, t_next, history, 2, noise, start=history[1][0])
             else:
-                q = pred.noise if self.prediction == "noise" else _minus(pred.data, mu)
-                history = [(lam[i], q)] + history[:2]
-                x = self._exponential_step(sde, x, mu, t_cur, t_next, lam[i], lam[i + 1], history, order, noise)
+                x = self._advance(sde, x, mu, t_cur, t_next, history, self.step_order(i, n, len(history)), noise)
             yield Step(i, x, t_next, pred.data)
         return x
 
-    # --- data / noise: exponential integrators (MR Sampler §5, DPM-Solver++) ----------------------
-    def _exponential_step(self, sde, x, mu, t_cur, t_next, lam_s, lam_t, history, order, noise):
+    def _node(self, sde, t, lam):
+        """The integration variable at t: half log-SNR λ, or the angle φ for velocity."""
+        if self.prediction == "velocity":
+            return torch.atan2(sde.sigma(t) / sde.velocity_scale, sde.alpha(t))
+        return sde.log_snr(t) if lam is None else lam
+
+    def _convert(self, sde, pred, mu):
+        if self.prediction == "velocity":
+            return pred.velocity / sde.velocity_scale
+        return pred.noise if self.prediction == "noise" else _minus(pred.data, mu)
+
+    def _advance(self, sde, x, mu, t_cur, t_next, history, order, noise, start=None):
+        """One step from t_cur to t_next; ``start`` is the node of x when it is not history[0]'s."""
+        if self.prediction == "velocity":
+            return self._velocity_step(sde, x, mu, t_cur, t_next, history, order, start)
+        return self._exponential_step(sde, x, mu, t_cur, t_next, history, order, noise, start)
+
+    # --- data / noise: exponential integrators (MR Sampler §4-5, DPM-Solver(++)) -----------------
+    def _exponential_step(self, sde, x, mu, t_cur, t_next, history, order, noise, start=None):
+        """``y_t = A y_s + C ∫_{λ_s}^{λ_t} w(λ) P(λ) dλ (+ noise)``, P the Newton polynomial through the
+        last ``order`` outputs; with u = λ − λ_t, ``w ∝ e^{a u}``. For the multistep case this is exactly
+        the MR Sampler's φ-function update (e.g. data, ODE, 2nd order: ``−α_t[φ1 q0 − φ2 D1]``)."""
+        lam_s = history[0][0] if start is None else start  # where x is
+        lam_t = sde.log_snr(t_next)
         h = lam_t - lam_s
         a_s, a_t = sde.alpha(t_cur), sde.alpha(t_next)
         s_s, s_t = sde.sigma(t_cur), sde.sigma(t_next)
-        q0 = history[0][1]
-        b = lambda c: bcast(c, x)
-        # Divided differences D1 (≈ h q'), D2 (≈ h² q''/2) from the multistep history.
-        d1 = d2 = 0
-        if order >= 2:
-            r0 = (lam_s - history[1][0]) / h
-            d1_0 = (q0 - history[1][1]) / b(r0)
-            d1 = d1_0
-            if order == 3:
-                r1 = (history[1][0] - history[2][0]) / h
-                d1_1 = (history[1][1] - history[2][1]) / b(r1)
-                d1 = d1_0 + (d1_0 - d1_1) * b(r0 / (r0 + r1))
-                d2 = (d1_0 - d1_1) / b(r0 + r1)
-        y = _minus(x, mu)
         if self.prediction == "data":
-            if self.stochastic:
-                # y_t = (σ_t/σ_s) e^{−h} y_s + α_t (1 − e^{−2h}) q0 + α_t (1 − (1 − e^{−2h})/(2h)) D1 + σ_t sqrt(1 − e^{−2h}) z
-                em = -torch.expm1(-2 * h)
-                y = b(s_t / s_s * torch.exp(-h)) * y + b(a_t * em) * q0
-                if order == 2:
-                    y = y + b(a_t * (1 - em / (2 * h))) * d1
-                y = y + b(s_t * torch.sqrt(em)) * noise(t_cur, t_next)
-            else:
-                phi1 = torch.expm1(-h)
-                phi2 = phi1 / h + 1
-                phi3 = phi2 / h - 0.5
-                y = b(s_t / s_s) * y - b(a_t * phi1) * q0
-                if order >= 2:
-                    y = y + b(a_t * phi2) * d1
-                if order == 3:
-                    y = y - b(a_t * phi3) * d2
-        else:  # noise prediction
-            phi1 = torch.expm1(h)
-            if self.stochastic:
-                # y_t = (α_t/α_s) y_s − 2σ_t (e^h − 1) q0 − 2σ_t ((e^h − 1)/h − 1) D1 + σ_t sqrt(e^{2h} − 1) z
-                y = b(a_t / a_s) * y - b(2 * s_t * phi1) * q0
-                if order == 2:
-                    y = y - b(2 * s_t * (phi1 / h - 1)) * d1
-                y = y + b(s_t * torch.sqrt(torch.expm1(2 * h))) * noise(t_cur, t_next)
-            else:
-                phi2 = phi1 / h - 1
-                phi3 = phi2 / h - 0.5
-                y = b(a_t / a_s) * y - b(s_t * phi1) * q0
-                if order >= 2:
-                    y = y - b(s_t * phi2) * d1
-                if order == 3:
-                    y = y - b(s_t * phi3) * d2
+            # ODE: y_t = (σ_t/σ_s) y_s + α_t ∫ e^{u} P;  SDE: (σ_t/σ_s) e^{−h} y_s + 2 α_t ∫ e^{2u} P + σ_t sqrt(1 − e^{−2h}) z
+            a, weight = (2.0, 2 * a_t) if self.stochastic else (1.0, a_t)
+            linear = s_t / s_s * (torch.exp(-h) if self.stochastic else 1)
+            noise_std = s_t * torch.sqrt(-torch.expm1(-2 * h))
+        else:
+            # ODE: y_t = (α_t/α_s) y_s − σ_t ∫ e^{−u} P;  SDE: same with 2σ_t, + σ_t sqrt(e^{2h} − 1) z
+            a, weight = -1.0, -(2 if self.stochastic else 1) * s_t
+            linear = a_t / a_s
+            noise_std = s_t * torch.sqrt(torch.expm1(2 * h))
+        # P(λ) in powers of u = λ − λ_t: c0 + c1 u + c2 u²
+        b = lambda c: bcast(c, x)
+        (lam0, q0) = history[0]
+        c0, c1, c2 = q0, 0, 0
+        if order >= 2:
+            (lam1, q1) = history[1]
+            f01 = (q0 - q1) / b(lam0 - lam1)
+            d0 = lam_t - lam0
+            c0, c1 = q0 + f01 * b(d0), f01
+            if order == 3:
+                (lam2, q2) = history[2]
+                f012 = ((q0 - q1) / b(lam0 - lam1) - (q1 - q2) / b(lam1 - lam2)) / b(lam0 - lam2)
+                d1 = lam_t - lam1
+                c0 = c0 + f012 * b(d0 * d1)
+                c1 = c1 + f012 * b(d0 + d1)
+                c2 = f012
+        m0, m1, m2 = _exp_moments(a, h)
+        y = b(linear) * _minus(x, mu) + b(weight * m0) * c0
+        if order >= 2:
+            y = y + b(weight * m1) * c1
+        if order == 3:
+            y = y + b(weight * m2) * c2
+        if self.stochastic:
+            y = y + b(noise_std) * noise(t_cur, t_next)
         return _plus(y, mu)
 
     # --- velocity: Adams–Bashforth in the angle φ ------------------------------------------------
-    def _velocity_step(self, sde, x, mu, pred, t_cur, t_next, history, order):
+    def _velocity_step(self, sde, x, mu, t_cur, t_next, history, order, start=None):
         c = sde.velocity_scale
 
         def frame(t):
             a, s = sde.alpha(t), sde.sigma(t)
-            r = torch.sqrt(a**2 + (s / c) ** 2)
-            return torch.atan2(s / c, a), r
+            return torch.atan2(s / c, a), torch.sqrt(a**2 + (s / c) ** 2)
 
-        phi_s, r_s = frame(t_cur)
+        phi_x, r_s = frame(t_cur)
         phi_t, r_t = frame(t_next)
-        v = pred.velocity / c
-        history = [(phi_s, v)] + history[:2]
+        phi_s, v = history[0]  # the expansion point (the newest evaluation)
         b = lambda val: bcast(val, x)
-        h = phi_t - phi_s
-        # ∫_0^h of the Newton polynomial through the last `order` velocities (offsets s = φ − φ_s).
-        integral = b(h) * v
+        # ∫ from φ_x to φ_t of the Newton polynomial through the last `order` velocities, in offsets
+        # s = φ − φ_s from the expansion point: P(s) = v s + f01 s²/2 + f012 (s³/3 − d1 s²/2).
+        def antiderivative(s_):
+            value = b(s_) * v
+            if order >= 2:
+                value = value + f01 * b(s_**2 / 2)
+            if order == 3:
+                value = value + f012 * b(s_**3 / 3 - d1 * s_**2 / 2)
+            return value
+
         if order >= 2:
             d1 = history[1][0] - phi_s
             f01 = (history[1][1] - v) / b(d1)
-            integral = integral + f01 * b(h**2 / 2)
-            if order == 3:
-                d2 = history[2][0] - phi_s
-                f12 = (history[2][1] - history[1][1]) / b(d2 - d1)
-                f012 = (f12 - f01) / b(d2)
-                integral = integral + f012 * b(h**3 / 3 - d1 * h**2 / 2)
+        if order == 3:
+            d2 = history[2][0] - phi_s
+            f12 = (history[2][1] - history[1][1]) / b(d2 - d1)
+            f012 = (f12 - f01) / b(d2)
+        integral = antiderivative(phi_t - phi_s) - antiderivative(phi_x - phi_s)
         y_hat = _minus(x, mu) / b(c * r_s) + integral
-        return _plus(y_hat * b(c * r_t), mu), history
+        return _plus(y_hat * b(c * r_t), mu)
+
+
+def _exp_moments(a: float, h: torch.Tensor):
+    """``∫_{−h}^{0} e^{a u} u^n du`` for n = 0, 1, 2 (h > 0 per sample, float64)."""
+    e = torch.exp(-a * h)
+    m0 = -torch.expm1(-a * h) / a
+    m1 = -1 / a**2 - e * (-h / a - 1 / a**2)
+    m2 = 2 / a**3 - e * (h**2 / a + 2 * h / a**2 + 2 / a**3)
+    return m0, m1, m2
 
 
 def _minus(x, mu):
