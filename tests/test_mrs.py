@@ -44,8 +44,10 @@ def test_ode_order_is_at_least_the_declared_order(order, prediction, sde_name):
 @pytest.mark.parametrize("sde_name", ["vp", "ouve"])
 def test_multistep_warmup_caps_third_order_at_two(sde_name):
     """With DPM-Solver++'s lower-order start (one evaluation per step) the first step's O(h²) error
-    dominates on a grid where the output varies fast near the prior, as the `order` attribute says."""
+    dominates on a grid where the output varies fast near the prior, as the `order` attribute says;
+    DPM-Solver's own 3M form is second-order consistent whatever the start."""
     assert revsde.samplers.get("mrs", order=3).order == 2.0
+    assert revsde.samplers.get("mrs", order=3, warmup="midpoint", third_order="dpm-solver").order == 2.0
     measured, errors = _order(sde_name, [16, 32, 64, 128], order=3, grid="uniform_t")
     assert 1.7 <= measured, (measured, errors)
 
@@ -151,12 +153,14 @@ def _diffusers_run(scheduler, sde, mixture, n, x0):
 
 
 @pytest.mark.parametrize("n", [8, 20, 50])
+@pytest.mark.parametrize("order", [2, 3])
 @pytest.mark.parametrize("prediction, algorithm", [("data", "dpmsolver++"), ("noise", "dpmsolver")])
-def test_second_order_reproduces_diffusers_dpm_solver(prediction, algorithm, n):
-    """On the DDPM table, `mrs` (order 2) equals DPMSolverMultistepScheduler (solver_type "heun", the
-    Taylor form of the MR Sampler; final σ = σ_min) on diffusers' own timesteps."""
+def test_reproduces_diffusers_dpm_solver(prediction, algorithm, order, n):
+    """On the DDPM table, `mrs` equals DPMSolverMultistepScheduler (solver_type "heun", the Taylor form
+    of the MR Sampler; final σ = σ_min) on diffusers' own timesteps: order 2, and order 3 with
+    ``third_order="dpm-solver"``."""
     diffusers = pytest.importorskip("diffusers")
-    scheduler = diffusers.DPMSolverMultistepScheduler(beta_schedule="linear", solver_order=2,
+    scheduler = diffusers.DPMSolverMultistepScheduler(beta_schedule="linear", solver_order=order,
                                                       algorithm_type=algorithm, solver_type="heun",
                                                       final_sigmas_type="sigma_min")
     # the scheduler's own (float32) table, so both integrate exactly the same schedule
@@ -165,7 +169,7 @@ def test_second_order_reproduces_diffusers_dpm_solver(prediction, algorithm, n):
     scheduler.set_timesteps(n)
     x0 = exact_marginal_draw(mixture, sde, float(scheduler.timesteps[0]) / 999, 16, None, seed=2)
     expected, grid = _diffusers_run(scheduler, sde, mixture, n, x0)
-    sol = revsde.sample(exact_model(mixture, sde), x_init=x0, sampler="mrs", order=2, prediction=prediction,
-                        grid=grid)
+    sol = revsde.sample(exact_model(mixture, sde), x_init=x0, sampler="mrs", order=order, prediction=prediction,
+                        grid=grid, third_order="dpm-solver")
     assert sol.nfe == n
     torch.testing.assert_close(sol.x, expected, rtol=1e-5, atol=1e-5)

@@ -29,6 +29,10 @@ class MRSampler(Sampler):
     is a second-order single step with one extra evaluation at its λ-midpoint, which then serves as
     history). The first-order start caps the global order at 2, so order 3 is third-order only with
     ``warmup="midpoint"``; the ``order`` attribute states the global order of the configuration.
+    ``third_order``: ``"exact"`` integrates the quadratic through the last three outputs exactly;
+    ``"dpm-solver"`` reproduces the 3M update of DPM-Solver(++) (diffusers, and the MR Sampler's
+    ``step_ode_3rd``), whose second-difference term carries half the exact weight — second-order
+    consistent, so its ``order`` is 2.
     ODE: global order as stated; SDE: a weak solver (its noise is an exact draw of the step's
     stochastic integral, not a Brownian increment), no strong order.
     """
@@ -38,7 +42,8 @@ class MRSampler(Sampler):
     default_grid = "logsnr"
 
     def __init__(self, *, order: int = 2, prediction: str = "data", stochastic: bool = False,
-                 lower_order_final: bool = True, denoise_last: bool = False, warmup: str = "multistep"):
+                 lower_order_final: bool = True, denoise_last: bool = False, warmup: str = "multistep",
+                 third_order: str = "exact"):
         self.stochastic = check_choice(self.name, "stochastic", stochastic, (False, True))
         self.prediction = check_choice(self.name, "prediction", prediction, PREDICTIONS)
         valid_orders = (1, 2) if stochastic else (1, 2, 3)
@@ -53,13 +58,14 @@ class MRSampler(Sampler):
         self.lower_order_final = check_choice(self.name, "lower_order_final", lower_order_final, (True, False))
         self.denoise_last = check_choice(self.name, "denoise_last", denoise_last, (False, True))
         self.warmup = check_choice(self.name, "warmup", warmup, ("multistep", "midpoint"))
+        self.third_order = check_choice(self.name, "third_order", third_order, ("exact", "dpm-solver"))
         if stochastic and warmup != "multistep":
             raise ValueError("sampler 'mrs' supports warmup='midpoint' for the ODE only (stochastic=False)")
 
     def options(self):
         return {"order": self.solver_order, "prediction": self.prediction, "stochastic": self.stochastic,
                 "lower_order_final": self.lower_order_final, "denoise_last": self.denoise_last,
-                "warmup": self.warmup}
+                "warmup": self.warmup, "third_order": self.third_order}
 
     @property
     def kind(self):
@@ -69,7 +75,9 @@ class MRSampler(Sampler):
     def order(self):
         if self.stochastic:
             return None
-        return float(self.solver_order if self.warmup == "midpoint" else min(self.solver_order, 2))
+        if self.warmup == "multistep" or self.third_order == "dpm-solver":
+            return float(min(self.solver_order, 2))
+        return float(self.solver_order)
 
     def query_times(self, grid):
         if self.warmup == "midpoint" and self.solver_order > 1:
@@ -166,6 +174,10 @@ class MRSampler(Sampler):
                 c0 = c0 + f012 * b(d0 * d1)
                 c1 = c1 + f012 * b(d0 + d1)
                 c2 = f012
+                if self.third_order == "dpm-solver":  # DPM-Solver's 3M: half of f012 (λ − λ0)²
+                    c0 = c0 - 0.5 * f012 * b(d0**2)
+                    c1 = c1 - f012 * b(d0)
+                    c2 = 0.5 * f012
         m0, m1, m2 = _exp_moments(a, h)
         y = b(linear) * _minus(x, mu) + b(weight * m0) * c0
         if order >= 2:
