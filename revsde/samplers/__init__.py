@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import inspect
 
-from .base import Query, Run, Sampler, Step
+from .base import Query, Run, Sampler, SamplingError, Step
 from .classic import Ancestral, EulerMaruyama, Posterior, ReverseDiffusion
 from .mrs import MRSampler
 from .ode import ODEEuler, ODEHeun, ODERK4
@@ -45,4 +45,4 @@ def get(name: str | Sampler, **options) -> Sampler:
     return REGISTRY[name](**options)
 
 
-__all__ = ["Query", "Step", "Run", "Sampler", "REGISTRY", "available", "get", "option_names"]
+__all__ = ["Query", "Step", "SamplingError", "Run", "Sampler", "REGISTRY", "available", "get", "option_names"]

@@ -16,6 +16,10 @@ import torch
 from ..model import Prediction
 
 
+class SamplingError(RuntimeError):
+    """A sampler could not finish (for example an adaptive solver that ran out of steps)."""
+
+
 @dataclass
 class Query:
     """A request for one network evaluation at ``x`` and per-sample times ``t`` (shape ``(B,)``)."""

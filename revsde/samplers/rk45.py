@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from ..tensors import bcast
-from .base import Query, Sampler, Step, check_number
+from .base import Query, Sampler, SamplingError, Step, check_number
 from .ode import ode_velocity
 
 # Dormand & Prince (1980) tableau; the 7th stage is the next step's first (FSAL).
@@ -95,5 +95,5 @@ class ODERK45(Sampler):
             else:
                 factor = max(0.2, 0.9 * err_norm ** (-1 / 5))
             h *= factor
-        raise RuntimeError(f"sampler 'ode_rk45' did not reach t = {float(t1[0])} within max_steps={self.max_steps} "
+        raise SamplingError(f"sampler 'ode_rk45' did not reach t = {float(t1[0])} within max_steps={self.max_steps} "
                            f"steps (rtol={self.rtol}, atol={self.atol}); loosen the tolerances or raise max_steps")

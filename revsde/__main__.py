@@ -1,0 +1,6 @@
+"""``python -m revsde``: the ``revsde`` command."""
+import sys
+
+from .cli import main
+
+sys.exit(main())

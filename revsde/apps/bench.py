@@ -1,0 +1,303 @@
+"""Quality versus NFE on analytic Gaussian-mixture problems whose exact distribution is known.
+
+Each problem is a linear SDE with a 2-D mixture whose score is exact, so the only error is the
+sampler's. Every configuration starts from the same prior draw and is scored against the exact
+distribution at the time it ends (``p_{t_min}`` for revsde samplers, the data for diffusers'
+schedulers, which end at σ = 0): Fréchet distance from closed-form moments, and sliced Wasserstein
+distance to as many exact samples. diffusers' schedulers are driven on the same analytic model, on
+the same DDPM table, in the same run. ``run_gmm_bench`` does the work; ``revsde bench`` prints.
+"""
+from __future__ import annotations
+
+import inspect
+import json
+import math
+import warnings
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Callable
+
+import torch
+
+from .. import samplers as samplers_mod
+from .. import sde as sde_mod
+from ..metrics import frechet_distance, sample_moments, sliced_wasserstein
+from ..nets.gmm import GaussianMixture, exact_model
+from ..solve import sample
+from .files import atomic_output
+
+NFES = (5, 10, 20, 50, 100)
+
+
+@dataclass
+class Problem:
+    name: str
+    sde: object
+    mixture: GaussianMixture
+    mu: torch.Tensor | None
+
+
+def ddpm_alphas_cumprod() -> torch.Tensor:
+    """diffusers' default training table (linear β from 1e-4 to 0.02, 1000 steps), as diffusers
+    computes it in float32, so revsde and diffusers integrate exactly the same schedule."""
+    betas = torch.linspace(1e-4, 0.02, 1000, dtype=torch.float32)
+    return torch.cumprod(1 - betas, 0).double()
+
+
+def problems() -> dict[str, Problem]:
+    return {
+        # unconditional generation: the ring of 8 Gaussians under DDPM's discrete VP schedule
+        "vp": Problem("vp", sde_mod.VPSDE.from_alphas_cumprod(ddpm_alphas_cumprod()), GaussianMixture.ring(), None),
+        # restoration-like: clean data near the observation μ, IR-SDE's schedule (λ = 50/255, cosine, T = 100)
+        "mr": Problem("mr", sde_mod.MRSDE(), GaussianMixture.ring(radius=0.5, std=0.08),
+                      torch.tensor([0.3, -0.2], dtype=torch.float64)),
+    }
+
+
+@dataclass
+class Config:
+    """One curve: a revsde sampler with options, or a diffusers scheduler (``scheduler`` factory)."""
+
+    label: str
+    sampler: str | None = None
+    options: dict = field(default_factory=dict)
+    evals_per_step: int = 1
+    scheduler: Callable | None = None
+    tolerances: tuple = ()  # adaptive samplers: one run per tolerance instead of per NFE
+    problems: tuple = ("vp", "mr")
+
+    def steps_for(self, nfe: int) -> int:
+        # diffusers' Heun makes 2 N − 1 evaluations for N steps (the last is first-order)
+        heun = self.scheduler is not None and self.evals_per_step == 2
+        return max(1, (nfe + 1) // 2 if heun else nfe // self.evals_per_step)
+
+
+def revsde_configs() -> list[Config]:
+    configs = []
+    for order in (1, 2, 3):
+        for prediction in ("data", "noise", "velocity"):
+            configs.append(Config(f"mrs ODE {order} {prediction}", "mrs", {"order": order, "prediction": prediction}))
+    for order in (1, 2):
+        for prediction in ("data", "noise"):
+            configs.append(Config(f"mrs SDE {order} {prediction}", "mrs",
+                                  {"order": order, "prediction": prediction, "stochastic": True}))
+    configs += [
+        Config("posterior", "posterior"),
+        Config("euler_maruyama", "euler_maruyama"),
+        Config("pc (reverse diffusion + Langevin)", "pc", evals_per_step=2),
+        Config("ode_heun", "ode_heun", evals_per_step=2),
+        Config("ode_rk45", "ode_rk45", tolerances=(3e-1, 1e-1, 3e-2, 1e-2, 1e-3, 1e-4)),
+    ]
+    return configs
+
+
+def diffusers_configs() -> list[Config]:
+    """diffusers' schedulers (VP only), configured from the same DDPM table."""
+    import diffusers as d
+
+    def make(cls, **kwargs):
+        return lambda: cls(num_train_timesteps=1000, beta_start=1e-4, beta_end=0.02, beta_schedule="linear",
+                           **kwargs)
+
+    return [Config(label, scheduler=factory, evals_per_step=per_step, problems=("vp",)) for label, factory, per_step in [
+        ("diffusers DPM-Solver++ 2M", make(d.DPMSolverMultistepScheduler, solver_order=2), 1),
+        ("diffusers DPM-Solver++ 3M", make(d.DPMSolverMultistepScheduler, solver_order=3), 1),
+        ("diffusers SDE-DPM-Solver++ 2M", make(d.DPMSolverMultistepScheduler, solver_order=2,
+                                               algorithm_type="sde-dpmsolver++"), 1),
+        ("diffusers UniPC", make(d.UniPCMultistepScheduler), 1),
+        ("diffusers DDIM", make(d.DDIMScheduler, clip_sample=False), 1),  # the ring reaches |x| = 2.5
+        ("diffusers Euler", make(d.EulerDiscreteScheduler), 1),
+        ("diffusers Heun", make(d.HeunDiscreteScheduler), 2),
+    ]]
+
+
+def _run_diffusers(config: Config, problem: Problem, x_prior: torch.Tensor, nfe: int, seed: int):
+    scheduler = config.scheduler()
+    scheduler.set_timesteps(config.steps_for(nfe))
+    x = x_prior.to(torch.float64) * float(scheduler.init_noise_sigma)
+    generator = torch.Generator().manual_seed(seed)
+    count = 0
+    n_train = problem.sde.num_train_timesteps
+    for t in scheduler.timesteps:
+        x_in = scheduler.scale_model_input(x, t)
+        time = torch.full((x.shape[0],), float(t) / (n_train - 1), dtype=torch.float64)
+        eps = problem.mixture.noise(problem.sde, x_in, time)
+        count += 1
+        extra = {"generator": generator} if "generator" in inspect.signature(scheduler.step).parameters else {}
+        x = scheduler.step(eps, t, x, **extra).prev_sample
+    return x, count, 0.0  # diffusers' schedulers end at σ = 0: the data
+
+
+def _run_revsde(config: Config, problem: Problem, x_prior: torch.Tensor, nfe: int | None, seed: int,
+                tolerance: float | None = None):
+    n = x_prior.shape[0]
+    options = dict(config.options)
+    if tolerance is not None:
+        options.update(rtol=tolerance, atol=tolerance)
+    mu = None if problem.mu is None else problem.mu.expand(n, -1)
+    sol = sample(exact_model(problem.mixture, problem.sde), x_init=x_prior, sampler=config.sampler,
+                 steps=None if tolerance is not None else config.steps_for(nfe), mu=mu, seed=seed, **options)
+    return sol.x, sol.nfe, problem.sde.t_min
+
+
+def _score(problem: Problem, x: torch.Tensor, t_end: float, reference_seed: int):
+    mean, cov = problem.mixture.marginal_moments(problem.sde, t_end, problem.mu)
+    fd = frechet_distance(*sample_moments(x), mean, cov)
+    gen = torch.Generator().manual_seed(reference_seed)
+    x0 = problem.mixture.sample(x.shape[0], gen)
+    noise = torch.randn(x0.shape, generator=gen, dtype=torch.float64)
+    reference = problem.sde.perturb(x0, t_end, noise, None if problem.mu is None else problem.mu.expand_as(x0))
+    swd = sliced_wasserstein(x, reference, generator=torch.Generator().manual_seed(reference_seed + 1))
+    return fd, swd
+
+
+@dataclass
+class BenchResult:
+    records: list  # dicts: problem, label, nfe, target_nfe, fd, swd, seconds
+    n_samples: int
+    nfes: tuple
+    seed: int
+    repeats: int = 1
+    floors: dict = field(default_factory=dict)  # problem -> {"fd", "swd"} of exact samples
+
+    def table(self, problem: str, metric: str = "fd") -> str:
+        rows = [r for r in self.records if r["problem"] == problem]
+        labels = list(dict.fromkeys(r["label"] for r in rows))
+        floor = self.floors.get(problem, {}).get(metric)
+        head = (f"| {problem}: {metric.upper()} at NFE" + (f" (exact samples: {floor:.1e})" if floor else "")
+                + " | " + " | ".join(str(n) for n in self.nfes) + " |")
+        lines = [head, "|---" * (len(self.nfes) + 1) + "|"]
+        for label in labels:
+            cells = []
+            for target in self.nfes:
+                hit = [r for r in rows if r["label"] == label and r["target_nfe"] == target]
+                cells.append(f"{hit[0][metric]:.2e}" + ("" if hit[0]["nfe"] == target else f" ({hit[0]['nfe']})")
+                             if hit else "–")
+            lines.append(f"| {label} | " + " | ".join(cells) + " |")
+        return "\n".join(lines)
+
+    def markdown(self) -> str:
+        parts = [f"Samples per run: {self.n_samples}, mean over {self.repeats} prior draws (seed {self.seed}). "
+                 "Cells: metric at the target NFE; (n) = the NFE actually used where it differs (2 evaluations "
+                 "per step, or adaptive). The header gives the same metric for exact samples: the floor."]
+        for problem in dict.fromkeys(r["problem"] for r in self.records):
+            for metric in ("fd", "swd"):
+                parts.append(self.table(problem, metric))
+        return "\n\n".join(parts) + "\n"
+
+
+def run_gmm_bench(problem_names=("vp", "mr"), nfes=NFES, n_samples: int = 10000, repeats: int = 3, seed: int = 0,
+                  with_diffusers: bool = True, labels: list[str] | None = None, progress: bool = True) -> BenchResult:
+    """Run every configuration on every problem and NFE; see the module docstring.
+
+    Each cell is the mean over ``repeats`` independent prior draws of ``n_samples`` (an ODE maps one
+    draw deterministically, so a single unlucky draw would otherwise set its floor)."""
+    if n_samples < 2 or repeats < 1:
+        raise ValueError(f"n_samples must be >= 2 and repeats >= 1 (got {n_samples}, {repeats})")
+    from tqdm.auto import tqdm
+
+    table = problems()
+    unknown = [p for p in problem_names if p not in table]
+    if unknown:
+        raise ValueError(f"unknown bench problem(s) {unknown}; valid: {', '.join(table)}")
+    configs = revsde_configs() + (diffusers_configs() if with_diffusers else [])
+    if labels is not None:
+        missing = sorted(set(labels) - {c.label for c in configs})
+        if missing:
+            raise ValueError(f"unknown configuration(s) {missing}; valid: {', '.join(c.label for c in configs)}")
+        configs = [c for c in configs if c.label in labels]
+    jobs = []
+    for name in problem_names:
+        for config in configs:
+            if name not in config.problems:
+                continue
+            points = [(None, tol) for tol in config.tolerances] if config.tolerances else [(n, None) for n in nfes]
+            jobs += [(table[name], config, nfe, tol) for nfe, tol in points]
+    records = []
+    for problem, config, nfe, tol in tqdm(jobs, desc="bench", disable=not progress):
+        scores, seconds = [], 0.0
+        for r in range(repeats):
+            s = seed + 10 * r
+            mu = None if problem.mu is None else problem.mu.expand(n_samples, -1)
+            x_prior = problem.sde.prior_sample((n_samples, problem.mixture.dim), mu, dtype=torch.float64,
+                                               generator=torch.Generator().manual_seed(s))
+            start = time.perf_counter()
+            if config.scheduler is not None:
+                x, used, t_end = _run_diffusers(config, problem, x_prior, nfe, s + 1)
+            else:
+                with warnings.catch_warnings():  # the noise-prediction SDE warning is what this run measures
+                    warnings.simplefilter("ignore", UserWarning)
+                    x, used, t_end = _run_revsde(config, problem, x_prior, nfe, s + 1, tol)
+            seconds += time.perf_counter() - start
+            scores.append(_score(problem, x, t_end, s + 2))
+        fd = sum(f for f, _ in scores) / repeats
+        swd = sum(w for _, w in scores) / repeats
+        records.append({"problem": problem.name, "label": config.label, "sampler": config.sampler,
+                        "options": config.options, "tolerance": tol, "target_nfe": nfe if nfe is not None else used,
+                        "nfe": used, "fd": fd, "swd": swd, "seconds": seconds / repeats})
+    floors = {}
+    for name in problem_names:  # what sampling noise alone gives: exact samples scored the same way
+        problem = table[name]
+        scores = []
+        for r in range(repeats):
+            gen = torch.Generator().manual_seed(seed + 10 * r + 5)
+            x0 = problem.mixture.sample(n_samples, gen)
+            noise = torch.randn(x0.shape, generator=gen, dtype=torch.float64)
+            x = problem.sde.perturb(x0, problem.sde.t_min, noise, None if problem.mu is None else problem.mu.expand_as(x0))
+            scores.append(_score(problem, x, problem.sde.t_min, seed + 10 * r + 2))
+        floors[name] = {"fd": sum(f for f, _ in scores) / repeats, "swd": sum(w for _, w in scores) / repeats}
+    # adaptive runs sit at the NFE they used: put each in the table column nearest to it
+    for r in records:
+        if r["tolerance"] is not None:
+            r["target_nfe"] = min(nfes, key=lambda n: abs(math.log(n / max(r["nfe"], 1))))
+    return BenchResult(records, n_samples, tuple(nfes), seed, repeats, floors)
+
+
+def plot(result: BenchResult, path) -> None:
+    """Metric versus NFE, log-log, one panel per (problem, metric), one line per configuration."""
+    import io
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    problem_names = list(dict.fromkeys(r["problem"] for r in result.records))
+    fig, axes = plt.subplots(len(problem_names), 2, figsize=(14, 5.5 * len(problem_names)), squeeze=False)
+    for row, name in enumerate(problem_names):
+        rows = [r for r in result.records if r["problem"] == name]
+        for col, metric in enumerate(("fd", "swd")):
+            ax = axes[row][col]
+            for label in dict.fromkeys(r["label"] for r in rows):
+                pts = sorted((r["nfe"], r[metric]) for r in rows if r["label"] == label)
+                style = "--" if label.startswith("diffusers") else ("-" if label.startswith("mrs") else ":")
+                ax.plot([p[0] for p in pts], [max(p[1], 1e-12) for p in pts], style, marker="o", ms=3, label=label)
+            ax.set_xscale("log")
+            ax.set_yscale("log")
+            ax.set_xlabel("NFE")
+            ax.set_ylabel({"fd": "Fréchet distance to exact", "swd": "sliced Wasserstein to exact"}[metric])
+            ax.set_title(f"{name}: {metric.upper()} vs NFE ({result.n_samples} samples)")
+            ax.grid(True, which="both", alpha=0.3)
+        axes[row][1].legend(fontsize=7, loc="upper right", ncol=1)
+    fig.tight_layout()
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=110)
+    plt.close(fig)
+    with atomic_output(path) as f:
+        f.write(buffer.getvalue())
+
+
+def write(result: BenchResult, out_dir) -> dict:
+    """``bench_gmm.md``, ``bench_gmm.json`` and ``bench_gmm.png`` in ``out_dir`` (written atomically)."""
+    from pathlib import Path
+
+    out = Path(out_dir)
+    paths = {"markdown": out / "bench_gmm.md", "json": out / "bench_gmm.json", "plot": out / "bench_gmm.png"}
+    with atomic_output(paths["markdown"]) as f:
+        f.write(result.markdown().encode())
+    with atomic_output(paths["json"]) as f:
+        f.write(json.dumps({"n_samples": result.n_samples, "repeats": result.repeats, "nfes": list(result.nfes),
+                            "seed": result.seed, "floors": result.floors, "records": result.records},
+                           indent=1).encode())
+    plot(result, paths["plot"])
+    return paths
