@@ -113,6 +113,17 @@ def test_noise_prediction_sde_diverges_at_low_nfe_and_warns():
     assert 0.05 < stds["data"] < 0.4
 
 
+def test_noise_sde_divergence_is_detected_after_the_run():
+    """Beyond the a-priori warning at <= 10 steps, the result itself is checked: far outside the prior's scale is flagged."""
+    sde = S.MRSDE()
+    mixture = revsde.nets.gmm.GaussianMixture.gaussian([0.3], [[0.04]])
+    mu = torch.full((2000, 1), 0.8, dtype=torch.float64)
+    x = exact_marginal_draw(mixture, sde, sde.t_max, 2000, mu[0], seed=0)
+    with pytest.warns(UserWarning, match="diverged: the result's RMS"):
+        revsde.sample(exact_model(mixture, sde), x_init=x, sampler="mrs", prediction="noise", stochastic=True,
+                      order=2, steps=5, grid="logsnr", mu=mu, generator=torch.Generator().manual_seed(1))
+
+
 class _no_warning:
     def __enter__(self):
         import warnings

@@ -100,6 +100,7 @@ class MRSampler(Sampler):
             warnings.warn(f"sampler 'mrs' with stochastic=True and prediction='noise' diverges at low NFE "
                           f"({n} steps): its coefficients grow like e^h. Use prediction='data'.", stacklevel=3)
         lam = sde.log_snr(grid)  # (N+1, B)
+        x_start = x
         history: list[tuple[torch.Tensor, torch.Tensor]] = []  # (λ or φ, converted output), newest first
         for i in range(n):
             t_cur, t_next = grid[i], grid[i + 1]
@@ -119,7 +120,17 @@ class MRSampler(Sampler):
             else:
                 x = self._advance(sde, x, mu, t_cur, t_next, history, self.step_order(i, n, len(history)), noise)
             yield Step(i, x, t_next, pred.data)
+        if self.stochastic and self.prediction == "noise":
+            self._check_divergence(x, x_start, mu)
         return x
+
+    def _check_divergence(self, x, x_start, mu):
+        """Noise-prediction SDE steps amplify errors by e^h: flag a result far outside the start's scale."""
+        rms = lambda v: float(_minus(v, mu).abs().pow(2).mean().sqrt())
+        if rms(x) > 10 * rms(x_start):
+            warnings.warn(f"sampler 'mrs' (stochastic, prediction='noise') diverged: the result's RMS "
+                          f"{rms(x):.3g} is over 10x the prior's {rms(x_start):.3g}. Use prediction='data'.",
+                          stacklevel=3)
 
     def _node(self, sde, t, lam):
         """The integration variable at t: half log-SNR λ, or the angle φ for velocity."""
