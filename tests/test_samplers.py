@@ -7,7 +7,6 @@ import torch
 
 import revsde
 from revsde import sde as S
-from revsde.samplers import REGISTRY
 
 from exact import (exact_marginal_draw, exact_model, gaussian, loglog_slope, moment_tolerances, mu_for,
                    pf_ode_map, two_modes)

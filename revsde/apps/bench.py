@@ -14,12 +14,11 @@ import json
 import math
 import warnings
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Callable
 
 import torch
 
-from .. import samplers as samplers_mod
 from .. import sde as sde_mod
 from ..metrics import frechet_distance, sample_moments, sliced_wasserstein
 from ..nets.gmm import GaussianMixture, exact_model

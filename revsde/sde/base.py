@@ -142,6 +142,13 @@ def check_positive(name: str, value: float) -> float:
     return float(value)
 
 
+def check_increasing(lo_name: str, lo: float, hi_name: str, hi: float) -> tuple[float, float]:
+    lo, hi = check_positive(lo_name, lo), check_positive(hi_name, hi)
+    if hi <= lo:
+        raise ValueError(f"{hi_name} must exceed {lo_name} (got {lo_name}={lo}, {hi_name}={hi})")
+    return lo, hi
+
+
 def check_t_min(t_min: float, t_max: float) -> float:
     if not (0 <= t_min < t_max):
         raise ValueError(f"t_min must lie in [0, t_max={t_max}) (got {t_min!r})")

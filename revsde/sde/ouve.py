@@ -6,7 +6,7 @@ import math
 import torch
 
 from ..tensors import as_time
-from .base import LinearSDE, check_positive, check_t_min
+from .base import LinearSDE, check_increasing, check_positive, check_t_min
 
 
 class OUVESDE(LinearSDE):
@@ -20,10 +20,7 @@ class OUVESDE(LinearSDE):
     def __init__(self, theta: float = 1.5, sigma_min: float = 0.05, sigma_max: float = 0.5, *,
                  t_min: float = 0.03):
         self.theta = check_positive("theta", theta)
-        self.sigma_min = check_positive("sigma_min", sigma_min)
-        self.sigma_max = check_positive("sigma_max", sigma_max)
-        if self.sigma_max <= self.sigma_min:
-            raise ValueError(f"sigma_max must exceed sigma_min (got {sigma_min}, {sigma_max})")
+        self.sigma_min, self.sigma_max = check_increasing("sigma_min", sigma_min, "sigma_max", sigma_max)
         self._log_ratio = math.log(self.sigma_max / self.sigma_min)
         self.t_max = 1.0
         self.t_min = check_t_min(t_min, self.t_max)

@@ -6,7 +6,7 @@ import math
 import torch
 
 from ..tensors import as_time
-from .base import LinearSDE, check_positive, check_t_min
+from .base import LinearSDE, check_increasing, check_t_min
 
 
 class VESDE(LinearSDE):
@@ -16,10 +16,7 @@ class VESDE(LinearSDE):
     """
 
     def __init__(self, sigma_min: float = 0.01, sigma_max: float = 50.0, *, t_min: float = 1e-5):
-        self.sigma_min = check_positive("sigma_min", sigma_min)
-        self.sigma_max = check_positive("sigma_max", sigma_max)
-        if self.sigma_max <= self.sigma_min:
-            raise ValueError(f"sigma_max must exceed sigma_min (got {sigma_min}, {sigma_max})")
+        self.sigma_min, self.sigma_max = check_increasing("sigma_min", sigma_min, "sigma_max", sigma_max)
         self._log_ratio = math.log(self.sigma_max / self.sigma_min)
         self.t_max = 1.0
         self.t_min = check_t_min(t_min, self.t_max)

@@ -6,7 +6,7 @@ import math
 import torch
 
 from ..tensors import as_time
-from .base import LinearSDE, check_positive, check_t_min, log_alpha_from_log_snr, vp_sigma
+from .base import LinearSDE, check_increasing, check_positive, check_t_min, log_alpha_from_log_snr, vp_sigma
 
 
 class VPSDE(LinearSDE):
@@ -19,10 +19,7 @@ class VPSDE(LinearSDE):
     prior_std = 1.0
 
     def __init__(self, beta_min: float = 0.1, beta_max: float = 20.0, *, t_min: float = 1e-3):
-        self.beta_min = check_positive("beta_min", beta_min)
-        self.beta_max = check_positive("beta_max", beta_max)
-        if self.beta_max <= self.beta_min:
-            raise ValueError(f"beta_max must exceed beta_min (got {beta_min}, {beta_max})")
+        self.beta_min, self.beta_max = check_increasing("beta_min", beta_min, "beta_max", beta_max)
         self.t_max = 1.0
         self.t_min = check_t_min(t_min, self.t_max)
 
