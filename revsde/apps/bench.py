@@ -274,10 +274,13 @@ def plot(result: BenchResult, path) -> None:
         rows = [r for r in result.records if r["problem"] == name]
         for col, metric in enumerate(("fd", "swd")):
             ax = axes[row][col]
-            for label in dict.fromkeys(r["label"] for r in rows):
+            labels = list(dict.fromkeys(r["label"] for r in rows))
+            colors = plt.get_cmap("tab20")
+            for k, label in enumerate(labels):
                 pts = sorted((r["nfe"], r[metric]) for r in rows if r["label"] == label)
                 style = "--" if label.startswith("diffusers") else ("-" if label.startswith("mrs") else ":")
-                ax.plot([p[0] for p in pts], [max(p[1], 1e-12) for p in pts], style, marker="o", ms=3, label=label)
+                ax.plot([p[0] for p in pts], [max(p[1], 1e-12) for p in pts], style, marker="os^vD"[k % 5], ms=3,
+                        color=colors(k % 20), label=label)
             ax.set_xscale("log")
             ax.set_yscale("log")
             ax.set_xlabel("NFE")
@@ -291,6 +294,13 @@ def plot(result: BenchResult, path) -> None:
     plt.close(fig)
     with atomic_output(path) as f:
         f.write(buffer.getvalue())
+
+
+def load(path) -> BenchResult:
+    """A result written by ``write`` (its JSON), e.g. to redraw the plot."""
+    data = json.loads(open(path).read())
+    return BenchResult(data["records"], data["n_samples"], tuple(data["nfes"]), data["seed"], data.get("repeats", 1),
+                       data.get("floors", {}))
 
 
 def write(result: BenchResult, out_dir) -> dict:
