@@ -79,12 +79,12 @@ def main():
     print("| sampler | kind | declared | " + " | ".join(sdes) + " |")
     print("|---|---|---|" + "---|" * len(sdes))
     for name in revsde.samplers.available():
-        cls = revsde.samplers.REGISTRY[name]
-        if cls.adaptive:
+        default = revsde.samplers.get(name)
+        if default.adaptive:
             continue
-        if cls.kind == "ode":
+        if default.kind == "ode":
             row = [ode_order(name, s)[0] for s in sdes]
-            print(f"| {name} | ODE | {cls.order:g} | " + " | ".join(f"{r:.2f}" for r in row) + " |")
+            print(f"| {name} | ODE | {default.order:g} | " + " | ".join(f"{r:.2f}" for r in row) + " |", flush=True)
             continue
         variants = ([{"method": m} for m in revsde.samplers.torchsde_sampler.METHODS]
                     if name == "torchsde" else [{}])
@@ -99,7 +99,7 @@ def main():
             row = [strong_order(smp, s)[0] for s in sdes]
             label = name + (f" ({options['method']})" if "method" in options else "")
             label += " (corrector=None)" if name == "pc" else ""
-            print(f"| {label} | SDE strong | {smp.order:g} | " + " | ".join(f"{r:.2f}" for r in row) + " |")
+            print(f"| {label} | SDE strong | {smp.order:g} | " + " | ".join(f"{r:.2f}" for r in row) + " |", flush=True)
 
 
 if __name__ == "__main__":
