@@ -1,8 +1,6 @@
 """Closed-form references for Gaussian data under a linear SDE (shared by the sampler tests)."""
 from __future__ import annotations
 
-import math
-
 import torch
 
 from revsde.nets.gmm import GaussianMixture, exact_model
@@ -54,4 +52,4 @@ def loglog_slope(ns, errors) -> float:
 
 
 __all__ = ["gaussian", "two_modes", "mu_for", "exact_marginal_draw", "pf_ode_map", "moment_tolerances", "loglog_slope",
-           "exact_model", "math"]
+           "exact_model"]

@@ -14,6 +14,7 @@ import torch
 
 from ..tensors import bcast
 from .base import Query, Sampler, Step, check_choice
+from .updates import to_x, to_y
 
 PREDICTIONS = ("data", "noise", "velocity")
 
@@ -126,7 +127,7 @@ class MRSampler(Sampler):
 
     def _check_divergence(self, x, x_start, mu):
         """Noise-prediction SDE steps amplify errors by e^h: flag a result far outside the start's scale."""
-        rms = lambda v: float(_minus(v, mu).abs().pow(2).mean().sqrt())
+        rms = lambda v: float(to_y(v, mu).abs().pow(2).mean().sqrt())
         if rms(x) > 10 * rms(x_start):
             warnings.warn(f"sampler 'mrs' (stochastic, prediction='noise') diverged: the result's RMS "
                           f"{rms(x):.3g} is over 10x the prior's {rms(x_start):.3g}. Use prediction='data'.",
@@ -141,7 +142,7 @@ class MRSampler(Sampler):
     def _convert(self, sde, pred, mu):
         if self.prediction == "velocity":
             return pred.velocity / sde.velocity_scale
-        return pred.noise if self.prediction == "noise" else _minus(pred.data, mu)
+        return pred.noise if self.prediction == "noise" else to_y(pred.data, mu)
 
     def _advance(self, sde, x, mu, t_cur, t_next, history, order, noise, start=None):
         """One step from t_cur to t_next; ``start`` is the node of x when it is not history[0]'s."""
@@ -190,14 +191,14 @@ class MRSampler(Sampler):
                     c1 = c1 - f012 * b(d0)
                     c2 = 0.5 * f012
         m0, m1, m2 = _exp_moments(a, h)
-        y = b(linear) * _minus(x, mu) + b(weight * m0) * c0
+        y = b(linear) * to_y(x, mu) + b(weight * m0) * c0
         if order >= 2:
             y = y + b(weight * m1) * c1
         if order == 3:
             y = y + b(weight * m2) * c2
         if self.stochastic:
             y = y + b(noise_std) * noise(t_cur, t_next)
-        return _plus(y, mu)
+        return to_x(y, mu)
 
     # --- velocity: Adams–Bashforth in the angle φ ------------------------------------------------
     def _velocity_step(self, sde, x, mu, t_cur, t_next, history, order, start=None):
@@ -229,8 +230,8 @@ class MRSampler(Sampler):
             f12 = (history[2][1] - history[1][1]) / b(d2 - d1)
             f012 = (f12 - f01) / b(d2)
         integral = antiderivative(phi_t - phi_s) - antiderivative(phi_x - phi_s)
-        y_hat = _minus(x, mu) / b(c * r_s) + integral
-        return _plus(y_hat * b(c * r_t), mu)
+        y_hat = to_y(x, mu) / b(c * r_s) + integral
+        return to_x(y_hat * b(c * r_t), mu)
 
 
 def _exp_moments(a: float, h: torch.Tensor):
@@ -240,11 +241,3 @@ def _exp_moments(a: float, h: torch.Tensor):
     m1 = -1 / a**2 - e * (-h / a - 1 / a**2)
     m2 = 2 / a**3 - e * (h**2 / a + 2 * h / a**2 + 2 / a**3)
     return m0, m1, m2
-
-
-def _minus(x, mu):
-    return x if mu is None else x - mu
-
-
-def _plus(y, mu):
-    return y if mu is None else y + mu

@@ -9,11 +9,13 @@ import torch
 from ..tensors import bcast
 
 
-def _y(x, mu):
+def to_y(x, mu):
+    """``y = x − μ`` (μ = None: no shift)."""
     return x if mu is None else x - mu
 
 
-def _x(y, mu):
+def to_x(y, mu):
+    """``x = y + μ``."""
     return y if mu is None else y + mu
 
 
@@ -33,10 +35,10 @@ def reverse_diffusion(sde, x, t_cur, t_next, pred, mu, discretization: str = "ex
     """
     if discretization == "exact":
         a, G2 = sde.transition(t_next, t_cur)
-        f_i = bcast(a - 1, x) * _y(x, mu)
+        f_i = bcast(a - 1, x) * to_y(x, mu)
     else:
         dt = t_cur - t_next
-        f_i = bcast(sde.f(t_cur) * dt, x) * _y(x, mu)
+        f_i = bcast(sde.f(t_cur) * dt, x) * to_y(x, mu)
         G2 = sde.g2(t_cur) * dt
     return x - f_i + bcast(G2, x) * pred.score, bcast(torch.sqrt(G2), x)
 
@@ -49,10 +51,10 @@ def posterior(sde, x, t_cur, t_next, pred, mu, variance: str = "posterior"):
     """
     a, G2 = sde.transition(t_next, t_cur)
     var_c, var_n = sde.sigma(t_cur) ** 2, sde.sigma(t_next) ** 2
-    y0 = _y(pred.data, mu)
-    mean = bcast(sde.alpha(t_next) * G2 / var_c, x) * y0 + bcast(a * var_n / var_c, x) * _y(x, mu)
+    y0 = to_y(pred.data, mu)
+    mean = bcast(sde.alpha(t_next) * G2 / var_c, x) * y0 + bcast(a * var_n / var_c, x) * to_y(x, mu)
     var = var_n * G2 / var_c if variance == "posterior" else G2
-    return _x(mean, mu), bcast(torch.sqrt(var), x)
+    return to_x(mean, mu), bcast(torch.sqrt(var), x)
 
 
 def langevin(x, score, step, z):
