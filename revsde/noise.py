@@ -87,49 +87,47 @@ class BrownianNoise:
         self._fresh_gens = [torch.Generator().manual_seed((int(s) * 7919 + 17) % 2**63) for s in seeds]
         self.entropies = seeds
 
-    def _increment(self, path, lo: float, hi: float) -> torch.Tensor:
-        lo, hi = max(lo, self.t0), min(hi, self.t1)
-        w = path(lo, hi) / (hi - lo) ** 0.5
-        if self._complex:
-            w = torch.view_as_complex(w.contiguous()) / 2**0.5
-        return w
+    def _sample(self, t0, t1, return_U: bool):
+        """Per-sample ``W(hi) − W(lo)`` (and ``U``) on the path(s), the interval clipped to [t0, t1]."""
+        a, b = as_time(t0).flatten().cpu(), as_time(t1).flatten().cpu()
+        batch = self.shape[0]
+        lo = torch.minimum(a, b).clamp(min=self.t0).expand(batch)
+        hi = torch.maximum(a, b).clamp(max=self.t1).expand(batch)
+
+        def query(path, l, h):
+            out = path(float(l), float(h), return_U=return_U)
+            return out if return_U else (out, None)
+
+        if not self._per_sample and bool((lo == lo[0]).all() and (hi == hi[0]).all()):
+            w, u = query(self._paths[0], lo[0], hi[0])
+            return w, u, lo, hi
+        # per-sample paths, or one batch path queried on each sample's own interval (keep its row)
+        paths = self._paths if self._per_sample else self._paths * batch
+        rows = [query(p, l, h) for p, l, h in zip(paths, lo, hi)]
+        pick = (lambda v, i: v) if self._per_sample else (lambda v, i: v[i])
+        w = torch.stack([pick(r[0], i) for i, r in enumerate(rows)])
+        u = torch.stack([pick(r[1], i) for i, r in enumerate(rows)]) if return_U else None
+        return w, u, lo, hi
 
     def __call__(self, t0, t1) -> torch.Tensor:
-        a, b = as_time(t0).flatten().cpu(), as_time(t1).flatten().cpu()
-        lo, hi = torch.minimum(a, b), torch.maximum(a, b)
-        if self._per_sample:
-            batch = self.shape[0]
-            lo, hi = lo.expand(batch), hi.expand(batch)
-            z = torch.stack([self._increment(p, float(l), float(h)) for p, l, h in zip(self._paths, lo, hi)])
-        elif bool((lo == lo[0]).all() and (hi == hi[0]).all()):
-            z = self._increment(self._paths[0], float(lo[0]), float(hi[0]))
-        else:  # one batch path, per-sample intervals: query each sample's interval, keep its row
-            z = torch.stack([self._increment(self._paths[0], float(l), float(h))[i]
-                             for i, (l, h) in enumerate(zip(lo, hi))])
-        return z.to(dtype=self.dtype, device=self.device)
+        w, _, lo, hi = self._sample(t0, t1, return_U=False)
+        scale = (hi - lo).rsqrt().to(w.dtype).reshape(-1, *([1] * (w.ndim - 1)))
+        return self._finish(w * scale, None, return_U=False)
 
     def increment(self, t0, t1, return_U: bool = False):
         """Unnormalised ``W(t_hi) − W(t_lo)`` and, with ``return_U``, the space-time Lévy area
         ``U = ∫ (W(r) − W(t_lo)) dr`` over ``[t_lo, t_hi]`` (torchsde's convention)."""
-        a, b = as_time(t0).flatten().cpu(), as_time(t1).flatten().cpu()
-        lo, hi = torch.minimum(a, b).expand(self.shape[0]), torch.maximum(a, b).expand(self.shape[0])
-        if not self._per_sample and bool((lo == lo[0]).all() and (hi == hi[0]).all()):
-            w, u = self._paths[0](max(float(lo[0]), self.t0), min(float(hi[0]), self.t1), return_U=True)
-            return self._finish(w, u, return_U)
-        paths = self._paths if self._per_sample else self._paths * self.shape[0]
-        ws, us = [], []
-        for i, (p, l, h) in enumerate(zip(paths, lo, hi)):
-            w, u = p(max(float(l), self.t0), min(float(h), self.t1), return_U=True)
-            ws.append(w if self._per_sample else w[i])
-            us.append(u if self._per_sample else u[i])
-        return self._finish(torch.stack(ws), torch.stack(us), return_U)
+        w, u, _, _ = self._sample(t0, t1, return_U)
+        return self._finish(w, u, return_U)
 
     def _finish(self, w, u, return_U):
         if self._complex:
             w = torch.view_as_complex(w.contiguous()) / 2**0.5
-            u = torch.view_as_complex(u.contiguous()) / 2**0.5
-        w, u = w.to(dtype=self.dtype, device=self.device), u.to(dtype=self.dtype, device=self.device)
-        return (w, u) if return_U else w
+            u = None if u is None else torch.view_as_complex(u.contiguous()) / 2**0.5
+        w = w.to(dtype=self.dtype, device=self.device)
+        if not return_U:
+            return w
+        return w, u.to(dtype=self.dtype, device=self.device)
 
     def fresh(self) -> torch.Tensor:
         gens = self._fresh_gens if self._per_sample else self._fresh_gens[0]
