@@ -8,3 +8,4 @@ __version__ = "0.1.0"
 
 __all__ = ["sde", "grids", "noise", "samplers", "ScoreModel", "Prediction", "sample", "Solution",
            "NonFiniteStateError", "GaussianNoise", "BrownianNoise", "__version__"]
+

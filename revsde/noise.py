@@ -24,12 +24,22 @@ def generators_from_seed(seed: int, batch: int, device=None) -> list[torch.Gener
 
 
 def randn(shape: tuple, generator: Generators = None, dtype=None, device=None) -> torch.Tensor:
-    """Standard normals; with a list of generators, row ``b`` comes from generator ``b`` alone."""
+    """Standard normals; with a list of generators, row ``b`` comes from generator ``b`` alone.
+
+    A generator on another device than ``device`` (a CPU generator for a CUDA state) draws on its own
+    device and the result is moved, so the numbers do not depend on where the state lives.
+    """
+    def draw(shape_, g):
+        if g is None:
+            return torch.randn(shape_, dtype=dtype, device=device)
+        out = torch.randn(shape_, generator=g, dtype=dtype, device=g.device)
+        return out if device is None else out.to(device)
+
     if generator is None or isinstance(generator, torch.Generator):
-        return torch.randn(shape, generator=generator, dtype=dtype, device=device)
+        return draw(shape, generator)
     if len(generator) != shape[0]:
         raise ValueError(f"got {len(generator)} generators for a batch of {shape[0]}: give one per sample")
-    return torch.stack([torch.randn(shape[1:], generator=g, dtype=dtype, device=device) for g in generator])
+    return torch.stack([draw(shape[1:], g) for g in generator])
 
 
 def draw_entropy(generator: Generators, batch: int) -> list[int]:

@@ -117,6 +117,16 @@ def sample(model: ScoreModel, shape: Sequence[int] | None = None, *, sampler="eu
     return _drive(model, smp, sde, t, x, mu, noise, cond or {}, callback, progress)
 
 
+def check_finite(smp, step: Step, nfe: int) -> None:
+    """The NaN guard: raise ``NonFiniteStateError`` naming the sampler, step, time and NFE."""
+    if not bool(torch.isfinite(step.x).all()):
+        lo, hi = float(step.t.min()), float(step.t.max())
+        when = f"{lo:.6g}" if lo == hi else f"{lo:.6g}..{hi:.6g}"
+        raise NonFiniteStateError(
+            f"sampler {smp.name!r}: the state became NaN/Inf at step {step.i} (t = {when}, NFE {nfe}); "
+            "try more steps, a data-prediction sampler, or check the network's output")
+
+
 def _drive(model, smp, sde, grid, x, mu, noise, cond, callback, progress) -> Solution:
     from tqdm.auto import tqdm
 
@@ -134,13 +144,7 @@ def _drive(model, smp, sde, grid, x, mu, noise, cond, callback, progress) -> Sol
                 continue
             if not isinstance(request, Step):
                 raise TypeError(f"sampler {smp.name!r} yielded {type(request).__name__}; expected Query or Step")
-            if not bool(torch.isfinite(request.x).all()):
-                lo, hi = float(request.t.min()), float(request.t.max())
-                when = f"{lo:.6g}" if lo == hi else f"{lo:.6g}..{hi:.6g}"
-                raise NonFiniteStateError(
-                    f"sampler {smp.name!r}: the state became NaN/Inf at step {request.i} "
-                    f"(t = {when}, NFE {nfe}); "
-                    "try more steps, a data-prediction sampler, or check the network's output")
+            check_finite(smp, request, nfe)
             steps += 1
             request.nfe = nfe
             if callback is not None:

@@ -152,27 +152,31 @@ def test_posterior_is_the_irsde_formula(t_cur, t_next):
     torch.testing.assert_close(got_std.expand_as(std), std, rtol=1e-12, atol=1e-14)
 
 
-def _diffusers_run(scheduler, sde, mixture, n, x0):
+def _diffusers_run(scheduler, sde, mixture, n, x0, generator=None):
     scheduler.set_timesteps(n)
     x = x0.clone()
     for t in scheduler.timesteps:
         eps = mixture.noise(sde, x, torch.full((x.shape[0],), float(t) / (sde.num_train_timesteps - 1),
                                                dtype=torch.float64))
-        x = scheduler.step(eps, t, x).prev_sample
+        x = scheduler.step(eps, t, x, generator=generator).prev_sample
     grid = torch.cat([scheduler.timesteps.double(), torch.zeros(1, dtype=torch.float64)]) / (sde.num_train_timesteps - 1)
     return x, grid
 
 
+SOLVER_TYPES = {"heun": "exact", "midpoint": "midpoint"}  # diffusers' solver_type -> mrs second_order
+
+
 @pytest.mark.parametrize("n", [8, 20, 50])
 @pytest.mark.parametrize("order", [2, 3])
+@pytest.mark.parametrize("solver_type", list(SOLVER_TYPES))
 @pytest.mark.parametrize("prediction, algorithm", [("data", "dpmsolver++"), ("noise", "dpmsolver")])
-def test_reproduces_diffusers_dpm_solver(prediction, algorithm, order, n):
-    """On the DDPM table, `mrs` equals DPMSolverMultistepScheduler (solver_type "heun", the Taylor form
-    of the MR Sampler; final σ = σ_min) on diffusers' own timesteps: order 2, and order 3 with
-    ``third_order="dpm-solver"``."""
+def test_reproduces_diffusers_dpm_solver(prediction, algorithm, solver_type, order, n):
+    """On the DDPM table, `mrs` equals DPMSolverMultistepScheduler on diffusers' own timesteps (final
+    σ = σ_min): ``solver_type`` "heun" is the Taylor form of the MR Sampler (``second_order="exact"``),
+    "midpoint" is ``second_order="midpoint"``; order 3 with ``third_order="dpm-solver"``."""
     diffusers = pytest.importorskip("diffusers")
     scheduler = diffusers.DPMSolverMultistepScheduler(beta_schedule="linear", solver_order=order,
-                                                      algorithm_type=algorithm, solver_type="heun",
+                                                      algorithm_type=algorithm, solver_type=solver_type,
                                                       final_sigmas_type="sigma_min")
     # the scheduler's own (float32) table, so both integrate exactly the same schedule
     sde = S.VPSDE.from_alphas_cumprod(scheduler.alphas_cumprod.double())
@@ -181,6 +185,29 @@ def test_reproduces_diffusers_dpm_solver(prediction, algorithm, order, n):
     x0 = exact_marginal_draw(mixture, sde, float(scheduler.timesteps[0]) / 999, 16, None, seed=2)
     expected, grid = _diffusers_run(scheduler, sde, mixture, n, x0)
     sol = revsde.sample(exact_model(mixture, sde), x_init=x0, sampler="mrs", order=order, prediction=prediction,
-                        grid=grid, third_order="dpm-solver")
+                        grid=grid, second_order=SOLVER_TYPES[solver_type], third_order="dpm-solver")
     assert sol.nfe == n
     torch.testing.assert_close(sol.x, expected, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.filterwarnings("ignore:sampler 'mrs'", "ignore::FutureWarning")
+@pytest.mark.parametrize("n", [8, 25])
+@pytest.mark.parametrize("solver_type", list(SOLVER_TYPES))
+@pytest.mark.parametrize("prediction, algorithm", [("data", "sde-dpmsolver++"), ("noise", "sde-dpmsolver")])
+def test_reproduces_diffusers_sde_dpm_solver(prediction, algorithm, solver_type, n):
+    """The stochastic `mrs` (order 2) equals diffusers' SDE-DPM-Solver(++) 2M draw for draw when both
+    take their noise from the same generator."""
+    diffusers = pytest.importorskip("diffusers")
+    scheduler = diffusers.DPMSolverMultistepScheduler(beta_schedule="linear", solver_order=2,
+                                                      algorithm_type=algorithm, solver_type=solver_type,
+                                                      final_sigmas_type="sigma_min")
+    sde = S.VPSDE.from_alphas_cumprod(scheduler.alphas_cumprod.double())
+    mixture = gaussian()
+    scheduler.set_timesteps(n)
+    x0 = exact_marginal_draw(mixture, sde, float(scheduler.timesteps[0]) / 999, 16, None, seed=3)
+    expected, grid = _diffusers_run(scheduler, sde, mixture, n, x0.float(), torch.Generator().manual_seed(7))
+    sol = revsde.sample(exact_model(mixture, sde), x_init=x0.float(), sampler="mrs", order=2, prediction=prediction,
+                        stochastic=True, grid=grid, second_order=SOLVER_TYPES[solver_type],
+                        generator=torch.Generator().manual_seed(7))
+    assert sol.nfe == n
+    torch.testing.assert_close(sol.x, expected, rtol=1e-4, atol=1e-4)

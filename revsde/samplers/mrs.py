@@ -30,6 +30,10 @@ class MRSampler(Sampler):
     is a second-order single step with one extra evaluation at its λ-midpoint, which then serves as
     history). The first-order start caps the global order at 2, so order 3 is third-order only with
     ``warmup="midpoint"``; the ``order`` attribute states the global order of the configuration.
+    ``second_order``: ``"exact"`` integrates the line through the last two outputs exactly (the MR
+    Sampler's Taylor form; diffusers' ``solver_type="heun"``); ``"midpoint"`` integrates its value at
+    the step's λ-midpoint instead (DPM-Solver++(2M) as published; diffusers' default
+    ``solver_type="midpoint"``): both second order.
     ``third_order``: ``"exact"`` integrates the quadratic through the last three outputs exactly;
     ``"dpm-solver"`` reproduces the 3M update of DPM-Solver(++) (diffusers, and the MR Sampler's
     ``step_ode_3rd``), whose second-difference term carries half the exact weight — second-order
@@ -44,7 +48,7 @@ class MRSampler(Sampler):
 
     def __init__(self, *, order: int = 2, prediction: str = "data", stochastic: bool = False,
                  lower_order_final: bool = True, denoise_last: bool = False, warmup: str = "multistep",
-                 third_order: str = "exact"):
+                 second_order: str = "exact", third_order: str = "exact"):
         self.stochastic = check_choice(self.name, "stochastic", stochastic, (False, True))
         self.prediction = check_choice(self.name, "prediction", prediction, PREDICTIONS)
         valid_orders = (1, 2) if stochastic else (1, 2, 3)
@@ -59,14 +63,18 @@ class MRSampler(Sampler):
         self.lower_order_final = check_choice(self.name, "lower_order_final", lower_order_final, (True, False))
         self.denoise_last = check_choice(self.name, "denoise_last", denoise_last, (False, True))
         self.warmup = check_choice(self.name, "warmup", warmup, ("multistep", "midpoint"))
+        self.second_order = check_choice(self.name, "second_order", second_order, ("exact", "midpoint"))
         self.third_order = check_choice(self.name, "third_order", third_order, ("exact", "dpm-solver"))
+        if prediction == "velocity" and (second_order, third_order) != ("exact", "exact"):
+            raise ValueError("sampler 'mrs' with prediction='velocity' integrates in the angle φ: "
+                             "second_order and third_order must be 'exact'")
         if stochastic and warmup != "multistep":
             raise ValueError("sampler 'mrs' supports warmup='midpoint' for the ODE only (stochastic=False)")
 
     def options(self):
         return {"order": self.solver_order, "prediction": self.prediction, "stochastic": self.stochastic,
                 "lower_order_final": self.lower_order_final, "denoise_last": self.denoise_last,
-                "warmup": self.warmup, "third_order": self.third_order}
+                "warmup": self.warmup, "second_order": self.second_order, "third_order": self.third_order}
 
     @property
     def kind(self):
@@ -178,7 +186,10 @@ class MRSampler(Sampler):
             (lam1, q1) = history[1]
             f01 = (q0 - q1) / b(lam0 - lam1)
             d0 = lam_t - lam0
-            c0, c1 = q0 + f01 * b(d0), f01
+            if order == 2 and self.second_order == "midpoint":  # the line's value mid-step, in λ
+                c0, c1 = q0 + f01 * b(0.5 * (lam_s + lam_t) - lam0), 0
+            else:
+                c0, c1 = q0 + f01 * b(d0), f01
             if order == 3:
                 (lam2, q2) = history[2]
                 f012 = ((q0 - q1) / b(lam0 - lam1) - (q1 - q2) / b(lam1 - lam2)) / b(lam0 - lam2)

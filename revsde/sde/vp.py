@@ -110,6 +110,15 @@ class DiscreteVPSDE(VPSDE):
     def from_betas(cls, betas) -> "DiscreteVPSDE":
         return cls(torch.cumprod(1 - torch.as_tensor(betas, dtype=torch.float64), 0))
 
+    @classmethod
+    def from_schedule(cls, num_train_timesteps: int = 1000, beta_start: float = 0.0001, beta_end: float = 0.02,
+                      beta_schedule: str = "linear", trained_betas=None,
+                      rescale_betas_zero_snr: bool = False) -> "DiscreteVPSDE":
+        """The table a diffusers scheduler config describes, computed as diffusers computes it (float32
+        betas and cumulative product), so both integrate the same schedule."""
+        return cls(ddpm_alphas_cumprod(num_train_timesteps, beta_start, beta_end, beta_schedule, trained_betas,
+                                       rescale_betas_zero_snr).double())
+
     def _segment(self, t):
         """Index position, segment k (points k, k+1) and the table on ``t``'s device."""
         t = as_time(t)
@@ -165,3 +174,46 @@ class SubVPSDE(VPSDE):
         int_beta = -2 * torch.log(alpha)
         d = self.beta_max - self.beta_min
         return 2 * int_beta / (self.beta_min + torch.sqrt(self.beta_min**2 + 2 * d * int_beta))
+
+
+BETA_SCHEDULES = ("linear", "scaled_linear", "squaredcos_cap_v2")
+
+
+def ddpm_alphas_cumprod(num_train_timesteps: int = 1000, beta_start: float = 0.0001, beta_end: float = 0.02,
+                        beta_schedule: str = "linear", trained_betas=None,
+                        rescale_betas_zero_snr: bool = False) -> torch.Tensor:
+    """``ᾱ_0..ᾱ_{N−1}`` (float32) of a DDPM training schedule named as in diffusers' scheduler configs.
+
+    linear: β linear in [β_start, β_end]; scaled_linear (Stable Diffusion): sqrt β linear;
+    squaredcos_cap_v2: Nichol & Dhariwal's cosine ᾱ with β ≤ 0.999; ``trained_betas`` overrides all.
+    ``rescale_betas_zero_snr`` (Lin et al. 2024) shifts sqrt ᾱ to reach 0 at the end; the last value
+    is then set to 2⁻²⁴ as diffusers does, keeping λ finite.
+    """
+    if isinstance(num_train_timesteps, bool) or not isinstance(num_train_timesteps, int) or num_train_timesteps < 2:
+        raise ValueError(f"num_train_timesteps must be an integer >= 2 (got {num_train_timesteps!r})")
+    n = num_train_timesteps
+    if trained_betas is not None:
+        betas = torch.tensor(trained_betas, dtype=torch.float32).flatten()
+        if betas.numel() != n:
+            raise ValueError(f"trained_betas holds {betas.numel()} values for num_train_timesteps={n}")
+    elif beta_schedule == "linear":
+        betas = torch.linspace(beta_start, beta_end, n, dtype=torch.float32)
+    elif beta_schedule == "scaled_linear":
+        betas = torch.linspace(beta_start**0.5, beta_end**0.5, n, dtype=torch.float32) ** 2
+    elif beta_schedule == "squaredcos_cap_v2":
+        alpha_bar = lambda u: math.cos((u + 0.008) / 1.008 * math.pi / 2) ** 2
+        betas = torch.tensor([min(1 - alpha_bar((i + 1) / n) / alpha_bar(i / n), 0.999) for i in range(n)],
+                             dtype=torch.float32)
+    else:
+        raise ValueError(f"beta_schedule must be one of {', '.join(BETA_SCHEDULES)} or trained_betas given "
+                         f"(got {beta_schedule!r})")
+    if rescale_betas_zero_snr:
+        root = torch.cumprod(1 - betas, 0).sqrt()
+        first, last = root[0].clone(), root[-1].clone()
+        root = (root - last) * (first / (first - last))
+        alphas_bar = root**2
+        betas = 1 - torch.cat([alphas_bar[:1], alphas_bar[1:] / alphas_bar[:-1]])
+    alphas_cumprod = torch.cumprod(1 - betas, 0)
+    if rescale_betas_zero_snr:
+        alphas_cumprod[-1] = 2**-24
+    return alphas_cumprod

@@ -1,0 +1,88 @@
+"""An unconditional image pipeline that runs any diffusers scheduler the way Stable Diffusion does.
+
+``DDPMPipeline`` calls ``step(..., generator=...)`` (UniPC and Heun do not take one), and skips
+``init_noise_sigma`` and ``scale_model_input`` (so σ-parameterised schedulers such as Euler start from
+the wrong prior and feed the network unscaled inputs). ``UnconditionalPipeline`` follows the Stable
+Diffusion loop instead: ``set_timesteps`` on the device, latents scaled by ``init_noise_sigma``,
+``scale_model_input`` before every network call, and ``eta`` / ``generator`` passed to ``step`` only
+where its signature takes them.
+"""
+from __future__ import annotations
+
+import inspect
+
+import torch
+from diffusers import DiffusionPipeline
+from diffusers.pipelines.pipeline_utils import ImagePipelineOutput
+from diffusers.utils.torch_utils import randn_tensor
+
+OUTPUT_TYPES = ("pil", "np", "pt", "raw")
+
+
+class UnconditionalPipeline(DiffusionPipeline):
+    """``unet``: any model called ``unet(x, t).sample`` with ``config.sample_size`` and ``config.in_channels``
+    (``UNet2DModel``, ``ExactMixtureUNet``); ``scheduler``: any diffusers scheduler or ``RevSDEScheduler``.
+
+    ``output_type``: ``"pil"``, ``"np"`` (``(B, H, W, C)`` in [0, 1]), ``"pt"`` (``(B, C, H, W)`` in [0, 1]) or
+    ``"raw"`` (the final state, neither rescaled nor clamped: what sample-quality metrics should see).
+    """
+
+    model_cpu_offload_seq = "unet"
+
+    def __init__(self, unet, scheduler):
+        super().__init__()
+        self.register_modules(unet=unet, scheduler=scheduler)
+
+    def prepare_extra_step_kwargs(self, generator, eta):
+        """``eta`` and ``generator`` for ``scheduler.step``, each only if its signature takes it (as SD)."""
+        accepted = set(inspect.signature(self.scheduler.step).parameters)
+        extra = {}
+        if "eta" in accepted:
+            extra["eta"] = eta
+        if "generator" in accepted:
+            extra["generator"] = generator
+        return extra
+
+    def _image_shape(self, batch_size: int) -> tuple:
+        size = self.unet.config.sample_size
+        size = (size, size) if isinstance(size, int) else tuple(size)
+        return (batch_size, self.unet.config.in_channels, *size)
+
+    @torch.no_grad()
+    def __call__(self, batch_size: int = 1, num_inference_steps: int = 50, generator=None, eta: float = 0.0,
+                 output_type: str = "pil", return_dict: bool = True):
+        if output_type not in OUTPUT_TYPES:
+            raise ValueError(f"output_type must be one of {', '.join(OUTPUT_TYPES)} (got {output_type!r})")
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            raise ValueError(f"batch_size must be an integer >= 1 (got {batch_size!r})")
+        if isinstance(generator, list) and len(generator) != batch_size:
+            raise ValueError(f"a list of generators must hold one per sample ({batch_size}; got {len(generator)})")
+        device = self._execution_device
+
+        # 1. Timesteps on the device, then the prior at the scheduler's scale.
+        self.scheduler.set_timesteps(num_inference_steps, device=device)
+        timesteps = self.scheduler.timesteps
+        latents = randn_tensor(self._image_shape(batch_size), generator=generator, device=device,
+                               dtype=self.unet.dtype)
+        latents = latents * self.scheduler.init_noise_sigma
+        extra_step_kwargs = self.prepare_extra_step_kwargs(generator, eta)
+
+        # 2. Denoising loop: the scheduler scales the input, the network predicts, the scheduler steps.
+        for t in self.progress_bar(timesteps):
+            model_input = self.scheduler.scale_model_input(latents, t)
+            model_output = self.unet(model_input, t).sample
+            latents = self.scheduler.step(model_output, t, latents, **extra_step_kwargs, return_dict=False)[0]
+
+        # 3. Output: the raw state, or images in [0, 1] as DDPMPipeline makes them.
+        if output_type == "raw":
+            image = latents
+        else:
+            image = (latents / 2 + 0.5).clamp(0, 1)
+            if output_type != "pt":
+                image = image.cpu().permute(0, 2, 3, 1).float().numpy()
+                if output_type == "pil":
+                    image = self.numpy_to_pil(image)
+        self.maybe_free_model_hooks()
+        if not return_dict:
+            return (image,)
+        return ImagePipelineOutput(images=image)

@@ -1,0 +1,129 @@
+"""Tiny, deterministic diffusers pipelines built offline, for tests.
+
+Every builder constructs its models from configs (never from a hub name) with weights drawn under
+``torch.manual_seed(seed)`` inside ``torch.random.fork_rng``, so the same seed gives the same weights
+and the caller's global RNG is left untouched. The Stable-Diffusion pipeline's tokenizer is a CLIP BPE
+loaded from ``tests/fixtures/tiny_clip_tokenizer`` (the 256 byte-level symbols, with and without
+``</w>``, so any text tokenizes without ``<unk>``; a few dozen whole words such as "a photo of a red
+cat"; ``<|startoftext|>`` and ``<|endoftext|>`` as the last two ids, as in CLIP).
+"""
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from diffusers import (AutoencoderKL, DDIMScheduler, DDPMPipeline, DDPMScheduler, SchedulerMixin,
+                       StableDiffusionPipeline, UNet2DConditionModel, UNet2DModel)
+
+TOKENIZER_DIR = Path(__file__).parent / "fixtures" / "tiny_clip_tokenizer"
+# Whole words of the fixture vocabulary: each tokenizes to a single id.
+FIXTURE_WORDS = ("a an the of on in with and photo picture painting drawing cat cats dog dogs bird horse car "
+                 "house tree flower mountain river sky sun red blue green yellow white black big small").split()
+CROSS_ATTENTION_DIM = 16
+LATENT_SIZE = 8  # the SD UNet's sample_size; the VAE upsamples by 2, so images are 16 x 16 px
+
+
+@contextlib.contextmanager
+def _seeded(seed: int) -> Iterator[None]:
+    """Fork the CPU RNG and seed it: model init is reproducible and the global RNG is untouched."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        yield
+
+
+def tiny_unet2d(sample_size: int = 16, channels: int = 3, seed: int = 0) -> UNet2DModel:
+    """An unconditional ``UNet2DModel`` with two resolution levels of 8 and 16 channels."""
+    with _seeded(seed):
+        unet = UNet2DModel(sample_size=sample_size, in_channels=channels, out_channels=channels,
+                           layers_per_block=1, block_out_channels=(8, 16), norm_num_groups=4,
+                           down_block_types=("DownBlock2D", "DownBlock2D"),
+                           up_block_types=("UpBlock2D", "UpBlock2D"))
+    return unet.eval()
+
+
+def tiny_ddpm_pipeline(scheduler: SchedulerMixin | None = None, sample_size: int = 16,
+                       seed: int = 0) -> DDPMPipeline:
+    """A CPU ``DDPMPipeline`` on :func:`tiny_unet2d` (default scheduler: ``DDPMScheduler()``)."""
+    pipe = DDPMPipeline(unet=tiny_unet2d(sample_size=sample_size, seed=seed),
+                        scheduler=scheduler if scheduler is not None else DDPMScheduler())
+    pipe.set_progress_bar_config(disable=True)
+    return pipe.to("cpu")
+
+
+def sd_ddim_scheduler() -> DDIMScheduler:
+    """DDIM with Stable Diffusion v1's training table and timestep conventions."""
+    return DDIMScheduler(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012,
+                         beta_schedule="scaled_linear", clip_sample=False, set_alpha_to_one=False,
+                         steps_offset=1, timestep_spacing="leading", prediction_type="epsilon")
+
+
+def tiny_clip_tokenizer():
+    """The fixture ``CLIPTokenizer`` (``model_max_length`` 77, pad = eos = ``<|endoftext|>``)."""
+    from transformers import CLIPTokenizer
+
+    return CLIPTokenizer.from_pretrained(TOKENIZER_DIR, local_files_only=True)
+
+
+def tiny_clip_text_model(vocab_size: int, bos_token_id: int, eos_token_id: int, pad_token_id: int,
+                         seed: int = 0):
+    """A 2-layer, 2-head ``CLIPTextModel`` of width :data:`CROSS_ATTENTION_DIM`."""
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    config = CLIPTextConfig(vocab_size=vocab_size, hidden_size=CROSS_ATTENTION_DIM, intermediate_size=32,
+                            num_hidden_layers=2, num_attention_heads=2, max_position_embeddings=77,
+                            bos_token_id=bos_token_id, eos_token_id=eos_token_id, pad_token_id=pad_token_id)
+    with _seeded(seed):
+        model = CLIPTextModel(config)
+    return model.eval()
+
+
+def tiny_sd_pipeline(scheduler: SchedulerMixin | None = None, seed: int = 0) -> StableDiffusionPipeline:
+    """A CPU ``StableDiffusionPipeline``: 4-channel 8 x 8 latents, 16 x 16 px images, no safety checker
+    (default scheduler: :func:`sd_ddim_scheduler`)."""
+    tokenizer = tiny_clip_tokenizer()
+    text_encoder = tiny_clip_text_model(len(tokenizer), tokenizer.bos_token_id, tokenizer.eos_token_id,
+                                        tokenizer.pad_token_id, seed=seed)
+    with _seeded(seed):
+        unet = UNet2DConditionModel(sample_size=LATENT_SIZE, in_channels=4, out_channels=4, layers_per_block=1,
+                                    block_out_channels=(8, 16), norm_num_groups=4,
+                                    down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+                                    up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
+                                    cross_attention_dim=CROSS_ATTENTION_DIM, attention_head_dim=2)
+        vae = AutoencoderKL(in_channels=3, out_channels=3, latent_channels=4, block_out_channels=(8, 16),
+                            layers_per_block=1, norm_num_groups=4, sample_size=2 * LATENT_SIZE,
+                            down_block_types=("DownEncoderBlock2D", "DownEncoderBlock2D"),
+                            up_block_types=("UpDecoderBlock2D", "UpDecoderBlock2D"))
+    pipe = StableDiffusionPipeline(vae=vae.eval(), text_encoder=text_encoder, tokenizer=tokenizer,
+                                   unet=unet.eval(),
+                                   scheduler=scheduler if scheduler is not None else sd_ddim_scheduler(),
+                                   safety_checker=None, feature_extractor=None, requires_safety_checker=False)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe.to("cpu")
+
+
+@dataclass
+class UNetCalls:
+    """What :func:`count_unet_calls` saw: forward ``calls`` and the batch ``rows`` they evaluated."""
+    calls: int = 0
+    rows: int = 0
+
+
+@contextlib.contextmanager
+def count_unet_calls(pipe) -> Iterator[UNetCalls]:
+    """Count ``pipe.unet`` forward calls inside the block (a classifier-free-guidance step is one call
+    of twice the batch: NFE = ``calls``, rows = ``calls x 2 x batch``)."""
+    counter = UNetCalls()
+
+    def hook(module, args, kwargs):
+        sample = args[0] if args else kwargs["sample"]
+        counter.calls += 1
+        counter.rows += sample.shape[0]
+
+    handle = pipe.unet.register_forward_pre_hook(hook, with_kwargs=True)
+    try:
+        yield counter
+    finally:
+        handle.remove()
