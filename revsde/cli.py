@@ -27,7 +27,13 @@ under every SDE, so no weights are needed. The run prints the NFE (network evalu
 the Fréchet distance (FD) between the samples' mean and covariance and the exact ones of the
 distribution the sampler should reach (p_t at the SDE's t_min), and the sliced Wasserstein
 distance (SWD) to as many exact samples of it. It writes the samples (.npz) and a scatter plot
-(.png), each replaced atomically."""
+(.png), each replaced atomically.
+
+With --diffusers PATH it runs a local diffusers pipeline folder (DDPM-style unconditional, or
+Stable-Diffusion-style with --prompt) whose scheduler is replaced by RevSDEScheduler built from the
+folder's own scheduler config: any sampler below except the adaptive ones, its options with
+--option, and RevSDEScheduler's own keys too (e.g. --option final_sigmas_type=sigma_min). The folder
+is only read; the images go to the --output folder."""
 
 
 def _summary(doc: str | None, width: int = 100) -> str:
@@ -68,6 +74,8 @@ def _sample_epilog() -> str:
         "  revsde sample --sde ve --sampler pc --steps 200 --option snr=0.1 --option corrector=ald",
         "  revsde sample --sde mr --mu=-1,0.5 --sampler euler_maruyama --steps 200",
         "  revsde sample --sampler ode_rk45 --option rtol=1e-4 --option atol=1e-4",
+        "  revsde sample --diffusers ./my-ddpm-pipeline --sampler mrs --option order=3 --steps 15",
+        "  revsde sample --diffusers ./my-sd-pipeline --prompt 'a red house' --sampler pc --steps 30",
     ]
     return "\n".join(lines)
 
@@ -124,16 +132,25 @@ def build_parser() -> argparse.ArgumentParser:
                             formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", choices=["gmm"], default="gmm",
                    help="the model: 'gmm', the built-in 2-D Gaussian-mixture ring with its exact score (default)")
+    p.add_argument("--diffusers", default=None, metavar="PATH",
+                   help="sample a local diffusers pipeline folder instead (model_index.json inside), its "
+                        "scheduler replaced by RevSDEScheduler(--sampler, --option ...); writes PNGs")
+    p.add_argument("--prompt", default=None, help="with --diffusers: the text of a text-to-image pipeline")
+    p.add_argument("--negative-prompt", default=None, help="with --diffusers: the negative prompt")
+    p.add_argument("--guidance-scale", type=float, default=None, metavar="G",
+                   help="with --diffusers: classifier-free guidance scale (default: the pipeline's)")
     p.add_argument("--sde", choices=["vp", "subvp", "ve", "mr", "ouve"], default="vp",
                    help="the diffusion SDE (default: vp)")
-    p.add_argument("--sampler", default="ode_heun", metavar="NAME",
-                   help="a registry name, listed below (default: ode_heun)")
-    p.add_argument("--steps", type=_integer, default=50, metavar="N",
-                   help="grid intervals; ignored by adaptive samplers (default: 50)")
+    p.add_argument("--sampler", default=None, metavar="NAME",
+                   help="a registry name, listed below (default: ode_heun; mrs with --diffusers)")
+    p.add_argument("--steps", type=_integer, default=None, metavar="N",
+                   help="grid intervals; ignored by adaptive samplers (default: 50; 20 with --diffusers)")
     p.add_argument("--grid", default=None, metavar="NAME",
-                   help=f"time grid: {', '.join(grids_mod.available())} (default: the sampler's own)")
-    p.add_argument("--n", type=_integer, default=2000, metavar="N",
-                   help="number of samples, and of exact samples to compare with (default: 2000)")
+                   help=f"time grid: {', '.join(grids_mod.available())} (default: the sampler's own; "
+                        "with --diffusers also 'discrete', the folder's timestep spacing, the default)")
+    p.add_argument("--n", type=_integer, default=None, metavar="N",
+                   help="number of samples, and of exact samples to compare with (default: 2000; "
+                        "4 images with --diffusers)")
     p.add_argument("--seed", type=_integer, default=0,
                    help="sample b draws from its own generator seeded seed+b (default: 0)")
     p.add_argument("--mu", type=parse_mu, default=None, metavar="X,Y",
@@ -146,8 +163,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="fresh Gaussian noise per step, or one fixed Brownian path per sample, the same "
                         "at every step count (default: gaussian)")
     p.add_argument("--device", default=None, help="torch device, e.g. cpu or cuda (default: cpu)")
-    p.add_argument("-o", "--output", default="out/gmm_samples.npz", metavar="OUT.npz",
-                   help="where to write the samples, exact moments and metadata (default: out/gmm_samples.npz)")
+    p.add_argument("-o", "--output", default=None, metavar="OUT",
+                   help="where to write the samples, exact moments and metadata (default: out/gmm_samples.npz); "
+                        "with --diffusers a folder for sample_NNN.png, grid.png, run.json "
+                        "(default: out/diffusers)")
     p.add_argument("--plot", default="out/gmm_samples.png", metavar="OUT.png",
                    help="where to write the scatter plot (default: out/gmm_samples.png)")
     p.add_argument("--no-plot", dest="plot", action="store_const", const=None, help="write no plot")
@@ -206,23 +225,46 @@ def _run_bench(args) -> int:
 
 
 def _run_sample(args) -> int:
-    from .apps.sample import sample_gmm
-
     options = {}
     for key, value in args.option:
         if key in options:
             raise ValueError(f"sampler option {key!r} given twice")
         options[key] = value
     progress = sys.stderr.isatty() if args.progress is None else args.progress
-    result = sample_gmm(sde=args.sde, sampler=args.sampler, steps=args.steps, grid=args.grid, n=args.n,
-                        seed=args.seed, mu=args.mu, options=options, noise=args.noise, progress=progress,
-                        device=args.device)
+    if args.diffusers is not None:
+        return _run_sample_diffusers(args, options, progress)
+    for flag, value in (("--prompt", args.prompt), ("--negative-prompt", args.negative_prompt),
+                        ("--guidance-scale", args.guidance_scale)):
+        if value is not None:
+            raise ValueError(f"{flag} applies only with --diffusers PATH")
+    from .apps.sample import sample_gmm
+
+    output = args.output or "out/gmm_samples.npz"
+    result = sample_gmm(sde=args.sde, sampler=args.sampler or "ode_heun", steps=args.steps or 50, grid=args.grid,
+                        n=args.n or 2000, seed=args.seed, mu=args.mu, options=options, noise=args.noise,
+                        progress=progress, device=args.device)
     print(result.report())
-    result.save_npz(args.output)
-    print(f"wrote {args.output}")
+    result.save_npz(output)
+    print(f"wrote {output}")
     if args.plot is not None:
         result.plot(args.plot)
         print(f"wrote {args.plot}")
+    return 0
+
+
+def _run_sample_diffusers(args, options, progress) -> int:
+    from .apps.sample_diffusers import sample_diffusers
+
+    if args.sde != "vp" or args.mu is not None:
+        raise ValueError("--sde and --mu do not apply with --diffusers: the pipeline's scheduler config "
+                         "defines its (discrete VP) SDE")
+    result = sample_diffusers(args.diffusers, sampler=args.sampler or "mrs", steps=args.steps or 20, grid=args.grid,
+                              options=options, n=args.n or 4, seed=args.seed, prompt=args.prompt,
+                              negative_prompt=args.negative_prompt, guidance_scale=args.guidance_scale,
+                              noise=args.noise, device=args.device, progress=progress)
+    print(result.report())
+    for path in result.save(args.output or "out/diffusers"):
+        print(f"wrote {path}")
     return 0
 
 
