@@ -8,6 +8,7 @@ Sampler's ``v = α λ ε − (σ/λ)(x_0 − μ)``.
 """
 from __future__ import annotations
 
+import copy
 from typing import Callable
 
 import torch
@@ -95,19 +96,49 @@ class ScoreModel:
     given); ``time_fn`` defaults to ``sde.model_time``. ``dtype`` casts the network's inputs (e.g.
     float16: ``x``, the time, and every ``cond`` tensor of the state's dtype such as μ) while the solver
     state keeps its own dtype.
+
+    Classifier-free guidance: with ``guidance_scale=w`` the network sees the batch twice in one call,
+    conditional then unconditional (``uncond`` gives the unconditional values of ``cond`` keys, e.g.
+    ``{"class_labels": null_labels}``; keys it does not name are shared), and the output is
+    ``u + w (c − u)`` in the network's own parameterisation (linear in it, so the same for every
+    ``prediction``). ``w = 1`` is the conditional model.
     """
 
     def __init__(self, net: Callable, sde, prediction: str = "noise", *, time_fn: Callable | None = None,
-                 dtype: torch.dtype | None = None):
+                 dtype: torch.dtype | None = None, guidance_scale: float | None = None,
+                 uncond: dict | None = None):
         self.net, self.sde = net, sde
         self.prediction = check_prediction(prediction)
         self.time_fn = time_fn if time_fn is not None else sde.model_time
         self.dtype = dtype
+        if guidance_scale is not None and (isinstance(guidance_scale, bool) or not isinstance(guidance_scale, (int, float))):
+            raise ValueError(f"guidance_scale must be a number (got {guidance_scale!r})")
+        if (guidance_scale is None) != (uncond is None):
+            raise ValueError("classifier-free guidance needs both guidance_scale and uncond (the unconditional "
+                             "values of the cond inputs, e.g. uncond={'class_labels': null_labels})")
+        self.guidance_scale, self.uncond = guidance_scale, uncond
+
+    def graphed(self) -> "ScoreModel":
+        """This model with its network replayed from CUDA graphs (``revsde.kernels.GraphedModel``):
+        built once and kept, so later runs reuse the graphs already captured."""
+        from .kernels.graphs import GraphedModel
+
+        if isinstance(self.net, GraphedModel):
+            return self
+        if self.__dict__.get("_graphed") is None:
+            clone = copy.copy(self)
+            clone.net = GraphedModel(self.net)
+            self._graphed = clone
+        return self._graphed
 
     def __call__(self, x: torch.Tensor, t, mu: torch.Tensor | None = None, **cond) -> Prediction:
         t = as_time(t, like=x)
         if t.ndim == 0:
             t = t.expand(x.shape[0])
+        return Prediction(self.prediction, self.output(x, t, mu, **cond), x, t, self.sde, mu)
+
+    def output(self, x: torch.Tensor, t: torch.Tensor, mu: torch.Tensor | None = None, **cond) -> torch.Tensor:
+        """The network's raw output at ``x`` and per-sample times ``t`` (``(B,)``), in ``x``'s dtype."""
         if mu is not None:
             cond = {**cond, "mu": mu}
         x_in = x if self.dtype is None else x.to(self.dtype)
@@ -117,5 +148,39 @@ class ScoreModel:
         time_in = self.time_fn(t)
         if torch.is_tensor(time_in) and time_in.is_floating_point():
             time_in = time_in.to(real_dtype(x_in.dtype))
-        out = self.net(x_in, time_in, **cond)
-        return Prediction(self.prediction, out.to(x.dtype), x, t, self.sde, mu)
+        if self.guidance_scale is None:
+            return self.net(x_in, time_in, **cond).to(x.dtype)
+        both = self.net(torch.cat([x_in, x_in]), _twice(time_in, x.shape[0]), **self._both_branches(cond, x))
+        c, u = both.to(x.dtype).chunk(2)
+        return u + self.guidance_scale * (c - u)
+
+    def _both_branches(self, cond: dict, x: torch.Tensor) -> dict:
+        """Each cond input for the doubled batch: its value, then its unconditional value."""
+        missing = sorted(set(self.uncond) - set(cond))
+        if missing:
+            raise ValueError(f"uncond names {missing}, which this call's cond does not give "
+                             f"(cond keys: {sorted(cond)})")
+        batch = x.shape[0]
+        merged = {}
+        for key, value in cond.items():
+            other = self.uncond.get(key, value)
+            if not (torch.is_tensor(value) and torch.is_tensor(other)):
+                if key in self.uncond:
+                    raise ValueError(f"cond {key!r} and its uncond value must be tensors to batch both branches")
+                merged[key] = value  # shared non-tensor input
+                continue
+            merged[key] = torch.cat([_per_row(value, batch), _per_row(other, batch).to(value.dtype)])
+        return merged
+
+
+def _per_row(v: torch.Tensor, batch: int) -> torch.Tensor:
+    """``v`` with a leading batch dimension of ``batch`` (a 0-d or size-1 leading dim is expanded)."""
+    if v.ndim == 0:
+        return v.expand(batch)
+    return v if v.shape[0] == batch else v.expand(batch, *v.shape[1:])
+
+
+def _twice(time_in, batch: int):
+    if torch.is_tensor(time_in) and time_in.ndim > 0:
+        return torch.cat([time_in, time_in])
+    return time_in

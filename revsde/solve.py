@@ -9,9 +9,10 @@ import torch
 
 from . import grids as grids_mod
 from . import samplers as samplers_mod
-from .model import ScoreModel
+from .model import Prediction, ScoreModel
 from .noise import BrownianNoise, GaussianNoise, draw_entropy, generators_from_seed
 from .samplers.base import Query, Step
+from .sde.cached import GridCoefficients
 
 NOISES = ("gaussian", "brownian")
 
@@ -62,7 +63,7 @@ def sample(model: ScoreModel, shape: Sequence[int] | None = None, *, sampler="eu
            steps: int | None = None, grid=None, mu: torch.Tensor | None = None, seed: int | None = 0,
            generator=None, x_init: torch.Tensor | None = None, noise="gaussian",
            callback: Callable[[Step], None] | None = None, cond: dict | None = None, progress: bool = False,
-           dtype: torch.dtype | None = None, device=None, **options) -> Solution:
+           dtype: torch.dtype | None = None, device=None, graphs="auto", **options) -> Solution:
     """Draw samples by integrating ``model``'s reverse SDE or PF-ODE from ``t_max`` to ``t_min``.
 
     ``sampler`` is a registry name (its options as keyword arguments) or a ``Sampler``; ``grid`` a
@@ -72,6 +73,9 @@ def sample(model: ScoreModel, shape: Sequence[int] | None = None, *, sampler="eu
     its batch); ``generator`` (one, or a list with one per sample) replaces it. ``noise`` is
     ``"gaussian"``, ``"brownian"`` (a fixed Brownian path per sample, the same at every step count)
     or a noise source. The state is float32, or float64 / complex when the input is.
+    ``graphs``: replay the network from CUDA graphs (``ScoreModel.graphed()``): ``"auto"`` (default)
+    on CUDA devices, ``True``, or ``False``. On CUDA the loop makes no host sync per step: the NaN
+    guard reads its verdicts every 16 steps and at the end.
     """
     if not isinstance(model, ScoreModel):
         raise ValueError(f"model must be a revsde.ScoreModel (got {type(model).__name__}); "
@@ -94,6 +98,10 @@ def sample(model: ScoreModel, shape: Sequence[int] | None = None, *, sampler="eu
         if not ok:
             raise ValueError(f"mu has shape {tuple(mu.shape)}, which does not broadcast to the state's shape {shape}")
         mu = mu.to(device=device, dtype=state_dtype).expand(shape)
+    if graphs not in ("auto", True, False):
+        raise ValueError(f"graphs must be 'auto', True or False (got {graphs!r})")
+    if graphs is True or (graphs == "auto" and torch.device(device).type == "cuda"):
+        model = model.graphed()
     if noise not in NOISES and not callable(noise):
         raise ValueError(f"noise must be one of {', '.join(NOISES)} or a noise source (got {noise!r})")
     grid_name = smp.default_grid if grid is None else grid
@@ -120,11 +128,46 @@ def sample(model: ScoreModel, shape: Sequence[int] | None = None, *, sampler="eu
 def check_finite(smp, step: Step, nfe: int) -> None:
     """The NaN guard: raise ``NonFiniteStateError`` naming the sampler, step, time and NFE."""
     if not bool(torch.isfinite(step.x).all()):
-        lo, hi = float(step.t.min()), float(step.t.max())
-        when = f"{lo:.6g}" if lo == hi else f"{lo:.6g}..{hi:.6g}"
-        raise NonFiniteStateError(
-            f"sampler {smp.name!r}: the state became NaN/Inf at step {step.i} (t = {when}, NFE {nfe}); "
-            "try more steps, a data-prediction sampler, or check the network's output")
+        _non_finite(smp, step.i, step.t, nfe)
+
+
+def _non_finite(smp, i: int, t: torch.Tensor, nfe: int):
+    lo, hi = float(t.min()), float(t.max())
+    when = f"{lo:.6g}" if lo == hi else f"{lo:.6g}..{hi:.6g}"
+    raise NonFiniteStateError(
+        f"sampler {smp.name!r}: the state became NaN/Inf at step {i} (t = {when}, NFE {nfe}); "
+        "try more steps, a data-prediction sampler, or check the network's output")
+
+
+class FiniteGuard:
+    """The NaN guard without a host sync per step on an accelerator.
+
+    On CPU every step is checked at once (a check costs no sync there). On other devices each step's
+    verdict stays on the device and they are read together every ``every`` steps and at ``flush()``,
+    which reports the first failing step exactly as ``check_finite`` would.
+    """
+
+    def __init__(self, smp, device, every: int = 16):
+        self.smp = smp
+        self.every = 1 if torch.device(device).type == "cpu" else every
+        self._pending: list[tuple[torch.Tensor, int, torch.Tensor, int]] = []
+
+    def __call__(self, step: Step, nfe: int):
+        if self.every == 1:
+            check_finite(self.smp, step, nfe)
+            return
+        self._pending.append((torch.isfinite(step.x).all(), step.i, step.t, nfe))
+        if len(self._pending) >= self.every:
+            self.flush()
+
+    def flush(self):
+        if not self._pending:
+            return
+        pending, self._pending = self._pending, []
+        ok = torch.stack([p[0] for p in pending])
+        if not bool(ok.all()):  # one sync for the whole batch of steps
+            _, i, t, nfe = pending[int((~ok).nonzero()[0])]
+            _non_finite(self.smp, i, t, nfe)
 
 
 def _drive(model, smp, sde, grid, x, mu, noise, cond, callback, progress) -> Solution:
@@ -133,18 +176,21 @@ def _drive(model, smp, sde, grid, x, mu, noise, cond, callback, progress) -> Sol
     total = None if smp.adaptive else grid.shape[0] - 1
     bar = tqdm(total=total, desc=smp.name, disable=not progress, leave=False)
     nfe, steps = 0, 0
+    sde = GridCoefficients(sde, grid)  # each time function once per grid, on its device
+    guard = FiniteGuard(smp, x.device)
     run = smp.run(sde, grid, x, mu, noise)
     try:
         request = next(run)
         while True:
             if isinstance(request, Query):
-                pred = model(request.x, request.t, mu=mu, **cond)
+                pred = Prediction(model.prediction, model.output(request.x, request.t, mu, **cond), request.x,
+                                  request.t, sde, mu)
                 nfe += 1
                 request = run.send(pred)
                 continue
             if not isinstance(request, Step):
                 raise TypeError(f"sampler {smp.name!r} yielded {type(request).__name__}; expected Query or Step")
-            check_finite(smp, request, nfe)
+            guard(request, nfe)
             steps += 1
             request.nfe = nfe
             if callback is not None:
@@ -158,6 +204,7 @@ def _drive(model, smp, sde, grid, x, mu, noise, cond, callback, progress) -> Sol
     finally:
         run.close()
         bar.close()
+    guard.flush()
     if not bool(torch.isfinite(x).all()):
         raise NonFiniteStateError(f"sampler {smp.name!r} returned a NaN/Inf state (NFE {nfe})")
     return Solution(x=x, nfe=nfe, grid=grid, sampler=smp.name, steps=steps, info={"options": smp.options()})

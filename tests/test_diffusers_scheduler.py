@@ -18,7 +18,8 @@ from exact import gaussian  # noqa: E402
 SD_KEYS = dict(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012, steps_offset=1,
                timestep_spacing="leading")
 SOURCE_SCHEDULERS = ["DDPMScheduler", "DDIMScheduler", "PNDMScheduler", "EulerDiscreteScheduler",
-                     "DPMSolverMultistepScheduler", "UniPCMultistepScheduler"]
+                     "DPMSolverMultistepScheduler", "UniPCMultistepScheduler", "HeunDiscreteScheduler",
+                     "LMSDiscreteScheduler"]
 
 
 def steppable_samplers():
@@ -50,6 +51,7 @@ def test_from_config_of_diffusers_schedulers(source, keys):
     assert rev.config.sampler == "mrs" and rev.config.order == 2
     assert rev.sampler.solver_order == 2
     assert rev.config.prediction_type == original.config.prediction_type
+    assert rev.config.timestep_spacing == original.config.timestep_spacing
     # the same training table, bit for bit
     assert torch.equal(rev.alphas_cumprod, original.alphas_cumprod)
 

@@ -131,10 +131,19 @@ class RevSDEScheduler(SchedulerMixin, ConfigMixin):
 
     @classmethod
     def from_config(cls, config=None, return_unused_kwargs=False, **kwargs):
-        """diffusers' ``from_config``; naming a ``sampler`` drops the sampler options the config carries
-        from an earlier sampler, so ``from_config(rev.config, sampler="pc")`` does not inherit ``order``."""
-        if config is not None and "sampler" in kwargs:
-            config = {k: v for k, v in dict(config).items() if k not in SAMPLER_OPTIONS or k in kwargs}
+        """diffusers' ``from_config``, reading the schedule the replaced scheduler really used.
+
+        A diffusers config lists the keys its class left at their defaults in ``_use_default_values``,
+        and diffusers' ``from_config`` skips them, so the new class's defaults would silently replace
+        the old class's (``HeunDiscreteScheduler()``'s β 0.00085–0.012 would become 1e-4–0.02): here
+        every value is taken as written. Naming a ``sampler`` drops the sampler
+        options the config carries from an earlier sampler (``from_config(rev.config, sampler="pc")``
+        does not inherit ``order``)."""
+        if config is not None:
+            config = dict(config)
+            config.pop("_use_default_values", None)  # the values as written (for our own config, the same)
+            if "sampler" in kwargs:
+                config = {k: v for k, v in config.items() if k not in SAMPLER_OPTIONS or k in kwargs}
         return super().from_config(config, return_unused_kwargs=return_unused_kwargs, **kwargs)
 
     # --- the schedule ---------------------------------------------------------------------------

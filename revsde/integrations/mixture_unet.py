@@ -5,9 +5,11 @@ same output, same ``config.sample_size`` / ``config.in_channels``), but returns 
 ``E[ε | x_t] = −σ_t ∇log p_t(x_t)`` of data ``x_0 ~ Σ_k w_k N(m_k, diag(s_k²))``. With the network's error
 removed, the distance of a pipeline's samples to the mixture measures the scheduler alone.
 
-The training table is built exactly as diffusers builds it (float32 β, float32 cumulative product), and a
-(possibly fractional) DDPM index τ is read as the time ``t = τ / (N − 1)`` of ``DiscreteVPSDE``, which
-interpolates the table linearly in log-SNR.
+The training table is built exactly as diffusers builds it (``DiscreteVPSDE.from_schedule``: float32 β,
+float32 cumulative product; linear, scaled_linear or squaredcos_cap_v2), and a (possibly fractional) DDPM
+index τ is read as the time ``t = τ / (N − 1)`` of that ``DiscreteVPSDE``, which interpolates the table
+linearly in log-SNR (the reading of diffusers' σ-schedulers, which map σ back to a fractional timestep
+by interpolating log σ = −λ).
 """
 from __future__ import annotations
 
@@ -21,31 +23,6 @@ from diffusers.models.unets.unet_2d import UNet2DOutput
 from ..nets.gmm import GaussianMixture
 from ..sde.vp import DiscreteVPSDE
 from ..tensors import as_time
-
-BETA_SCHEDULES = ("linear", "scaled_linear", "squaredcos_cap_v2")
-
-
-def ddpm_betas(num_train_timesteps: int = 1000, beta_start: float = 1e-4, beta_end: float = 0.02,
-               beta_schedule: str = "linear") -> torch.Tensor:
-    """diffusers' training β table (``DDPMScheduler.__init__``), float32 as diffusers makes it."""
-    if beta_schedule == "linear":
-        return torch.linspace(beta_start, beta_end, num_train_timesteps, dtype=torch.float32)
-    if beta_schedule == "scaled_linear":
-        return torch.linspace(beta_start**0.5, beta_end**0.5, num_train_timesteps, dtype=torch.float32) ** 2
-    if beta_schedule == "squaredcos_cap_v2":
-        # GLIDE's cosine ᾱ(t), discretised as β_i = 1 − ᾱ(t_{i+1})/ᾱ(t_i), capped at 0.999
-        alpha_bar = lambda t: math.cos((t + 0.008) / 1.008 * math.pi / 2) ** 2
-        n = num_train_timesteps
-        return torch.tensor([min(1 - alpha_bar((i + 1) / n) / alpha_bar(i / n), 0.999) for i in range(n)],
-                            dtype=torch.float32)
-    raise ValueError(f"beta_schedule must be one of {', '.join(BETA_SCHEDULES)} (got {beta_schedule!r})")
-
-
-def ddpm_alphas_cumprod(num_train_timesteps: int = 1000, beta_start: float = 1e-4, beta_end: float = 0.02,
-                        beta_schedule: str = "linear") -> torch.Tensor:
-    """``ᾱ_i = Π_{j≤i} (1 − β_j)`` with the product in float32 (as diffusers), returned as float64."""
-    betas = ddpm_betas(num_train_timesteps, beta_start, beta_end, beta_schedule)
-    return torch.cumprod(1.0 - betas, dim=0).double()
 
 
 def _component_stds(stds, k: int, d: int) -> torch.Tensor:
@@ -81,14 +58,18 @@ class ExactMixtureUNet(ModelMixin, ConfigMixin):
         if means is None:
             raise ValueError("means is required: K flattened component means (use ExactMixtureUNet.default())")
         dim = in_channels * sample_size**2
-        self._means = torch.as_tensor(means, dtype=torch.float64).reshape(-1, dim)  # raises on a size mismatch
+        means = torch.as_tensor(means, dtype=torch.float64)
+        if means.numel() == 0 or means.numel() % dim:
+            raise ValueError(f"means must be K flattened images of {dim} values each (in_channels × sample_size²; "
+                             f"got {means.numel()} values)")
+        self._means = means.reshape(-1, dim)
         k = self._means.shape[0]
         self._stds = _component_stds(stds, k, dim)
         w = torch.ones(k, dtype=torch.float64) if weights is None else torch.as_tensor(weights, dtype=torch.float64)
         if w.shape != (k,) or not bool((w > 0).all()):
             raise ValueError(f"weights must be {k} positive numbers, one per mean (got {w.tolist()})")
         self._log_weights = torch.log(w / w.sum())
-        self.sde = DiscreteVPSDE(ddpm_alphas_cumprod(num_train_timesteps, beta_start, beta_end, beta_schedule))
+        self.sde = DiscreteVPSDE.from_schedule(num_train_timesteps, beta_start, beta_end, beta_schedule)
         # gives the model a dtype and a device, as ModelMixin and pipelines read them off its tensors
         self.register_buffer("dtype_anchor", torch.zeros(1))
         self._tables = {}

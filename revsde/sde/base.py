@@ -111,6 +111,15 @@ class LinearSDE(abc.ABC):
         g2 = self.g2(t) * (0.5 if ode else 1.0)
         return bcast(self.f(t), x) * y - bcast(g2, x) * score
 
+    def table_on(self, name: str, device) -> torch.Tensor:
+        """The tensor attribute ``name`` on ``device``, copied there once: a host→device copy at every
+        call would synchronise the host with the device."""
+        cache = self.__dict__.setdefault("_tables_on", {})
+        key = (name, torch.device(device))
+        if key not in cache:
+            cache[key] = getattr(self, name).to(device)
+        return cache[key]
+
     def __repr__(self) -> str:
         fields = ", ".join(f"{k}={v!r}" for k, v in self.config().items())
         return f"{type(self).__name__}({fields})"

@@ -94,14 +94,14 @@ class MRSDE(LinearSDE):
 
     def _theta_bar(self, t):
         s, k = self._segment(t)
-        cum, d = self.thetas_cumsum.to(s.device), self._slopes.to(s.device)
+        cum, d = self.table_on("thetas_cumsum", s.device), self.table_on("_slopes", s.device)
         p0, p1, m0, m1 = cum[k], cum[k + 1], d[k], d[k + 1]
         s2, s3 = s * s, s * s * s
         return (2 * s3 - 3 * s2 + 1) * p0 + (s3 - 2 * s2 + s) * m0 + (3 * s2 - 2 * s3) * p1 + (s3 - s2) * m1
 
     def _theta(self, t):
         s, k = self._segment(t)
-        cum, d = self.thetas_cumsum.to(s.device), self._slopes.to(s.device)
+        cum, d = self.table_on("thetas_cumsum", s.device), self.table_on("_slopes", s.device)
         p0, p1, m0, m1 = cum[k], cum[k + 1], d[k], d[k + 1]
         return 6 * s * (1 - s) * (p1 - p0) + (3 * s * s - 4 * s + 1) * m0 + (3 * s * s - 2 * s) * m1
 

@@ -122,7 +122,7 @@ class DiscreteVPSDE(VPSDE):
     def _segment(self, t):
         """Index position, segment k (points k, k+1) and the table on ``t``'s device."""
         t = as_time(t)
-        lam = self._lam.to(t.device)
+        lam = self.table_on("_lam", t.device)
         pos = t * (self.num_train_timesteps - 1)
         k = (torch.ceil(pos) - 1).clamp(0, self.num_train_timesteps - 2).long()
         return pos, k, lam
@@ -146,7 +146,7 @@ class DiscreteVPSDE(VPSDE):
 
     def t_from_log_snr(self, lam_query):
         lam_query = as_time(lam_query)
-        neg = -self._lam.to(lam_query.device)  # increasing
+        neg = -self.table_on("_lam", lam_query.device)  # increasing
         k = (torch.searchsorted(neg, -lam_query.contiguous()) - 1).clamp(0, self.num_train_timesteps - 2)
         pos = k + (-lam_query - neg[k]) / (neg[k + 1] - neg[k])
         return pos / (self.num_train_timesteps - 1)
