@@ -17,7 +17,9 @@ def bcast(c: torch.Tensor | float, x: torch.Tensor) -> torch.Tensor | float:
     """
     if not torch.is_tensor(c):
         return c
-    c = c.to(device=x.device, dtype=real_dtype(x.dtype))
+    dtype = real_dtype(x.dtype) if x.dtype.is_complex else x.dtype
+    if c.dtype != dtype or c.device != x.device:
+        c = c.to(device=x.device, dtype=dtype)
     if c.ndim == 0:
         return c
     return c.reshape(c.shape[0], *([1] * (x.ndim - 1)))

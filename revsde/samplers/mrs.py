@@ -12,7 +12,7 @@ import warnings
 
 import torch
 
-from ..tensors import bcast
+from ..tensors import bcast, real_dtype
 from .base import Query, Sampler, Step, check_choice
 from .updates import to_x, to_y
 
@@ -108,8 +108,10 @@ class MRSampler(Sampler):
         if self.stochastic and self.prediction == "noise" and n <= 10:
             warnings.warn(f"sampler 'mrs' with stochastic=True and prediction='noise' diverges at low NFE "
                           f"({n} steps): its coefficients grow like e^h. Use prediction='data'.", stacklevel=3)
+        if self.prediction != "velocity" and (self.warmup == "multistep" or self.solver_order == 1):
+            x = yield from self._run_planned(sde, grid, x, mu, noise)
+            return x
         lam = sde.log_snr(grid)  # (N+1, B)
-        x_start = x
         history: list[tuple[torch.Tensor, torch.Tensor]] = []  # (λ or φ, converted output), newest first
         for i in range(n):
             t_cur, t_next = grid[i], grid[i + 1]
@@ -128,6 +130,44 @@ class MRSampler(Sampler):
                 x = self._advance(sde, x, mu, t_cur, t_next, history, 2, noise, start=history[1][0])
             else:
                 x = self._advance(sde, x, mu, t_cur, t_next, history, self.step_order(i, n, len(history)), noise)
+            yield Step(i, x, t_next, pred.data)
+        return x
+
+    def _run_planned(self, sde, grid, x, mu, noise):
+        """The multistep solver with every step's coefficients computed up front, vectorised over the
+        grid (one pass of small tensor ops instead of one per step); each step is then
+        ``y ← L y + Σ_j W_j q_j (+ s z)`` with the last ``order`` outputs q."""
+        n = grid.shape[0] - 1
+        orders = [self.step_order(i, n, min(i + 1, 3)) for i in range(n)]
+        lam = sde.log_snr(grid)
+        lam0, lam_t = lam[:-1], lam[1:]
+        lam1 = torch.cat([lam0[:1] - 1, lam0[:-1]])  # the node before; a stand-in where there is none
+        lam2 = torch.cat([lam1[:1] - 1, lam1[:-1]])
+        alpha, sigma = sde.alpha(grid), sde.sigma(grid)
+        coeffs = {k: self._coefficients([lam0, lam1, lam2], lam0, lam_t, alpha[:-1], alpha[1:], sigma[:-1],
+                                         sigma[1:], k) for k in sorted(set(orders))}
+        shape = (n, -1) + (1,) * (x.ndim - 1)
+        cast = lambda c: c.to(device=x.device, dtype=real_dtype(x.dtype)).reshape(shape)
+        linear, weights, noise_std = {}, {}, {}
+        for k, (lin, ws, std) in coeffs.items():
+            linear[k], weights[k] = cast(lin), [cast(w) for w in ws]
+            noise_std[k] = cast(std) if std is not None else None
+        x_start, history = x, []
+        for i in range(n):
+            t_next = grid[i + 1]
+            pred = yield Query(x, grid[i])
+            if self.denoise_last and i == n - 1:
+                x = pred.data
+                yield Step(i, x, t_next, pred.data)
+                return x
+            history = [self._convert(sde, pred, mu)] + history[:2]
+            k = orders[i]
+            y = linear[k][i] * to_y(x, mu)
+            for w, q in zip(weights[k], history):
+                y = y + w[i] * q
+            if self.stochastic:
+                y = y + noise_std[k][i] * noise(grid[i], t_next)
+            x = to_x(y, mu)
             yield Step(i, x, t_next, pred.data)
         if self.stochastic and self.prediction == "noise":
             self._check_divergence(x, x_start, mu)
@@ -159,56 +199,57 @@ class MRSampler(Sampler):
         return self._exponential_step(sde, x, mu, t_cur, t_next, history, order, noise, start)
 
     # --- data / noise: exponential integrators (MR Sampler §4-5, DPM-Solver(++)) -----------------
-    def _exponential_step(self, sde, x, mu, t_cur, t_next, history, order, noise, start=None):
-        """``y_t = A y_s + C ∫_{λ_s}^{λ_t} w(λ) P(λ) dλ (+ noise)``, P the Newton polynomial through the
-        last ``order`` outputs; with u = λ − λ_t, ``w ∝ e^{a u}``. For the multistep case this is exactly
-        the MR Sampler's φ-function update (e.g. data, ODE, 2nd order: ``−α_t[φ1 q0 − φ2 D1]``)."""
-        lam_s = history[0][0] if start is None else start  # where x is
-        lam_t = sde.log_snr(t_next)
+    def _coefficients(self, nodes, lam_s, lam_t, a_s, a_t, s_s, s_t, order):
+        """``y_t = L y_s + Σ_j W_j q_j (+ S z)``: returns ``L, [W_0 .. W_{order−1}], S`` (``S`` None for the
+        ODE), for tensors of any common shape (one step, or a whole grid at once).
+
+        ``∫_{λ_s}^{λ_t} w(λ) P(λ) dλ`` with P the Newton polynomial through the outputs ``q_j`` at
+        ``nodes[j]`` (newest first), u = λ − λ_t and ``w ∝ e^{a u}``, written out per output. For the
+        multistep case this is the MR Sampler's φ-function update (data, ODE, order 2:
+        ``−α_t[φ1 q0 − φ2 D1]``). ``second_order="midpoint"`` integrates P's value at the step's
+        λ-midpoint; ``third_order="dpm-solver"`` gives the second difference half its weight (3M)."""
         h = lam_t - lam_s
-        a_s, a_t = sde.alpha(t_cur), sde.alpha(t_next)
-        s_s, s_t = sde.sigma(t_cur), sde.sigma(t_next)
         if self.prediction == "data":
             # ODE: y_t = (σ_t/σ_s) y_s + α_t ∫ e^{u} P;  SDE: (σ_t/σ_s) e^{−h} y_s + 2 α_t ∫ e^{2u} P + σ_t sqrt(1 − e^{−2h}) z
             a, weight = (2.0, 2 * a_t) if self.stochastic else (1.0, a_t)
             linear = s_t / s_s * (torch.exp(-h) if self.stochastic else 1)
-            noise_std = s_t * torch.sqrt(-torch.expm1(-2 * h))
+            noise_std = s_t * torch.sqrt(-torch.expm1(-2 * h)) if self.stochastic else None
         else:
             # ODE: y_t = (α_t/α_s) y_s − σ_t ∫ e^{−u} P;  SDE: same with 2σ_t, + σ_t sqrt(e^{2h} − 1) z
             a, weight = -1.0, -(2 if self.stochastic else 1) * s_t
             linear = a_t / a_s
-            noise_std = s_t * torch.sqrt(torch.expm1(2 * h))
-        # P(λ) in powers of u = λ − λ_t: c0 + c1 u + c2 u²
-        b = lambda c: bcast(c, x)
-        (lam0, q0) = history[0]
-        c0, c1, c2 = q0, 0, 0
-        if order >= 2:
-            (lam1, q1) = history[1]
-            f01 = (q0 - q1) / b(lam0 - lam1)
-            d0 = lam_t - lam0
-            if order == 2 and self.second_order == "midpoint":  # the line's value mid-step, in λ
-                c0, c1 = q0 + f01 * b(0.5 * (lam_s + lam_t) - lam0), 0
-            else:
-                c0, c1 = q0 + f01 * b(d0), f01
-            if order == 3:
-                (lam2, q2) = history[2]
-                f012 = ((q0 - q1) / b(lam0 - lam1) - (q1 - q2) / b(lam1 - lam2)) / b(lam0 - lam2)
-                d1 = lam_t - lam1
-                c0 = c0 + f012 * b(d0 * d1)
-                c1 = c1 + f012 * b(d0 + d1)
-                c2 = f012
-                if self.third_order == "dpm-solver":  # DPM-Solver's 3M: half of f012 (λ − λ0)²
-                    c0 = c0 - 0.5 * f012 * b(d0**2)
-                    c1 = c1 - f012 * b(d0)
-                    c2 = 0.5 * f012
-        m0, m1, m2 = _exp_moments(a, h)
-        y = b(linear) * to_y(x, mu) + b(weight * m0) * c0
-        if order >= 2:
-            y = y + b(weight * m1) * c1
-        if order == 3:
-            y = y + b(weight * m2) * c2
+            noise_std = s_t * torch.sqrt(torch.expm1(2 * h)) if self.stochastic else None
+        midpoint = order == 2 and self.second_order == "midpoint"
+        m = _exp_moments(a, h, 1 if order == 1 or midpoint else order)
+        if order == 1:
+            return linear, [weight * m[0]], noise_std
+        lam0, lam1 = nodes[0], nodes[1]
+        d01, d0 = lam0 - lam1, lam_t - lam0
+        # g multiplies the first divided difference (q0 − q1)/d01
+        g = m[0] * (0.5 * (lam_s + lam_t) - lam0) if midpoint else m[0] * d0 + m[1]
+        if order == 2:
+            return linear, [weight * (m[0] + g / d01), -weight * g / d01], noise_std
+        lam2 = nodes[2]
+        d12, d02, d1 = lam1 - lam2, lam0 - lam2, lam_t - lam1
+        if self.third_order == "dpm-solver":
+            c = m[0] * (d0 * d1 - 0.5 * d0**2) + m[1] * d1 + 0.5 * m[2]
+        else:
+            c = m[0] * d0 * d1 + m[1] * (d0 + d1) + m[2]
+        c = c / d02  # multiplies (q0 − q1)/d01 − (q1 − q2)/d12
+        return linear, [weight * (m[0] + g / d01 + c / d01), weight * (-g / d01 - c / d01 - c / d12),
+                        weight * c / d12], noise_std
+
+    def _exponential_step(self, sde, x, mu, t_cur, t_next, history, order, noise, start=None):
+        """One step from ``t_cur`` with the last ``order`` outputs of ``history`` ((λ, q), newest first)."""
+        lam_s = history[0][0] if start is None else start  # where x is
+        linear, weights, noise_std = self._coefficients(
+            [node for node, _ in history], lam_s, sde.log_snr(t_next), sde.alpha(t_cur), sde.alpha(t_next),
+            sde.sigma(t_cur), sde.sigma(t_next), order)
+        y = bcast(linear, x) * to_y(x, mu)
+        for w, (_, q) in zip(weights, history):
+            y = y + bcast(w, x) * q
         if self.stochastic:
-            y = y + b(noise_std) * noise(t_cur, t_next)
+            y = y + bcast(noise_std, x) * noise(t_cur, t_next)
         return to_x(y, mu)
 
     # --- velocity: Adams–Bashforth in the angle φ ------------------------------------------------
@@ -245,10 +286,12 @@ class MRSampler(Sampler):
         return to_x(y_hat * b(c * r_t), mu)
 
 
-def _exp_moments(a: float, h: torch.Tensor):
-    """``∫_{−h}^{0} e^{a u} u^n du`` for n = 0, 1, 2 (h > 0 per sample, float64)."""
-    e = torch.exp(-a * h)
-    m0 = -torch.expm1(-a * h) / a
-    m1 = -1 / a**2 - e * (-h / a - 1 / a**2)
-    m2 = 2 / a**3 - e * (h**2 / a + 2 * h / a**2 + 2 / a**3)
-    return m0, m1, m2
+def _exp_moments(a: float, h: torch.Tensor, count: int = 3) -> list[torch.Tensor]:
+    """``∫_{−h}^{0} e^{a u} u^n du`` for n = 0 .. count − 1 (h > 0 per sample, float64)."""
+    moments = [-torch.expm1(-a * h) / a]
+    if count > 1:
+        e = torch.exp(-a * h)
+        moments.append(-1 / a**2 - e * (-h / a - 1 / a**2))
+        if count > 2:
+            moments.append(2 / a**3 - e * (h**2 / a + 2 * h / a**2 + 2 / a**3))
+    return moments
