@@ -184,6 +184,11 @@ def build_parser() -> argparse.ArgumentParser:
                     "the observation mu). Scores: Frechet distance to the exact moments and sliced Wasserstein "
                     "distance to exact samples. Writes a markdown table, JSON and a log-log PNG plot.")
     b.add_argument("--task", choices=["gmm"], default="gmm", help="the benchmark task (default: gmm)")
+    b.add_argument("--speed", action="store_true",
+                   help="measure speed instead: each sampler's loop overhead per step with a free network, as a "
+                        "ratio to diffusers' DPMSolverMultistepScheduler.step in the same process (CPU, one "
+                        "thread), and on CUDA eager vs CUDA-graph sampling of a small UNet at batch 1, 4, 16; "
+                        "writes bench_speed.md and bench_speed.json")
     b.add_argument("--problems", default="vp,mr", help="comma-separated problems: vp, mr (default: vp,mr)")
     b.add_argument("--nfe", default="5,10,20,50,100", help="comma-separated target NFEs (default: 5,10,20,50,100)")
     b.add_argument("--n", type=int, default=10000, help="samples per run (default: 10000)")
@@ -212,6 +217,14 @@ def _int_list(text: str, what: str) -> list[int]:
 
 
 def _run_bench(args) -> int:
+    if args.speed:
+        from .apps import speed
+
+        result = speed.run_speed()
+        print(result.markdown())
+        for path in speed.write(result, args.output).values():
+            print(f"wrote {path}")
+        return 0
     from .apps import bench
 
     progress = sys.stderr.isatty() if args.progress is None else args.progress

@@ -422,3 +422,21 @@ def test_pipeline_save_and_reload_keeps_the_scheduler(tmp_path):
     run = lambda p: p(batch_size=1, num_inference_steps=3, generator=torch.Generator().manual_seed(0),
                       output_type="pt").images
     torch.testing.assert_close(run(back), run(pipe), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("build", ["ddpm", "sd"])
+def test_graph_unet_keeps_the_pipeline_output(build):
+    """``graph_unet`` swaps the UNet's forward for the graphed path; off CUDA the images are the same
+    bit for bit (on CUDA: to float tolerance, tests/test_graphs.py)."""
+    from revsde.integrations.diffusers import graph_unet
+
+    def images(graphed):
+        pipe = tiny_ddpm_pipeline() if build == "ddpm" else tiny_sd_pipeline()
+        pipe.scheduler = RevSDEScheduler.from_config(pipe.scheduler.config, sampler="mrs")
+        if graphed:
+            assert graph_unet(pipe.unet) is pipe.unet and graph_unet(pipe.unet) is pipe.unet
+            assert pipe.unet.revsde_graphed.captures == 0
+        kwargs = {"batch_size": 2} if build == "ddpm" else {"prompt": ["a red cat", "a tree"]}
+        return pipe(num_inference_steps=3, generator=torch.Generator().manual_seed(0), output_type="pt",
+                    **kwargs).images
+    torch.testing.assert_close(images(True), images(False), rtol=0, atol=0)

@@ -121,15 +121,17 @@ def _bars_off(hf_logging):
 def sample_diffusers(path: str | os.PathLike, *, sampler: str = "mrs", steps: int = 20, grid: str | None = None,
                      options: dict | None = None, n: int = 4, seed: int = 0, prompt: str | None = None,
                      negative_prompt: str | None = None, guidance_scale: float | None = None,
-                     noise: str = "gaussian", device=None, progress: bool = False) -> DiffusersSample:
+                     noise: str = "gaussian", device=None, progress: bool = False,
+                     graphs="auto") -> DiffusersSample:
     """Run the pipeline in ``path`` with ``RevSDEScheduler(sampler, **options)`` for ``steps`` steps.
 
     ``grid`` defaults to ``"discrete"`` (the folder's timestep spacing); ``options`` are the sampler's
     options or any other ``RevSDEScheduler`` key (e.g. ``final_sigmas_type``). Text-conditioned pipelines
     need ``prompt`` (with optional ``negative_prompt`` and ``guidance_scale``); unconditional ones
-    refuse it. Image ``b`` draws all its noise from a generator seeded ``seed + b``.
+    refuse it. Image ``b`` draws all its noise from a generator seeded ``seed + b``. ``graphs``: replay
+    the UNet from CUDA graphs (``graph_unet``): ``"auto"`` on CUDA devices, ``True`` or ``False``.
     """
-    from ..integrations.diffusers import RevSDEScheduler
+    from ..integrations.diffusers import RevSDEScheduler, graph_unet
 
     if isinstance(n, bool) or not isinstance(n, int) or n < 1:
         raise ValueError(f"n must be an integer >= 1 (got {n!r})")
@@ -150,6 +152,10 @@ def sample_diffusers(path: str | os.PathLike, *, sampler: str = "mrs", steps: in
     pipe.scheduler = RevSDEScheduler.from_config(pipe.scheduler.config, sampler=sampler, **keys, **options)
     pipe.set_progress_bar_config(disable=not progress)
     pipe.to(device)
+    if graphs not in ("auto", True, False):
+        raise ValueError(f"graphs must be 'auto', True or False (got {graphs!r})")
+    if graphs is True or (graphs == "auto" and device.type == "cuda"):
+        graph_unet(pipe.unet)
 
     call = inspect.signature(pipe.__call__).parameters
     generators = [torch.Generator().manual_seed(seed + b) for b in range(n)]

@@ -24,7 +24,8 @@ from ..model import Prediction
 from ..noise import BrownianNoise, GaussianNoise, draw_entropy, generators_from_seed
 from ..samplers.base import Query, Step
 from ..sde.vp import DiscreteVPSDE
-from ..solve import _state_dtype, check_finite
+from ..sde.cached import GridCoefficients
+from ..solve import FiniteGuard, _state_dtype, check_finite
 
 #: sampler options a config may carry (``None``: the sampler's default)
 SAMPLER_OPTIONS = ("order", "prediction", "stochastic", "lower_order_final", "denoise_last", "warmup",
@@ -261,7 +262,9 @@ class RevSDEScheduler(SchedulerMixin, ConfigMixin):
                                         dtype=dtype, device=device)
         self._kind = PREDICTION_TYPES[self.config.prediction_type]
         self._step_index = index
-        self._run = self.sampler.run(self.sde, grid, sample.to(dtype), None, self._noise)
+        self._grid_sde = GridCoefficients(self.sde, grid)  # as revsde.sample: once per grid, on device
+        self._guard = FiniteGuard(self.sampler, device)
+        self._run = self.sampler.run(self._grid_sde, grid, sample.to(dtype), None, self._noise)
         self._query = next(self._run)
 
     def _advance(self, pred: Prediction) -> torch.Tensor:
@@ -269,7 +272,7 @@ class RevSDEScheduler(SchedulerMixin, ConfigMixin):
         try:
             request = self._run.send(pred)
             while isinstance(request, Step):
-                check_finite(self.sampler, request, self.nfe)
+                self._guard(request, self.nfe)
                 request = self._run.send(None)
         except StopIteration as stop:
             self._finish()
@@ -283,6 +286,7 @@ class RevSDEScheduler(SchedulerMixin, ConfigMixin):
         if self._run is not None:
             self._run.close()
         self._done = True
+        self._guard.flush()
 
     def step(self, model_output: torch.Tensor, timestep, sample: torch.Tensor, generator=None,
              return_dict: bool = True, **kwargs):
@@ -303,7 +307,8 @@ class RevSDEScheduler(SchedulerMixin, ConfigMixin):
                              "inpainting model, or set_timesteps() to start a new run")
         query = self._query
         expected = float(self._query_model_t[self._step_index])
-        if abs(float(timestep) - expected) > 1e-4 + 1e-6 * abs(expected):
+        on_host = not torch.is_tensor(timestep) or timestep.device.type == "cpu"  # reading it costs no sync
+        if on_host and abs(float(timestep) - expected) > 1e-4 + 1e-6 * abs(expected):
             raise ValueError(f"step() got timestep {float(timestep):g} where the sampler evaluates at {expected:g} "
                              f"(entry {self._step_index} of scheduler.timesteps): step through scheduler.timesteps "
                              "in order, after set_timesteps()")
@@ -314,7 +319,7 @@ class RevSDEScheduler(SchedulerMixin, ConfigMixin):
             self._noise.generator = generator
         if model_output.shape != query.x.shape:
             raise ValueError(f"model_output has shape {tuple(model_output.shape)}, the sample {tuple(query.x.shape)}")
-        pred = Prediction(self._kind, model_output.to(query.x.dtype), query.x, query.t, self.sde)
+        pred = Prediction(self._kind, model_output.to(query.x.dtype), query.x, query.t, self._grid_sde)
         self.nfe += 1
         last = self._step_index == self._query_model_t.shape[0] - 1
         self._step_index += 1
@@ -331,3 +336,40 @@ class RevSDEScheduler(SchedulerMixin, ConfigMixin):
         if not return_dict:
             return prev_sample, denoised
         return RevSDESchedulerOutput(prev_sample=prev_sample, pred_original_sample=denoised)
+
+
+@dataclass
+class GraphedUNetOutput(BaseOutput):
+    """What a UNet's forward returns after ``graph_unet`` (``.sample`` and ``[0]`` as diffusers' own)."""
+
+    sample: torch.Tensor
+
+
+def graph_unet(unet, **options):
+    """Replay a diffusers UNet's forward from CUDA graphs (``revsde.kernels.GraphedModel``), in place.
+
+    The pipeline keeps calling ``unet(sample, t, encoder_hidden_states=…, …)``: tensors with the
+    batch (the text embeddings, both guidance branches at once) go into the graph's static buffers,
+    a scalar ``t`` is broadcast to the batch, and other keyword values (``None``, flags) key the graph.
+    Off CUDA every call is the UNet's own forward. ``unet.revsde_graphed`` is the ``GraphedModel``
+    (its ``captures``, ``replays``). Returns ``unet``.
+    """
+    from ..kernels.graphs import GraphedModel
+
+    if hasattr(unet, "revsde_graphed"):
+        return unet
+    original = unet.forward
+    graphed = GraphedModel(lambda x, t, **kw: original(x, t, return_dict=False, **kw)[0], **options)
+
+    def forward(sample, timestep, *args, return_dict: bool = True, **kwargs):
+        if args:  # UNet2DConditionModel's third positional argument
+            if len(args) > 1 or "encoder_hidden_states" in kwargs:
+                raise TypeError("a graphed UNet takes sample, timestep and encoder_hidden_states positionally; "
+                                "pass the rest as keywords")
+            kwargs["encoder_hidden_states"] = args[0]
+        out = graphed(sample, timestep, **kwargs)
+        return GraphedUNetOutput(sample=out) if return_dict else (out,)
+
+    unet.forward = forward
+    unet.revsde_graphed = graphed
+    return unet

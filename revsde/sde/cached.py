@@ -8,6 +8,9 @@ other attribute is the SDE's own.
 """
 from __future__ import annotations
 
+import inspect
+import types
+
 import torch
 
 #: the time functions served from the cache
@@ -30,6 +33,11 @@ class GridCoefficients:
         self._values: dict[str, torch.Tensor] = {}
 
     def __getattr__(self, name):
+        # The SDE's own methods run with this view as ``self``, so the time functions they call
+        # (``reverse_drift`` calls ``f`` and ``g2``; ``transition`` calls ``log_alpha``) hit the cache too.
+        raw = inspect.getattr_static(type(self.sde), name, None)
+        if isinstance(raw, types.FunctionType):
+            return raw.__get__(self, type(self))
         return getattr(self.sde, name)
 
     def _lookup(self, name: str, t):

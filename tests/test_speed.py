@@ -1,0 +1,33 @@
+"""``revsde bench --speed``: the overhead table is measured, complete and written (no timing asserted)."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+pytest.importorskip("diffusers")
+
+from revsde.apps.speed import SpeedResult, sampler_overhead  # noqa: E402
+from revsde.cli import main  # noqa: E402
+
+
+def test_overhead_rows_have_ratios_to_the_peer():
+    rows = sampler_overhead(steps=4, repeats=2, samplers=[("heun", "ode_heun", {})])
+    assert [r["path"] for r in rows] == ["DPMSolverMultistepScheduler.step", "DPMSolverMultistepScheduler.step",
+                                         "revsde.sample", "RevSDEScheduler.step"]
+    assert rows[0]["ratio"] == 1.0
+    heun = rows[2]
+    assert heun["evals_per_step"] == 2 and heun["ms_per_step"] > 0
+    assert heun["ratio_per_nfe"] == pytest.approx(heun["ratio"] / 2)
+    text = SpeedResult(rows, 4, (1, 3, 32, 32), "cpu").markdown()
+    assert "| heun | revsde.sample | 2 |" in text
+
+
+def test_cli_writes_the_speed_tables(tmp_path, capsys):
+    assert main(["bench", "--speed", "-o", str(tmp_path)]) == 0
+    printed = capsys.readouterr().out
+    assert "ratio per NFE" in printed and f"wrote {tmp_path / 'bench_speed.json'}" in printed
+    data = json.loads((tmp_path / "bench_speed.json").read_text())
+    labels = {r["label"] for r in data["overhead"]}
+    assert {"mrs (order 2)", "pc (langevin)", "diffusers SDE-DPM-Solver++ 2M"} <= labels
+    assert data["graphs"] == [] or all(g["captures"] >= 1 for g in data["graphs"])
