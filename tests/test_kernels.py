@@ -103,7 +103,7 @@ def test_run_batched_refuses_what_cannot_share_a_call():
 def test_run_batched_reports_a_non_finite_state():
     sde = revsde.sde.VPSDE()
     model = revsde.ScoreModel(lambda x, t: torch.full_like(x, float("nan")), sde)
-    with pytest.raises(NonFiniteStateError, match="generator 0: the state became NaN/Inf at step 0"):
+    with pytest.raises(NonFiniteStateError, match="sampler 'generator 0': the state became NaN/Inf at step 0"):
         run_batched(model, [start(sde, "ode_euler", 3, 1, 0), start(sde, "ode_euler", 3, 1, 1)])
 
 

@@ -8,13 +8,14 @@ guidance branches share the network.
 """
 from __future__ import annotations
 
+from types import SimpleNamespace
 from typing import Sequence
 
 import torch
 
 from ..model import Prediction, ScoreModel
 from ..samplers.base import Query, Step
-from ..solve import NonFiniteStateError
+from ..solve import FiniteGuard
 
 
 def _per_run(value, n: int, what: str) -> list:
@@ -68,8 +69,9 @@ def run_batched(model: ScoreModel, generators: Sequence, *, mu=None, cond=None,
         try:
             request = runs[k].send(message)
             while isinstance(request, Step):
-                if not bool(torch.isfinite(request.x).all()):
-                    raise NonFiniteStateError(f"generator {k}: the state became NaN/Inf at step {request.i}")
+                if k not in guards:  # no host sync per step off CPU, as in revsde.sample
+                    guards[k] = FiniteGuard(SimpleNamespace(name=f"generator {k}"), request.x.device)
+                guards[k](request, calls)
                 steps[k] += 1
                 if callback is not None:
                     callback(k, request)
@@ -77,12 +79,15 @@ def run_batched(model: ScoreModel, generators: Sequence, *, mu=None, cond=None,
         except StopIteration as stop:
             results[k] = stop.value
             pending.pop(k, None)
+            if k in guards:
+                guards[k].flush()
             return
         if not isinstance(request, Query):
             raise TypeError(f"generator {k} yielded {type(request).__name__}; expected Query or Step")
         pending[k] = request
 
     calls = 0
+    guards: dict[int, FiniteGuard] = {}
     try:
         for k in range(n):
             advance(k, None)
