@@ -36,6 +36,15 @@ folder's own scheduler config: any sampler below except the adaptive ones, its o
 is only read; the images go to the --output folder."""
 
 
+RESTORE_DESCRIPTION = """\
+Restore degraded images with a mean-reverting diffusion model: the image is the observation mu of
+the MR SDE, sampling starts at mu + lambda z and runs the sampler for --nfe network evaluations.
+PNG, JPEG and TIFF; gray, RGB and RGBA (alpha kept); 8 and 16 bits (kept). Any size: the network
+pads and crops; --tile cuts large images into overlapping, blended tiles. Outputs are written
+atomically under --output and never over an input; a file that cannot be read is reported and
+skipped, the rest go on, and the exit status is 1 if any failed."""
+
+
 def _summary(doc: str | None, width: int = 100) -> str:
     """The docstring's first line if it is a sentence, else its first paragraph cut at ``width``."""
     paragraph = " ".join((doc or "").strip().split("\n\n")[0].split()).replace("``", "")
@@ -174,6 +183,38 @@ def build_parser() -> argparse.ArgumentParser:
                    help="show a progress bar on stderr (default: when stderr is a terminal)")
     p.set_defaults(run=_run_sample)
 
+    r = commands.add_parser(
+        "restore", help="restore degraded images with an MR-diffusion model (files, folders, globs)",
+        description=RESTORE_DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
+    r.add_argument("inputs", nargs="+", metavar="INPUT", help="image files, folders (searched recursively) or globs")
+    r.add_argument("-o", "--output", required=True, metavar="OUT",
+                   help="output folder: each image under its own (relative) name and format")
+    r.add_argument("--task", default="denoise", help="the degradation the model undoes: denoise, deblur, inpaint "
+                   "(default: denoise; chooses the built-in model)")
+    r.add_argument("--model", default="builtin", metavar="builtin|PATH",
+                   help="'builtin', a .safetensors exported by `revsde train`, or an official IR-SDE .pth "
+                        "(with --irsde-config)")
+    r.add_argument("--irsde-config", default=None, metavar="NAME",
+                   help="the official task settings of an IR-SDE checkpoint: deraining, deblurring, sisr, "
+                        "inpainting, deshadow")
+    r.add_argument("--sampler", default="mrs", metavar="NAME", help="any fixed-step sampler (default: mrs)")
+    r.add_argument("--nfe", type=_integer, default=10, help="network evaluations per image (default: 10)")
+    r.add_argument("--option", type=parse_option, action="append", default=[], metavar="NAME=VALUE",
+                   help="a sampler option, repeatable (e.g. --option order=3)")
+    r.add_argument("--seed", type=_integer, default=0, help="seed of the sampling noise (default: 0)")
+    r.add_argument("--tile", type=_integer, default=None, metavar="PX",
+                   help="restore in overlapping PX x PX tiles, blended (for images too large for memory)")
+    r.add_argument("--overlap", type=_integer, default=32, metavar="PX", help="tile overlap (default: 32)")
+    r.add_argument("--skip-existing", action="store_true", help="leave images whose output exists (resume a folder)")
+    r.add_argument("--device", default=None, help="torch device, e.g. cpu or cuda (default: cpu)")
+    r.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
+                   help="show a progress bar on stderr (default: when stderr is a terminal)")
+    r.set_defaults(run=_run_restore)
+
+    from .apps.train import add_train_parser
+
+    add_train_parser(commands)
+
     b = commands.add_parser(
         "bench", help="quality versus NFE on analytic problems with a known exact distribution",
         description="Run every sampler configuration (the MR Sampler in all its orders, predictions and "
@@ -183,14 +224,23 @@ def build_parser() -> argparse.ArgumentParser:
                     "(DDPM's discrete schedule, a ring of 8 Gaussians) and 'mr' (IR-SDE's schedule, data near "
                     "the observation mu). Scores: Frechet distance to the exact moments and sliced Wasserstein "
                     "distance to exact samples. Writes a markdown table, JSON and a log-log PNG plot.")
-    b.add_argument("--task", choices=["gmm"], default="gmm", help="the benchmark task (default: gmm)")
+    b.add_argument("--task", choices=["gmm", "restore"], default="gmm",
+                   help="gmm: analytic 2-D problems (default); restore: PSNR/SSIM of an MR-diffusion restoration "
+                        "model on the held-out photos vs NFE, against posterior sampling at 100 NFE")
+    b.add_argument("--restore-task", default="denoise", metavar="NAME",
+                   help="with --task restore: denoise, deblur or inpaint (default: denoise)")
+    b.add_argument("--model", default="builtin", metavar="builtin|PATH",
+                   help="with --task restore: the model, as in revsde restore (default: builtin)")
+    b.add_argument("--crop", type=int, default=128, metavar="PX",
+                   help="with --task restore: centre crops of the held-out photos, 0 for whole images (default: 128)")
     b.add_argument("--speed", action="store_true",
                    help="measure speed instead: each sampler's loop overhead per step with a free network, as a "
                         "ratio to diffusers' DPMSolverMultistepScheduler.step in the same process (CPU, one "
                         "thread), and on CUDA eager vs CUDA-graph sampling of a small UNet at batch 1, 4, 16; "
                         "writes bench_speed.md and bench_speed.json")
     b.add_argument("--problems", default="vp,mr", help="comma-separated problems: vp, mr (default: vp,mr)")
-    b.add_argument("--nfe", default="5,10,20,50,100", help="comma-separated target NFEs (default: 5,10,20,50,100)")
+    b.add_argument("--nfe", default=None, help="comma-separated target NFEs (default: 5,10,20,50,100; "
+                                               "with --task restore 2,3,5,10,20)")
     b.add_argument("--n", type=int, default=10000, help="samples per run (default: 10000)")
     b.add_argument("--repeats", type=int, default=3, help="prior draws averaged per cell (default: 3)")
     b.add_argument("--seed", type=int, default=0, help="seed of the first prior draw (default: 0)")
@@ -225,11 +275,21 @@ def _run_bench(args) -> int:
         for path in speed.write(result, args.output).values():
             print(f"wrote {path}")
         return 0
+    progress = sys.stderr.isatty() if args.progress is None else args.progress
+    if args.task == "restore":
+        from .apps import restore_bench
+
+        result = restore_bench.run_restore_bench(args.restore_task, args.model,
+                                                 nfes=_int_list(args.nfe or "2,3,5,10,20", "--nfe"),
+                                                 crop=args.crop or None, seed=args.seed, progress=progress)
+        print(result.markdown())
+        for path in restore_bench.write(result, args.output).values():
+            print(f"wrote {path}")
+        return 0
     from .apps import bench
 
-    progress = sys.stderr.isatty() if args.progress is None else args.progress
     result = bench.run_gmm_bench(problem_names=[p for p in args.problems.split(",") if p],
-                                 nfes=_int_list(args.nfe, "--nfe"), n_samples=args.n, repeats=args.repeats,
+                                 nfes=_int_list(args.nfe or "5,10,20,50,100", "--nfe"), n_samples=args.n, repeats=args.repeats,
                                  seed=args.seed, with_diffusers=args.diffusers, labels=args.only, progress=progress)
     print(result.markdown())
     for kind, path in bench.write(result, args.output).items():
@@ -263,6 +323,26 @@ def _run_sample(args) -> int:
         result.plot(args.plot)
         print(f"wrote {args.plot}")
     return 0
+
+
+def _run_restore(args) -> int:
+    from .apps.restore import load_restore_model, restore_files
+    from .apps.sample import _device
+
+    options = {}
+    for key, value in args.option:
+        if key in options:
+            raise ValueError(f"sampler option {key!r} given twice")
+        options[key] = value
+    progress = sys.stderr.isatty() if args.progress is None else args.progress
+    device = _device(args.device)
+    model, description = load_restore_model(args.model, args.task, irsde_config=args.irsde_config, device=device)
+    print(f"model: {description}; sampler {args.sampler}, NFE {args.nfe} per image (tile), seed {args.seed}")
+    report = restore_files(args.inputs, args.output, model, sampler=args.sampler, nfe=args.nfe, seed=args.seed,
+                           options=options, tile=args.tile, overlap=args.overlap, skip_existing=args.skip_existing,
+                           device=device, progress=progress, log=print)
+    print(report.summary())
+    return 1 if report.failed else 0
 
 
 def _run_sample_diffusers(args, options, progress) -> int:
