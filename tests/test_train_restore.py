@@ -279,3 +279,42 @@ def test_cli_parser():
     assert (args.what, args.task, args.steps, args.output, args.resume) == ("restore", "denoise", 5, "out/x", False)
     assert (args.nf, args.depth, args.batch, args.patch, args.loss, args.threads) == (16, 3, 8, 64, "matching", 1)
     assert args.run is T._run
+
+
+@pytest.mark.parametrize("prediction", ["velocity", "data"])
+def test_noise_output_is_the_exact_conversion(prediction):
+    sde = MRSDE()
+    torch.manual_seed(0)
+    net = TinyNet()
+    x = torch.rand(4, 3, 8, 8, generator=gen(0), dtype=torch.float64)
+    mu = x + 0.1
+    t = torch.tensor([0.01, 0.3, 0.7, 1.0], dtype=torch.float64)
+    net = net.double()
+    direct = T.score_model(net, sde, prediction)(x, t, mu)
+    wrapped = T.score_model(T.NoiseOutput(net, sde, prediction), sde)(x, t, mu)
+    torch.testing.assert_close(wrapped.noise, direct.noise, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(wrapped.data, direct.data, rtol=1e-9, atol=1e-9)
+
+
+def test_a_velocity_model_exports_as_an_eps_predictor(tmp_path):
+    run = _train(tmp_path, "v", steps=1, prediction="velocity")
+    path = T.export_weights(run.checkpoint, tmp_path / "v.safetensors")
+    net, sde, config = T.load_weights(path, net=TinyNet())
+    assert config["prediction"] == "velocity" and isinstance(net, T.NoiseOutput)
+    ref = TinyNet()
+    ref.load_state_dict(T.load_checkpoint(run.checkpoint)["ema"])
+    x, mu, t = torch.rand(2, 3, 8, 8), torch.rand(2, 3, 8, 8), torch.tensor([0.2, 0.9], dtype=torch.float64)
+    with torch.no_grad():
+        torch.testing.assert_close(T.score_model(net, sde)(x, t, mu).noise,
+                                   T.score_model(ref, sde, "velocity")(x, t, mu).noise)
+    with pytest.raises(ValueError, match="noise, velocity, data"):
+        _train(tmp_path, "bad", prediction="score")
+
+
+def test_checkpoints_without_a_prediction_key_resume_as_noise(tmp_path):
+    run = _train(tmp_path, "old", steps=2)
+    state = T.load_checkpoint(run.checkpoint)
+    del state["config"]["prediction"]  # as written before the key existed
+    torch.save(state, run.checkpoint)
+    assert T.read_config(T.export_weights(state, tmp_path / "o.safetensors"))["prediction"] == "noise"
+    assert _train(tmp_path, "old", steps=3).step == 3

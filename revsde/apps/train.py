@@ -1,9 +1,11 @@
 """Training the built-in MR-diffusion restoration models (IR-SDE, Luo et al. 2023) and measuring them.
 
-``train_restore`` fits IR-SDE's ``ConditionalUNet`` ε-predictor on random patches of the training
-photos (``restore_data``), degraded on the fly, under the MR SDE (``MRSDE()``: IR-SDE's cosine
-schedule, T = 100, eps = 0.005, stationary std 50/255). Per sample an index ``k ~ U{1..T}`` gives the
-time ``t = k/T`` and ``x_t = α_t x_0 + (1 − α_t) μ + σ_t z``. Losses:
+``train_restore`` fits IR-SDE's ``ConditionalUNet`` on random patches of the training photos
+(``restore_data``), degraded on the fly, as an ε-predictor (IR-SDE's choice) or a velocity / data
+predictor (``prediction``; its ε, converted exactly by ``Prediction``, enters the same losses),
+under the MR SDE (``MRSDE()``: IR-SDE's cosine schedule, T = 100, eps = 0.005, stationary std 50/255).
+Per sample an index ``k ~ U{1..T}`` gives the time ``t = k/T`` and ``x_t = α_t x_0 + (1 − α_t) μ + σ_t z``.
+Losses:
 
 - ``"matching"`` — IR-SDE's maximum-likelihood loss: the L1 distance between the Euler reverse mean
   ``x_t − [f (x_t − μ) + g² ε̂/σ_t] Δ`` (Δ = 1/T) and the exact posterior mean of ``x_{t−Δ}`` given
@@ -35,9 +37,11 @@ from .files import atomic_output
 from .restore_data import DEGRADATIONS, HELD_OUT, PatchSampler, degrade, load_split, photos
 
 LOSSES = ("matching", "noise")
+PREDICTIONS = ("noise", "velocity", "data")
 FORMAT = "revsde.restore/1"
 #: config keys a resumed run must share with its checkpoint (``steps`` may grow)
-RESUME_KEYS = ("task", "loss", "arch", "nf", "depth", "batch", "patch", "lr", "ema", "seed", "sde")
+RESUME_KEYS = ("task", "loss", "prediction", "arch", "nf", "depth", "batch", "patch", "lr", "ema", "seed", "sde")
+CONFIG_DEFAULTS = {"prediction": "noise"}  # for checkpoints written before the key existed
 
 
 def build_net(nf: int, depth: int) -> torch.nn.Module:
@@ -54,9 +58,24 @@ def build_sde(config: dict | None = None):
     return MRSDE(**(config or {}))
 
 
-def score_model(net, sde) -> ScoreModel:
-    """The ε-predicting ``ScoreModel`` of a restoration network (time input: IR-SDE's index t·T)."""
-    return ScoreModel(net, sde, prediction="noise")
+def score_model(net, sde, prediction: str = "noise") -> ScoreModel:
+    """The ``ScoreModel`` of a restoration network (time input: IR-SDE's index t·T)."""
+    return ScoreModel(net, sde, prediction=prediction)
+
+
+class NoiseOutput(torch.nn.Module):
+    """A network trained with another ``prediction`` seen as an ε-predictor, IR-SDE's contract:
+    ``forward(x, time, mu)`` converts the inner net's output exactly (``Prediction``), ``time`` being
+    the SDE's ``model_time`` (IR-SDE's index t·T)."""
+
+    def __init__(self, net: torch.nn.Module, sde, prediction: str):
+        super().__init__()
+        self.net, self.sde, self.prediction = net, sde, prediction
+
+    def forward(self, x, time, mu):
+        t = torch.as_tensor(time, dtype=torch.float64, device=x.device).reshape(-1).expand(x.shape[0])
+        out = self.net(x, time, mu)
+        return Prediction(self.prediction, out, x, t / self.sde.steps, self.sde, mu).noise.to(out.dtype)
 
 
 # --- the losses ----------------------------------------------------------------------------------
@@ -76,7 +95,7 @@ def training_loss(model: ScoreModel, x0, mu, generator, loss: str = "matching") 
     t = k.to(torch.float64) / steps
     z = torch.randn(x0.shape, generator=generator, dtype=x0.dtype)
     x_t = sde.perturb(x0, t, z, mu)
-    eps_hat = model.output(x_t, t, mu)
+    eps_hat = model(x_t, t, mu).noise
     if loss == "noise":
         return torch.mean((eps_hat - z) ** 2)
     return matching_loss(sde, eps_hat, x_t, x0, mu, t, 1.0 / steps)
@@ -135,10 +154,14 @@ def train_restore(task: str = "denoise", out_dir="out/train/denoise", steps: int
                   patch: int = 64, lr: float = 2e-4, loss: str = "matching", nf: int = 16, depth: int = 3,
                   ema: float = 0.999, threads: int | None = 1, checkpoint_every: int = 500, log_every: int = 50,
                   seed: int = 0, progress: bool = True, resume: bool = True, sde=None, net=None,
-                  images=None, stop_at: int | None = None, lr_floor: float = 1e-6) -> TrainResult:
+                  images=None, stop_at: int | None = None, lr_floor: float = 1e-6,
+                  prediction: str = "noise") -> TrainResult:
     """Train (or resume training) a restoration network for ``task`` for ``steps`` steps in total.
 
-    ``net`` replaces ``ConditionalUNet(nf, depth)`` (any module called as ``net(x, time, mu)``);
+    ``prediction``: what the network's output means — ``"noise"`` (IR-SDE's ε), or ``"velocity"`` /
+    ``"data"``, whose ε (``Prediction``'s exact conversion) enters the same losses; near ``t = T``
+    an ε-net must reproduce ``(x − μ)/σ_t`` to within ``α_T/σ_T ≈ 2.5 %`` of the data error it
+    may make, which a velocity net gets for free. ``net`` replaces ``ConditionalUNet(nf, depth)`` (any module called as ``net(x, time, mu)``);
     ``images`` replaces the training split; ``sde`` replaces ``MRSDE()``; ``threads`` sets torch's
     intra-op threads (None: leave as is). ``stop_at`` stops (with a checkpoint) at that step, for a
     later call to resume. The learning rate decays from ``lr`` to ``lr_floor`` over ``steps``.
@@ -151,6 +174,8 @@ def train_restore(task: str = "denoise", out_dir="out/train/denoise", steps: int
                         ("log_every", log_every)):
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ValueError(f"{name} must be a positive integer (got {value!r})")
+    if prediction not in PREDICTIONS:
+        raise ValueError(f"prediction must be one of {', '.join(PREDICTIONS)} (got {prediction!r})")
     if not 0 <= ema < 1:
         raise ValueError(f"ema must lie in [0, 1) (got {ema!r})")
     if threads is not None:
@@ -160,13 +185,13 @@ def train_restore(task: str = "denoise", out_dir="out/train/denoise", steps: int
     torch.manual_seed(seed)  # the network's initialisation
     if net is None:
         net = build_net(nf, depth)
-    config = {"format": FORMAT, "task": task, "loss": loss, "arch": arch, "nf": nf, "depth": depth,
+    config = {"format": FORMAT, "task": task, "loss": loss, "prediction": prediction, "arch": arch, "nf": nf, "depth": depth,
               "batch": batch, "patch": patch, "lr": lr, "lr_floor": lr_floor, "ema": ema, "seed": seed,
               "steps": steps, "sde": sde.config()}
 
     generator = torch.Generator().manual_seed(seed)
     patches = PatchSampler(load_split("train") if images is None else images, patch, batch, task, generator)
-    model = score_model(net, sde)
+    model = score_model(net, sde, prediction)
     ema_state = {k: v.detach().clone() for k, v in net.state_dict().items()}
     optimizer = torch.optim.AdamW(net.parameters(), lr=lr, betas=(0.9, 0.99), weight_decay=0.0)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _cosine(steps, lr_floor / lr))
@@ -176,7 +201,8 @@ def train_restore(task: str = "denoise", out_dir="out/train/denoise", steps: int
     step, elapsed = 0, 0.0
     if resume and ckpt_path.exists():
         state = load_checkpoint(ckpt_path)
-        diff = {k: (state["config"].get(k), config[k]) for k in RESUME_KEYS if state["config"].get(k) != config[k]}
+        saved = {**CONFIG_DEFAULTS, **state["config"]}
+        diff = {k: (saved.get(k), config[k]) for k in RESUME_KEYS if saved.get(k) != config[k]}
         if diff:
             raise ValueError(f"{ckpt_path} was trained with other settings {diff} (checkpoint, now); use "
                              "another output folder or resume=False (--no-resume) to start afresh")
@@ -263,10 +289,11 @@ def export_weights(checkpoint, path) -> Path:
     from safetensors.torch import save
 
     state = load_checkpoint(checkpoint) if not isinstance(checkpoint, dict) else checkpoint
-    config = {**state["config"], "trained_steps": int(state["step"]), "elapsed_s": float(state["elapsed_s"])}
+    config = {**CONFIG_DEFAULTS, **state["config"], "trained_steps": int(state["step"]),
+              "elapsed_s": float(state["elapsed_s"])}
     tensors = {k: v.detach().contiguous().clone() for k, v in state["ema"].items()}
     meta = {"format": FORMAT, "config": json.dumps(config, sort_keys=True), "sde": json.dumps(config["sde"])}
-    meta.update({k: str(config[k]) for k in ("task", "loss", "arch", "nf", "depth", "trained_steps")})
+    meta.update({k: str(config[k]) for k in ("task", "loss", "prediction", "arch", "nf", "depth", "trained_steps")})
     path = Path(path)
     with atomic_output(path) as f:
         f.write(save(tensors, metadata=meta))
@@ -282,12 +309,13 @@ def read_config(path) -> dict:
     if meta.get("format") != FORMAT:
         raise ValueError(f"{path} is not a revsde restoration model (metadata format {meta.get('format')!r}, "
                          f"expected {FORMAT!r})")
-    return json.loads(meta["config"])
+    return {**CONFIG_DEFAULTS, **json.loads(meta["config"])}
 
 
 def load_weights(path, net: torch.nn.Module | None = None):
     """``(net, sde, config)`` from an exported file; ``net`` (else a ``ConditionalUNet`` of the stored
-    size) receives the weights and is put in eval mode."""
+    size) receives the weights and is put in eval mode. The returned net always predicts ε (a
+    velocity/data net comes wrapped in ``NoiseOutput``), so ``score_model(net, sde)`` serves it."""
     from safetensors.torch import load_file
 
     config = read_config(path)
@@ -296,7 +324,10 @@ def load_weights(path, net: torch.nn.Module | None = None):
             raise ValueError(f"{path} holds a {config['arch']}: pass the network to load it into as net=")
         net = build_net(config["nf"], config["depth"])
     net.load_state_dict(load_file(str(path)))
-    return net.eval(), build_sde(config["sde"]), config
+    sde = build_sde(config["sde"])
+    if config["prediction"] != "noise":
+        net = NoiseOutput(net, sde, config["prediction"])
+    return net.eval(), sde, config
 
 
 # --- evaluation ----------------------------------------------------------------------------------
@@ -321,11 +352,11 @@ def image_seed(name: str, seed: int) -> int:
 
 def evaluate_restore(model, task: str | None = None, nfe: int = 10, sampler: str = "mrs", images=HELD_OUT, *,
                      seed: int = 0, sde=None, grid=None, progress: bool = False, return_images: bool = False,
-                     **options) -> dict:
+                     net_prediction: str = "noise", **options) -> dict:
     """Restore the held-out photos (degraded with fixed seeds) and score them.
 
     ``model``: an exported ``.safetensors`` path, a network ``net(x, time, mu)`` (with ``sde``, default
-    ``MRSDE()``), or a ``ScoreModel``. ``images``: names or a ``{name: (3, H, W)}`` dict. Each image is
+    ``MRSDE()``, and its output type ``net_prediction``), or a ``ScoreModel``; other keywords are sampler options. ``images``: names or a ``{name: (3, H, W)}`` dict. Each image is
     degraded with ``image_seed(name, seed)``, started from the prior ``μ + λ z`` and sampled with
     ``revsde.sample(sampler, steps=nfe, **options)``. PSNR and SSIM compare the clean image with the
     degraded input and with the restoration, both clipped to [0, 1]. Returns ``{"rows": [...], "mean": {...},
@@ -338,7 +369,7 @@ def evaluate_restore(model, task: str | None = None, nfe: int = 10, sampler: str
         task = task or config["task"]
         model = score_model(net, sde_)
     elif not isinstance(model, ScoreModel):
-        model = score_model(model.eval(), build_sde() if sde is None else sde)
+        model = score_model(model.eval(), build_sde() if sde is None else sde, net_prediction)
     if task not in DEGRADATIONS:
         raise ValueError(f"unknown restoration task {task!r}; available: {', '.join(DEGRADATIONS)}")
     images = images if isinstance(images, dict) else photos(images)
@@ -387,6 +418,8 @@ def add_train_parser(commands) -> None:
     p.add_argument("--lr", type=float, default=2e-4, help="peak learning rate, cosine-decayed (default: 2e-4)")
     p.add_argument("--loss", choices=list(LOSSES), default="matching",
                    help="matching: IR-SDE's maximum-likelihood L1 loss (default); noise: plain eps-MSE")
+    p.add_argument("--prediction", choices=list(PREDICTIONS), default="noise",
+                   help="what the net outputs: noise (IR-SDE's eps, default), velocity or data")
     p.add_argument("--ema", type=float, default=0.999, help="EMA decay of the exported weights (default: 0.999)")
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads (default: 1)")
     p.add_argument("--checkpoint-every", type=int, default=500, metavar="N", help="steps between checkpoints")
@@ -403,7 +436,7 @@ def _run(args) -> int:
 
     progress = sys.stderr.isatty() if args.progress is None else args.progress
     result = train_restore(args.task, args.output, args.steps, batch=args.batch, patch=args.patch, lr=args.lr,
-                           loss=args.loss, nf=args.nf, depth=args.depth, ema=args.ema, threads=args.threads,
+                           loss=args.loss, prediction=args.prediction, nf=args.nf, depth=args.depth, ema=args.ema, threads=args.threads,
                            checkpoint_every=args.checkpoint_every, seed=args.seed, progress=progress,
                            resume=args.resume)
     state = "stopped" if result.interrupted else "finished"
