@@ -298,11 +298,7 @@ def _run_bench(args) -> int:
 
 
 def _run_sample(args) -> int:
-    options = {}
-    for key, value in args.option:
-        if key in options:
-            raise ValueError(f"sampler option {key!r} given twice")
-        options[key] = value
+    options = _options(args)
     progress = sys.stderr.isatty() if args.progress is None else args.progress
     if args.diffusers is not None:
         return _run_sample_diffusers(args, options, progress)
@@ -325,15 +321,21 @@ def _run_sample(args) -> int:
     return 0
 
 
-def _run_restore(args) -> int:
-    from .apps.restore import load_restore_model, restore_files
-    from .apps.sample import _device
-
+def _options(args) -> dict:
+    """The repeated ``--option NAME=VALUE`` as a dict; a name given twice is an error."""
     options = {}
     for key, value in args.option:
         if key in options:
             raise ValueError(f"sampler option {key!r} given twice")
         options[key] = value
+    return options
+
+
+def _run_restore(args) -> int:
+    from .apps.restore import load_restore_model, restore_files
+    from .apps.sample import _device
+
+    options = _options(args)
     progress = sys.stderr.isatty() if args.progress is None else args.progress
     device = _device(args.device)
     model, description = load_restore_model(args.model, args.task, irsde_config=args.irsde_config, device=device)
