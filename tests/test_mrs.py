@@ -163,6 +163,20 @@ def _diffusers_run(scheduler, sde, mixture, n, x0, generator=None):
     return x, grid
 
 
+def _dpm_problem(n, order, algorithm, solver_type, seed):
+    """DPMSolverMultistepScheduler (final σ = σ_min) at ``n`` steps, the VP SDE of its own (float32)
+    table so both integrate exactly the same schedule, a Gaussian, and exact draws at its first time."""
+    diffusers = pytest.importorskip("diffusers")
+    scheduler = diffusers.DPMSolverMultistepScheduler(beta_schedule="linear", solver_order=order,
+                                                      algorithm_type=algorithm, solver_type=solver_type,
+                                                      final_sigmas_type="sigma_min")
+    sde = S.VPSDE.from_alphas_cumprod(scheduler.alphas_cumprod.double())
+    mixture = gaussian()
+    scheduler.set_timesteps(n)
+    x0 = exact_marginal_draw(mixture, sde, float(scheduler.timesteps[0]) / 999, 16, None, seed=seed)
+    return scheduler, sde, mixture, x0
+
+
 SOLVER_TYPES = {"heun": "exact", "midpoint": "midpoint"}  # diffusers' solver_type -> mrs second_order
 
 
@@ -174,15 +188,7 @@ def test_reproduces_diffusers_dpm_solver(prediction, algorithm, solver_type, ord
     """On the DDPM table, `mrs` equals DPMSolverMultistepScheduler on diffusers' own timesteps (final
     σ = σ_min): ``solver_type`` "heun" is the Taylor form of the MR Sampler (``second_order="exact"``),
     "midpoint" is ``second_order="midpoint"``; order 3 with ``third_order="dpm-solver"``."""
-    diffusers = pytest.importorskip("diffusers")
-    scheduler = diffusers.DPMSolverMultistepScheduler(beta_schedule="linear", solver_order=order,
-                                                      algorithm_type=algorithm, solver_type=solver_type,
-                                                      final_sigmas_type="sigma_min")
-    # the scheduler's own (float32) table, so both integrate exactly the same schedule
-    sde = S.VPSDE.from_alphas_cumprod(scheduler.alphas_cumprod.double())
-    mixture = gaussian()
-    scheduler.set_timesteps(n)
-    x0 = exact_marginal_draw(mixture, sde, float(scheduler.timesteps[0]) / 999, 16, None, seed=2)
+    scheduler, sde, mixture, x0 = _dpm_problem(n, order, algorithm, solver_type, seed=2)
     expected, grid = _diffusers_run(scheduler, sde, mixture, n, x0)
     sol = revsde.sample(exact_model(mixture, sde), x_init=x0, sampler="mrs", order=order, prediction=prediction,
                         grid=grid, second_order=SOLVER_TYPES[solver_type], third_order="dpm-solver")
@@ -197,14 +203,7 @@ def test_reproduces_diffusers_dpm_solver(prediction, algorithm, solver_type, ord
 def test_reproduces_diffusers_sde_dpm_solver(prediction, algorithm, solver_type, n):
     """The stochastic `mrs` (order 2) equals diffusers' SDE-DPM-Solver(++) 2M draw for draw when both
     take their noise from the same generator."""
-    diffusers = pytest.importorskip("diffusers")
-    scheduler = diffusers.DPMSolverMultistepScheduler(beta_schedule="linear", solver_order=2,
-                                                      algorithm_type=algorithm, solver_type=solver_type,
-                                                      final_sigmas_type="sigma_min")
-    sde = S.VPSDE.from_alphas_cumprod(scheduler.alphas_cumprod.double())
-    mixture = gaussian()
-    scheduler.set_timesteps(n)
-    x0 = exact_marginal_draw(mixture, sde, float(scheduler.timesteps[0]) / 999, 16, None, seed=3)
+    scheduler, sde, mixture, x0 = _dpm_problem(n, 2, algorithm, solver_type, seed=3)
     expected, grid = _diffusers_run(scheduler, sde, mixture, n, x0.float(), torch.Generator().manual_seed(7))
     sol = revsde.sample(exact_model(mixture, sde), x_init=x0.float(), sampler="mrs", order=2, prediction=prediction,
                         stochastic=True, grid=grid, second_order=SOLVER_TYPES[solver_type],

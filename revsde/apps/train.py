@@ -31,6 +31,7 @@ from pathlib import Path
 
 import torch
 
+from .. import metrics
 from ..model import Prediction, ScoreModel
 from ..samplers.updates import euler_maruyama, posterior
 from .files import atomic_output
@@ -331,18 +332,18 @@ def load_weights(path, net: torch.nn.Module | None = None):
 
 
 # --- evaluation ----------------------------------------------------------------------------------
+def _hwc(x: torch.Tensor):
+    return x.detach().double().permute(1, 2, 0).cpu().numpy()
+
+
 def psnr(x: torch.Tensor, ref: torch.Tensor) -> float:
-    """PSNR in dB of images in [0, 1]."""
-    mse = float(torch.mean((x.double() - ref.double()) ** 2))
-    return float("inf") if mse == 0 else 10 * math.log10(1 / mse)
+    """``revsde.metrics.psnr`` of ``(3, H, W)`` images in [0, 1]."""
+    return metrics.psnr(_hwc(x), _hwc(ref))
 
 
 def ssim(x: torch.Tensor, ref: torch.Tensor) -> float:
-    """SSIM (scikit-image, Gaussian-free 7×7 windows, per channel) of ``(3, H, W)`` images in [0, 1]."""
-    from skimage.metrics import structural_similarity
-
-    a, b = (v.detach().double().permute(1, 2, 0).numpy() for v in (x, ref))
-    return float(structural_similarity(a, b, channel_axis=-1, data_range=1.0))
+    """``revsde.metrics.ssim`` (scikit-image, 7×7 windows, per channel) of ``(3, H, W)`` images in [0, 1]."""
+    return metrics.ssim(_hwc(x), _hwc(ref))
 
 
 def image_seed(name: str, seed: int) -> int:
