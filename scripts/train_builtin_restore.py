@@ -23,7 +23,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from revsde.apps import restore_data, train  # noqa: E402
+from revsde.apps import restore_data, restore_eval, train  # noqa: E402
 from revsde.apps.files import atomic_output  # noqa: E402
 
 # Chosen from measurements on this CPU (one thread, batch 8, 64 px patches): nf=16 runs ~1.5 it/s and
@@ -126,7 +126,7 @@ def main(argv=None) -> int:
     evals = []
     for nfe in (int(n) for n in args.nfe.split(",") if n.strip()):
         start = time.perf_counter()
-        ev = train.evaluate_restore(train.score_model(net, sde), args.task, nfe=nfe, sampler="mrs")
+        ev = restore_eval.evaluate_restore(train.score_model(net, sde), args.task, nfe=nfe, sampler="mrs")
         ev["seconds"] = time.perf_counter() - start
         evals.append(ev)
         print(f"mrs NFE {ev['nfe']}: input {ev['mean']['psnr_in']:.2f} dB / {ev['mean']['ssim_in']:.4f}, "

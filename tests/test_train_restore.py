@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 from revsde.apps import restore_data as D
+from revsde.apps import restore_eval as E
 from revsde.apps import train as T
 from revsde.sde import MRSDE
 
@@ -255,19 +256,19 @@ def test_export_load_round_trip(tmp_path):
 
 def test_metrics_against_closed_forms():
     x = torch.rand(3, 32, 32, generator=gen(0))
-    assert T.psnr(x, x) == math.inf and T.ssim(x, x) == pytest.approx(1.0)
+    assert E.psnr(x, x) == math.inf and E.ssim(x, x) == pytest.approx(1.0)
     y = x + 0.01
-    assert T.psnr(y, x) == pytest.approx(40.0, abs=1e-4)  # 10·log10(1/1e-4)
+    assert E.psnr(y, x) == pytest.approx(40.0, abs=1e-4)  # 10·log10(1/1e-4)
 
 
 def test_evaluate_restore_smoke():
     """Smoke test (shapes and bookkeeping only): two small images, a stand-in net, 2 NFE."""
     images = {"a": torch.rand(3, 24, 40, generator=gen(0)), "b": torch.rand(3, 32, 32, generator=gen(1))}
-    ev = T.evaluate_restore(TinyNet(), "denoise", nfe=2, images=images, return_images=True)
+    ev = E.evaluate_restore(TinyNet(), "denoise", nfe=2, images=images, return_images=True)
     assert ev["nfe"] == 2 and [r["image"] for r in ev["rows"]] == ["a", "b"]
     shown, restored = ev["images"]["a"]
     assert shown.shape == restored.shape == (3, 24, 40) and float(restored.min()) >= 0
-    again = T.evaluate_restore(TinyNet(), "denoise", nfe=2, images={"a": images["a"]})
+    again = E.evaluate_restore(TinyNet(), "denoise", nfe=2, images={"a": images["a"]})
     assert again["rows"][0]["psnr_in"] == ev["rows"][0]["psnr_in"]  # the degradation is fixed per name
     assert 20 < ev["mean"]["psnr_in"] < 23  # σ = 25/255 is 20.2 dB, a little more after clipping
 

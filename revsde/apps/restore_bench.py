@@ -95,7 +95,7 @@ def run_restore_bench(task: str = "denoise", model="builtin", nfes=(2, 3, 5, 10,
 
     from .restore import load_restore_model
     from .restore_data import HELD_OUT, photos
-    from .train import evaluate_restore
+    from .restore_eval import evaluate_restore
 
     score_model, description = load_restore_model(model, task) if isinstance(model, str) else (model, "the model")
     unknown = sorted(set(images or ()) - set(HELD_OUT))

@@ -12,30 +12,23 @@ Losses:
   ``x_t`` and the true ``x_0``;
 - ``"noise"`` — the plain ε-MSE ``‖ε̂ − z‖²``.
 
-AdamW with cosine decay, gradient clipping at 1.0 and an EMA of the weights; ``out_dir/last.pt`` is
-written atomically every ``checkpoint_every`` steps (and on Ctrl-C / SIGTERM) and a later call
-resumes from it, bit for bit. ``export_weights`` writes the EMA weights as safetensors with their
-config; ``evaluate_restore`` restores the held-out photos with ``revsde.sample`` and reports PSNR/SSIM.
+AdamW with cosine decay, gradient clipping at 1.0 and an EMA of the weights (``trainer.fit``:
+``out_dir/last.pt`` is written atomically every ``checkpoint_every`` steps and on Ctrl-C / SIGTERM, and
+a later call resumes from it, bit for bit). ``export_weights`` writes the EMA weights as safetensors
+with their config; ``restore_eval.evaluate_restore`` measures them on the held-out photos.
 """
 from __future__ import annotations
 
-import contextlib
 import json
-import math
-import signal
-import threading
-import time
-import zlib
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-from .. import metrics
 from ..model import Prediction, ScoreModel
 from ..samplers.updates import euler_maruyama, posterior
 from .files import atomic_output
-from .restore_data import DEGRADATIONS, HELD_OUT, PatchSampler, degrade, load_split, photos
+from .restore_data import DEGRADATIONS, PatchSampler, load_split
+from .trainer import TrainResult, check_positive_ints, fit, load_checkpoint  # noqa: F401 (re-exported)
 
 LOSSES = ("matching", "noise")
 PREDICTIONS = ("noise", "velocity", "data")
@@ -102,55 +95,7 @@ def training_loss(model: ScoreModel, x0, mu, generator, loss: str = "matching") 
     return matching_loss(sde, eps_hat, x_t, x0, mu, t, 1.0 / steps)
 
 
-# --- checkpoints ---------------------------------------------------------------------------------
-def _cosine(total: int, floor: float):
-    def factor(step: int) -> float:
-        return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * min(step, total) / max(total, 1)))
-    return factor
-
-
-def _save(path: Path, obj: dict) -> None:
-    with atomic_output(path) as f:
-        torch.save(obj, f)
-
-
-def load_checkpoint(path) -> dict:
-    """A training checkpoint (``torch.load(weights_only=True)``: tensors and plain values only)."""
-    return torch.load(path, map_location="cpu", weights_only=True)
-
-
-@contextlib.contextmanager
-def _stop_requests():
-    """A flag set by SIGINT/SIGTERM (main thread only), so the loop can finish its step and checkpoint."""
-    flag = {"stop": False}
-    if threading.current_thread() is not threading.main_thread():
-        yield flag
-        return
-
-    def handler(signum, frame):
-        flag["stop"] = True
-
-    old = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        yield flag
-    finally:
-        for s, h in old.items():
-            signal.signal(s, h)
-
-
-@dataclass
-class TrainResult:
-    """Where training stopped: ``checkpoint`` path, ``step`` reached, wall time ``elapsed_s`` over all
-    runs, the last logged ``loss``, and whether it was ``interrupted`` (Ctrl-C / SIGTERM / ``stop_at``)."""
-
-    checkpoint: Path
-    step: int
-    steps: int
-    elapsed_s: float
-    loss: float | None
-    interrupted: bool
-
-
+# --- training ------------------------------------------------------------------------------------
 def train_restore(task: str = "denoise", out_dir="out/train/denoise", steps: int = 10000, *, batch: int = 8,
                   patch: int = 64, lr: float = 2e-4, loss: str = "matching", nf: int = 16, depth: int = 3,
                   ema: float = 0.999, threads: int | None = 1, checkpoint_every: int = 500, log_every: int = 50,
@@ -171,10 +116,7 @@ def train_restore(task: str = "denoise", out_dir="out/train/denoise", steps: int
         raise ValueError(f"unknown restoration task {task!r}; available: {', '.join(DEGRADATIONS)}")
     if loss not in LOSSES:
         raise ValueError(f"loss must be one of {', '.join(LOSSES)} (got {loss!r})")
-    for name, value in (("steps", steps), ("batch", batch), ("patch", patch), ("checkpoint_every", checkpoint_every),
-                        ("log_every", log_every)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(f"{name} must be a positive integer (got {value!r})")
+    check_positive_ints(steps=steps, batch=batch, patch=patch, checkpoint_every=checkpoint_every, log_every=log_every)
     if prediction not in PREDICTIONS:
         raise ValueError(f"prediction must be one of {', '.join(PREDICTIONS)} (got {prediction!r})")
     if not 0 <= ema < 1:
@@ -193,94 +135,14 @@ def train_restore(task: str = "denoise", out_dir="out/train/denoise", steps: int
     generator = torch.Generator().manual_seed(seed)
     patches = PatchSampler(load_split("train") if images is None else images, patch, batch, task, generator)
     model = score_model(net, sde, prediction)
-    ema_state = {k: v.detach().clone() for k, v in net.state_dict().items()}
-    optimizer = torch.optim.AdamW(net.parameters(), lr=lr, betas=(0.9, 0.99), weight_decay=0.0)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _cosine(steps, lr_floor / lr))
 
-    out_dir = Path(out_dir)
-    ckpt_path, log_path = out_dir / "last.pt", out_dir / "train_log.jsonl"
-    step, elapsed = 0, 0.0
-    if resume and ckpt_path.exists():
-        state = load_checkpoint(ckpt_path)
-        saved = {**CONFIG_DEFAULTS, **state["config"]}
-        diff = {k: (saved.get(k), config[k]) for k in RESUME_KEYS if saved.get(k) != config[k]}
-        if diff:
-            raise ValueError(f"{ckpt_path} was trained with other settings {diff} (checkpoint, now); use "
-                             "another output folder or resume=False (--no-resume) to start afresh")
-        net.load_state_dict(state["model"])
-        ema_state = state["ema"]
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        generator.set_state(state["rng"]["generator"])
-        torch.set_rng_state(state["rng"]["torch"])
-        step, elapsed = int(state["step"]), float(state["elapsed_s"])
-        _truncate_log(log_path, step)
-    elif log_path.exists():
-        log_path.unlink()
+    def batch_loss():
+        x0, mu = next(patches)
+        return training_loss(model, x0, mu, generator, loss)
 
-    def checkpoint():
-        _save(ckpt_path, {"config": config, "step": step, "elapsed_s": elapsed, "model": net.state_dict(),
-                          "ema": ema_state, "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                          "rng": {"generator": generator.get_state(), "torch": torch.get_rng_state()}})
-
-    from tqdm.auto import tqdm
-
-    end = steps if stop_at is None else min(steps, stop_at)
-    bar = tqdm(total=steps, initial=step, desc=f"train {task}", disable=not progress, dynamic_ncols=True)
-    window, last_loss, interrupted = [], None, False
-    net.train()
-    out_dir.mkdir(parents=True, exist_ok=True)
-    with _stop_requests() as stop:
-        t_run, logged = time.perf_counter(), (step, elapsed)  # (step, elapsed) at the last log line
-        while step < end:
-            x0, mu = next(patches)
-            value = training_loss(model, x0, mu, generator, loss)
-            optimizer.zero_grad(set_to_none=True)
-            value.backward()
-            torch.nn.utils.clip_grad_norm_(net.parameters(), 1.0)
-            optimizer.step()
-            scheduler.step()
-            step += 1
-            decay = min(ema, (1 + step) / (10 + step))  # short runs: the EMA forgets its random start
-            with torch.no_grad():
-                for k, v in net.state_dict().items():
-                    if v.is_floating_point():
-                        ema_state[k].lerp_(v, 1 - decay)
-                    else:
-                        ema_state[k].copy_(v)
-            window.append(float(value.detach()))
-            now = time.perf_counter()
-            elapsed += now - t_run
-            t_run = now
-            bar.update(1)
-            if step % 10 == 0 or step == end:
-                bar.set_postfix(loss=f"{sum(window[-50:]) / len(window[-50:]):.4g}")
-            if step % log_every == 0 or step == end:
-                last_loss = sum(window) / len(window)
-                rate = (step - logged[0]) / max(elapsed - logged[1], 1e-9)
-                logged = (step, elapsed)
-                with open(log_path, "a") as f:
-                    f.write(json.dumps({"step": step, "loss": last_loss, "lr": scheduler.get_last_lr()[0],
-                                        "elapsed_s": round(elapsed, 2), "it_per_s": round(rate, 3)}) + "\n")
-                window = []
-            if stop["stop"]:
-                interrupted = True
-                break
-            if step % checkpoint_every == 0 and step < end:
-                checkpoint()
-        checkpoint()
-    bar.close()
-    interrupted = interrupted or step < steps
-    return TrainResult(ckpt_path, step, steps, elapsed, last_loss, interrupted)
-
-
-def _truncate_log(log_path: Path, step: int) -> None:
-    """Drop log lines past ``step`` (written after the checkpoint a resumed run restarts from)."""
-    if not log_path.exists():
-        return
-    keep = [line for line in log_path.read_text().splitlines() if line.strip() and json.loads(line)["step"] <= step]
-    with atomic_output(log_path) as f:
-        f.write("".join(line + "\n" for line in keep).encode())
+    return fit(net, batch_loss, config, out_dir, steps, generator=generator, lr=lr, lr_floor=lr_floor, ema=ema,
+               checkpoint_every=checkpoint_every, log_every=log_every, progress=progress, resume=resume,
+               resume_keys=RESUME_KEYS, config_defaults=CONFIG_DEFAULTS, stop_at=stop_at, desc=f"train {task}")
 
 
 # --- export / load -------------------------------------------------------------------------------
@@ -329,68 +191,6 @@ def load_weights(path, net: torch.nn.Module | None = None):
     if config["prediction"] != "noise":
         net = NoiseOutput(net, sde, config["prediction"])
     return net.eval(), sde, config
-
-
-# --- evaluation ----------------------------------------------------------------------------------
-def _hwc(x: torch.Tensor):
-    return x.detach().double().permute(1, 2, 0).cpu().numpy()
-
-
-def psnr(x: torch.Tensor, ref: torch.Tensor) -> float:
-    """``revsde.metrics.psnr`` of ``(3, H, W)`` images in [0, 1]."""
-    return metrics.psnr(_hwc(x), _hwc(ref))
-
-
-def ssim(x: torch.Tensor, ref: torch.Tensor) -> float:
-    """``revsde.metrics.ssim`` (scikit-image, 7×7 windows, per channel) of ``(3, H, W)`` images in [0, 1]."""
-    return metrics.ssim(_hwc(x), _hwc(ref))
-
-
-def image_seed(name: str, seed: int) -> int:
-    """The degradation seed of a named test image: fixed per name, independent of which images run."""
-    return seed + zlib.crc32(name.encode())
-
-
-def evaluate_restore(model, task: str | None = None, nfe: int = 10, sampler: str = "mrs", images=HELD_OUT, *,
-                     seed: int = 0, sde=None, grid=None, progress: bool = False, return_images: bool = False,
-                     net_prediction: str = "noise", **options) -> dict:
-    """Restore the held-out photos (degraded with fixed seeds) and score them.
-
-    ``model``: an exported ``.safetensors`` path, a network ``net(x, time, mu)`` (with ``sde``, default
-    ``MRSDE()``, and its output type ``net_prediction``), or a ``ScoreModel``; other keywords are sampler options. ``images``: names or a ``{name: (3, H, W)}`` dict. Each image is
-    degraded with ``image_seed(name, seed)``, started from the prior ``μ + λ z`` and sampled with
-    ``revsde.sample(sampler, steps=nfe, **options)``. PSNR and SSIM compare the clean image with the
-    degraded input and with the restoration, both clipped to [0, 1]. Returns ``{"rows": [...], "mean": {...},
-    "nfe", "task", "sampler", "options"}`` (and ``"images"``: name → (degraded, restored) if asked).
-    """
-    from ..solve import sample
-
-    if isinstance(model, (str, Path)):
-        net, sde_, config = load_weights(model)
-        task = task or config["task"]
-        model = score_model(net, sde_)
-    elif not isinstance(model, ScoreModel):
-        model = score_model(model.eval(), build_sde() if sde is None else sde, net_prediction)
-    if task not in DEGRADATIONS:
-        raise ValueError(f"unknown restoration task {task!r}; available: {', '.join(DEGRADATIONS)}")
-    images = images if isinstance(images, dict) else photos(images)
-    rows, outputs, nfe_counted = [], {}, 0
-    for name, x0 in images.items():
-        mu = degrade(task, x0[None], seed=image_seed(name, seed))
-        with torch.no_grad():
-            sol = sample(model, mu.shape, mu=mu, sampler=sampler, steps=nfe, grid=grid, seed=seed,
-                         progress=progress, **options)
-        restored, shown = sol.x[0].clamp(0, 1), mu[0].clamp(0, 1)
-        nfe_counted = sol.nfe
-        rows.append({"image": name, "psnr_in": psnr(shown, x0), "ssim_in": ssim(shown, x0),
-                     "psnr": psnr(restored, x0), "ssim": ssim(restored, x0)})
-        if return_images:
-            outputs[name] = (shown, restored)
-    mean = {k: sum(r[k] for r in rows) / len(rows) for k in ("psnr_in", "ssim_in", "psnr", "ssim")}
-    result = {"task": task, "sampler": sampler, "options": options, "nfe": nfe_counted, "rows": rows, "mean": mean}
-    if return_images:
-        result["images"] = outputs
-    return result
 
 
 # --- command line --------------------------------------------------------------------------------
