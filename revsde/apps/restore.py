@@ -8,10 +8,7 @@ the run goes on.
 """
 from __future__ import annotations
 
-import glob
 import os
-import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
@@ -20,6 +17,7 @@ import torch
 
 from .. import samplers as samplers_mod
 from ..solve import sample
+from .batch import BatchReport, expand_inputs, plan_outputs, run_batch
 from .images import SUFFIXES, ImageError, read_image, write_image
 
 
@@ -74,69 +72,6 @@ def load_restore_model(model: str = "builtin", task: str = "denoise", *, irsde_c
     settings = OFFICIAL_CONFIGS[irsde_config]
     net = load_irsde_checkpoint(path, map_location=device)
     return irsde_score_model(net, settings.sde()), f"{path.name}: official IR-SDE {irsde_config} checkpoint"
-
-
-@dataclass
-class FileResult:
-    """One input: ``status`` is "ok", "skipped" or "failed" (with ``message``)."""
-
-    input: Path
-    output: Path | None
-    status: str
-    message: str = ""
-    seconds: float = 0.0
-    nfe: int = 0
-
-
-@dataclass
-class RestoreReport:
-    results: list[FileResult] = field(default_factory=list)
-
-    @property
-    def failed(self) -> list[FileResult]:
-        return [r for r in self.results if r.status == "failed"]
-
-    def summary(self) -> str:
-        counts = {s: sum(r.status == s for r in self.results) for s in ("ok", "skipped", "failed")}
-        return f"{counts['ok']} restored, {counts['skipped']} skipped, {counts['failed']} failed"
-
-
-def expand_inputs(inputs: list[str]) -> list[tuple[Path, Path]]:
-    """``(file, name relative to its input)`` for files, folders (their images, recursively) and globs."""
-    found: list[tuple[Path, Path]] = []
-    for item in inputs:
-        matches = sorted(glob.glob(item, recursive=True)) if glob.has_magic(item) else [item]
-        if not matches:
-            raise ValueError(f"no file matches {item!r}")
-        for match in matches:
-            path = Path(match)
-            if path.is_dir():
-                files = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in SUFFIXES)
-                found += [(p, p.relative_to(path)) for p in files]
-            elif path.exists():
-                found.append((path, Path(path.name)))
-            else:
-                raise ValueError(f"input {match!r} does not exist")
-    if not found:
-        raise ValueError(f"no images ({', '.join(sorted(SUFFIXES))}) among the inputs {inputs}")
-    return found
-
-
-def plan_outputs(files: list[tuple[Path, Path]], out_dir: str | os.PathLike) -> list[tuple[Path, Path]]:
-    """``(input, output)`` pairs; refuses an output that is an input or two inputs onto one output."""
-    out = Path(out_dir)
-    inputs = {p.resolve() for p, _ in files}
-    pairs, seen = [], {}
-    for path, rel in files:
-        target = out / rel
-        resolved = target.resolve()
-        if resolved in inputs:
-            raise ValueError(f"the output for {path} would overwrite the input {target}: choose another -o folder")
-        if resolved in seen:
-            raise ValueError(f"{path} and {seen[resolved]} would both be written to {target}")
-        seen[resolved] = path
-        pairs.append((path, target))
-    return pairs
 
 
 def tiles(size: int, tile: int, overlap: int) -> list[int]:
@@ -213,33 +148,21 @@ def restorer(model, *, sampler: str = "mrs", nfe: int = 10, seed: int = 0, optio
 def restore_files(inputs: list[str], out_dir: str | os.PathLike, model, *, sampler: str = "mrs", nfe: int = 10,
                   seed: int = 0, options: dict | None = None, tile: int | None = None, overlap: int = 32,
                   skip_existing: bool = False, device=None, progress: bool = False,
-                  log: Callable[[str], None] | None = None) -> RestoreReport:
+                  log: Callable[[str], None] | None = None) -> BatchReport:
     """Restore every image of ``inputs`` into ``out_dir`` (same relative names and formats)."""
-    from tqdm.auto import tqdm
-
     if tile is not None and (isinstance(tile, bool) or not isinstance(tile, int) or tile < 16):
         raise ValueError(f"--tile must be an integer >= 16 pixels (got {tile!r})")
     if isinstance(overlap, bool) or not isinstance(overlap, int) or overlap < 0:
         raise ValueError(f"--overlap must be an integer >= 0 (got {overlap!r})")
-    pairs = plan_outputs(expand_inputs(inputs), out_dir)
+    pairs = plan_outputs(expand_inputs(inputs, SUFFIXES, "images"), out_dir)
     run = restorer(model, sampler=sampler, nfe=nfe, seed=seed, options=options, device=device)
-    report = RestoreReport()
-    for path, target in tqdm(pairs, desc="restore", unit="image", disable=not progress):
-        if skip_existing and target.exists():
-            report.results.append(FileResult(path, target, "skipped", "output exists"))
-            continue
-        start, nfe_before = time.perf_counter(), run.nfe
-        try:
-            image = read_image(path)
-            restored = image.with_rgb(restore_tiled(run, image.rgb(), tile, overlap))
-            write_image(target, restored)
-        except (ImageError, OSError) as error:
-            result = FileResult(path, None, "failed", str(error))
-        except Exception as error:  # noqa: BLE001 - one bad file must not stop a batch; it is reported
-            result = FileResult(path, None, "failed", f"{type(error).__name__}: {error}")
-        else:
-            result = FileResult(path, target, "ok", seconds=time.perf_counter() - start, nfe=run.nfe - nfe_before)
-        report.results.append(result)
-        if log is not None:
-            log(f"{result.status}: {path}" + (f" -> {target}" if result.status == "ok" else f" ({result.message})"))
-    return report
+    report = BatchReport("restored")
+
+    def process(path: Path, target: Path) -> int:
+        nfe_before = run.nfe
+        image = read_image(path)
+        write_image(target, image.with_rgb(restore_tiled(run, image.rgb(), tile, overlap)))
+        return run.nfe - nfe_before
+
+    return run_batch(pairs, process, report, expected=(ImageError, OSError), skip_existing=skip_existing,
+                     progress=progress, log=log, desc="restore", unit="image")
