@@ -50,10 +50,7 @@ def audio_format(path: str | os.PathLike) -> str:
     return SUFFIXES[suffix]
 
 
-def read_audio(path: str | os.PathLike) -> tuple[np.ndarray, int, AudioInfo]:
-    """``(samples, sample_rate, info)`` of a WAV, FLAC or Ogg file; samples float32 ``[C, N]`` in [-1, 1]."""
-    import soundfile as sf
-
+def _checked_path(path) -> tuple[Path, str]:
     fmt = audio_format(path)
     path = Path(path)
     if path.is_dir():
@@ -64,16 +61,35 @@ def read_audio(path: str | os.PathLike) -> tuple[np.ndarray, int, AudioInfo]:
         raise AudioError(f"{path}: cannot read ({error.strerror or error})") from None
     if size == 0:
         raise AudioError(f"{path}: empty file (0 bytes)")
+    return path, fmt
+
+
+def _read(path, fmt: str, read):
+    import soundfile as sf
+
     try:
         with sf.SoundFile(path) as file:
             info = AudioInfo(file.format, file.subtype, file.channels, file.frames, file.samplerate)
-            data = file.read(dtype="float32", always_2d=True)
+            data = read(file)
     except sf.LibsndfileError as error:
         raise AudioError(f"{path}: not a readable {fmt} file ({error.error_string})") from None
     except (OSError, RuntimeError) as error:
         raise AudioError(f"{path}: not a readable {fmt} file ({type(error).__name__}: {error})") from None
-    if data.shape[0] == 0:
+    if info.frames == 0 or (data is not None and data.shape[0] == 0):
         raise AudioError(f"{path}: the {info.format} file holds no audio samples")
+    return info, data
+
+
+def probe_audio(path: str | os.PathLike) -> AudioInfo:
+    """The ``AudioInfo`` of a WAV, FLAC or Ogg file, with ``read_audio``'s checks, without reading the samples."""
+    path, fmt = _checked_path(path)
+    return _read(path, fmt, lambda file: None)[0]
+
+
+def read_audio(path: str | os.PathLike) -> tuple[np.ndarray, int, AudioInfo]:
+    """``(samples, sample_rate, info)`` of a WAV, FLAC or Ogg file; samples float32 ``[C, N]`` in [-1, 1]."""
+    path, fmt = _checked_path(path)
+    info, data = _read(path, fmt, lambda file: file.read(dtype="float32", always_2d=True))
     return np.ascontiguousarray(data.T), info.sample_rate, info
 
 

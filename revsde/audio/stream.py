@@ -23,7 +23,7 @@ from typing import Callable, Iterable, Iterator
 
 import numpy as np
 
-from .io import subtype_for, audio_format
+from .io import audio_format, probe_audio, subtype_for
 
 #: peak level the written audio never exceeds (−0.01 dBFS)
 PEAK_LIMIT = 0.99885
@@ -49,11 +49,9 @@ class FileSource:
     """A sound file read in blocks (soundfile); ``peak()`` is a first pass over it."""
 
     def __init__(self, path):
-        import soundfile as sf
-
         self.path = Path(path)
-        info = sf.info(str(self.path))
-        self.channels, self.frames, self.samplerate = info.channels, info.frames, info.samplerate
+        self.info = info = probe_audio(self.path)  # AudioError for a missing, empty or unreadable file
+        self.channels, self.frames, self.samplerate = info.channels, info.frames, info.sample_rate
         self.subtype, self.format = info.subtype, info.format
 
     def blocks(self, size: int) -> Iterator[np.ndarray]:
