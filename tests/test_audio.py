@@ -123,7 +123,9 @@ def test_presets_and_from_hparams():
     assert SpecConfig.from_hparams(ears) == EARS_48K
     v2 = SpecConfig.from_hparams({"backbone": "ncsnpp_v2"})
     assert (v2.sample_rate, v2.pad_mode) == (16000, "reflection")
-    assert SpecConfig.from_hparams({"sr": 22050, "window": "sqrthann"}).sample_rate == 22050
+    # `sr` is SGMSE's PESQ-loss rate, not the model's: the backbone decides, as in enhancement.py
+    assert SpecConfig.from_hparams({"sr": 16000, "backbone": "ncsnpp_48k"}).sample_rate == 48000
+    assert SpecConfig.from_hparams({"sr": 22050, "window": "sqrthann"}).sample_rate == 16000
     assert SpecConfig(pad_mode="zero_pad").pad_mode == "zero"  # upstream's name accepted
 
 

@@ -97,15 +97,13 @@ class SpecConfig:
         Reads ``n_fft``, ``hop_length``, ``window``, ``spec_factor``, ``spec_abs_exponent`` and
         ``transform_type`` (missing keys take SGMSE's argparse defaults). The sample rate and padding
         follow ``enhancement.py``: backbone ``ncsnpp_48k`` → 48 kHz with reflection padding,
-        ``ncsnpp_v2`` → 16 kHz with reflection, anything else 16 kHz with zero padding. An explicit
-        ``sr``/``sample_rate``/``sampling_rate`` key or a keyword in ``overrides`` wins.
+        ``ncsnpp_v2`` → 16 kHz with reflection, anything else 16 kHz with zero padding. A ``sr``
+        hyper-parameter is *not* the model's rate (recent SGMSE uses it for the PESQ loss, default 16000,
+        even in 48 kHz models) and is ignored; ``overrides`` win over everything.
         """
         hp = dict(hparams)
         backbone = hp.get("backbone", "ncsnpp")
         sample_rate = 48000 if backbone in _48K_BACKBONES else 16000
-        for key in ("sr", "sample_rate", "sampling_rate"):
-            if hp.get(key) is not None:
-                sample_rate = int(hp[key])
         fields = dict(
             sample_rate=sample_rate,
             n_fft=int(hp.get("n_fft", 510)),
