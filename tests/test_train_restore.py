@@ -12,6 +12,7 @@ from torch import nn
 from revsde.apps import restore_data as D
 from revsde.apps import restore_eval as E
 from revsde.apps import train as T
+from revsde.apps.trainer import load_checkpoint
 from revsde.sde import MRSDE
 
 
@@ -188,7 +189,7 @@ def test_resume_reproduces_an_uninterrupted_run(tmp_path):
     assert part.interrupted and part.step == 3
     rest = _train(tmp_path, "split")
     assert not full.interrupted and not rest.interrupted and rest.step == full.step == 6
-    a, b = T.load_checkpoint(full.checkpoint), T.load_checkpoint(rest.checkpoint)
+    a, b = load_checkpoint(full.checkpoint), load_checkpoint(rest.checkpoint)
     for key in ("model", "ema"):
         assert a[key].keys() == b[key].keys()
         for k in a[key]:
@@ -240,7 +241,7 @@ def test_export_load_round_trip(tmp_path):
     net, sde, _ = T.load_weights(path)
     assert type(net).__name__ == "ConditionalUNet" and not net.training
     assert sde.config() == MRSDE().config()
-    ema = T.load_checkpoint(result.checkpoint)["ema"]
+    ema = load_checkpoint(result.checkpoint)["ema"]
     assert all(torch.equal(net.state_dict()[k], v) for k, v in ema.items())
     # the stand-in net's export loads into a given net
     tiny = _train(tmp_path, "tiny", steps=1)
@@ -248,7 +249,7 @@ def test_export_load_round_trip(tmp_path):
     with pytest.raises(ValueError, match="TinyNet"):
         T.load_weights(tiny_path)
     net, _, _ = T.load_weights(tiny_path, net=TinyNet())
-    assert torch.equal(net.conv.weight, T.load_checkpoint(tiny.checkpoint)["ema"]["conv.weight"])
+    assert torch.equal(net.conv.weight, load_checkpoint(tiny.checkpoint)["ema"]["conv.weight"])
     (tmp_path / "bad.safetensors").write_bytes(__import__("safetensors.torch").torch.save({"a": torch.zeros(1)}))
     with pytest.raises(ValueError, match="not a revsde restoration model"):
         T.read_config(tmp_path / "bad.safetensors")
@@ -303,7 +304,7 @@ def test_a_velocity_model_exports_as_an_eps_predictor(tmp_path):
     net, sde, config = T.load_weights(path, net=TinyNet())
     assert config["prediction"] == "velocity" and isinstance(net, T.NoiseOutput)
     ref = TinyNet()
-    ref.load_state_dict(T.load_checkpoint(run.checkpoint)["ema"])
+    ref.load_state_dict(load_checkpoint(run.checkpoint)["ema"])
     x, mu, t = torch.rand(2, 3, 8, 8), torch.rand(2, 3, 8, 8), torch.tensor([0.2, 0.9], dtype=torch.float64)
     with torch.no_grad():
         torch.testing.assert_close(T.score_model(net, sde)(x, t, mu).noise,
@@ -314,7 +315,7 @@ def test_a_velocity_model_exports_as_an_eps_predictor(tmp_path):
 
 def test_checkpoints_without_a_prediction_key_resume_as_noise(tmp_path):
     run = _train(tmp_path, "old", steps=2)
-    state = T.load_checkpoint(run.checkpoint)
+    state = load_checkpoint(run.checkpoint)
     del state["config"]["prediction"]  # as written before the key existed
     torch.save(state, run.checkpoint)
     assert T.read_config(T.export_weights(state, tmp_path / "o.safetensors"))["prediction"] == "noise"

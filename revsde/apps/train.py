@@ -19,16 +19,14 @@ with their config; ``restore_eval.evaluate_restore`` measures them on the held-o
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import torch
 
 from ..model import Prediction, ScoreModel
 from ..samplers.updates import euler_maruyama, posterior
-from .files import atomic_output
 from .restore_data import DEGRADATIONS, PatchSampler, load_split
-from .trainer import TrainResult, check_positive_ints, fit, load_checkpoint  # noqa: F401 (re-exported)
+from .trainer import TrainResult, check_positive_ints, export_ema, fit, read_export_config
 
 LOSSES = ("matching", "noise")
 PREDICTIONS = ("noise", "velocity", "data")
@@ -149,30 +147,13 @@ def train_restore(task: str = "denoise", out_dir="out/train/denoise", steps: int
 def export_weights(checkpoint, path) -> Path:
     """Write a checkpoint's (path or dict) EMA weights to ``path`` as safetensors, its config (nf, depth,
     task, loss, SDE, steps trained, wall time) in the metadata: ``config`` as JSON, and flat keys."""
-    from safetensors.torch import save
-
-    state = load_checkpoint(checkpoint) if not isinstance(checkpoint, dict) else checkpoint
-    config = {**CONFIG_DEFAULTS, **state["config"], "trained_steps": int(state["step"]),
-              "elapsed_s": float(state["elapsed_s"])}
-    tensors = {k: v.detach().contiguous().clone() for k, v in state["ema"].items()}
-    meta = {"format": FORMAT, "config": json.dumps(config, sort_keys=True), "sde": json.dumps(config["sde"])}
-    meta.update({k: str(config[k]) for k in ("task", "loss", "prediction", "arch", "nf", "depth", "trained_steps")})
-    path = Path(path)
-    with atomic_output(path) as f:
-        f.write(save(tensors, metadata=meta))
-    return path
+    return export_ema(checkpoint, path, FORMAT, defaults=CONFIG_DEFAULTS,
+                      flat_keys=("sde", "task", "loss", "prediction", "arch", "nf", "depth", "trained_steps"))
 
 
 def read_config(path) -> dict:
     """The config stored in an exported ``.safetensors`` file."""
-    from safetensors import safe_open
-
-    with safe_open(str(path), framework="pt") as f:
-        meta = f.metadata() or {}
-    if meta.get("format") != FORMAT:
-        raise ValueError(f"{path} is not a revsde restoration model (metadata format {meta.get('format')!r}, "
-                         f"expected {FORMAT!r})")
-    return {**CONFIG_DEFAULTS, **json.loads(meta["config"])}
+    return read_export_config(path, FORMAT, "restoration model", CONFIG_DEFAULTS)
 
 
 def load_weights(path, net: torch.nn.Module | None = None):

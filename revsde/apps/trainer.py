@@ -194,3 +194,33 @@ def fit(net: torch.nn.Module, batch_loss: Callable[[], torch.Tensor], config: di
         checkpoint()
     bar.close()
     return TrainResult(ckpt_path, step, steps, elapsed, last_loss, interrupted or step < steps)
+
+
+def export_ema(checkpoint, path, fmt: str, *, defaults: dict | None = None, flat_keys: tuple = ()) -> Path:
+    """Write a checkpoint's (path or dict) EMA weights to ``path`` as safetensors. The metadata holds
+    ``format`` = ``fmt``, ``config`` as JSON (the training config plus ``trained_steps`` and
+    ``elapsed_s``), and ``flat_keys`` of it as plain strings for tools that read metadata only."""
+    from safetensors.torch import save
+
+    state = load_checkpoint(checkpoint) if not isinstance(checkpoint, dict) else checkpoint
+    config = {**(defaults or {}), **state["config"], "trained_steps": int(state["step"]),
+              "elapsed_s": float(state["elapsed_s"])}
+    tensors = {k: v.detach().contiguous().clone() for k, v in state["ema"].items()}
+    meta = {"format": fmt, "config": json.dumps(config, sort_keys=True)}
+    meta.update({k: json.dumps(config[k]) if isinstance(config[k], (dict, list)) else str(config[k])
+                 for k in flat_keys})
+    path = Path(path)
+    with atomic_output(path) as f:
+        f.write(save(tensors, metadata=meta))
+    return path
+
+
+def read_export_config(path, fmt: str, kind: str, defaults: dict | None = None) -> dict:
+    """The config in an exported ``.safetensors`` file; ``ValueError`` naming ``kind`` if its format is not ``fmt``."""
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as f:
+        meta = f.metadata() or {}
+    if meta.get("format") != fmt:
+        raise ValueError(f"{path} is not a revsde {kind} (metadata format {meta.get('format')!r}, expected {fmt!r})")
+    return {**(defaults or {}), **json.loads(meta["config"])}

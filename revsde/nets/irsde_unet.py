@@ -25,6 +25,7 @@ from torch import nn
 
 from ..model import ScoreModel
 from ..sde.mr import MRSDE
+from .checkpoints import first, mismatch
 
 WRAPPER_KEYS = ("state_dict", "params", "model")  # checked in this order, one level deep
 
@@ -327,37 +328,19 @@ def _unwrap(obj, path: Path, key: str | None) -> dict:
     return {k.removeprefix("module."): v for k, v in obj.items()}
 
 
-def _first(keys: list[str], n: int = 10) -> str:
-    return ", ".join(keys[:n]) + (", …" if len(keys) > n else "")
-
-
 def _levels(state: dict) -> int:
     """The number of ``downs.{i}`` levels in a state dict: the net's depth."""
     return len({k.split(".")[1] for k in state if k.startswith("downs.")})
 
 
-def _count(n: int, what: str, plural: str = "s") -> str:
-    return f"{n} {what}" + ("" if n == 1 else plural)
-
-
 def check_state_dict(net: nn.Module, state: dict, source: str = "checkpoint") -> None:
     """Raise a ValueError naming the missing, unexpected and mis-shaped keys of ``state`` for ``net``."""
-    expected = net.state_dict()
-    missing = [k for k in expected if k not in state]
-    unexpected = [k for k in state if k not in expected]
-    shapes = [(k, tuple(state[k].shape), tuple(v.shape)) for k, v in expected.items()
-              if k in state and state[k].shape != v.shape]
-    if not (missing or unexpected or shapes):
+    problems = mismatch(net.state_dict(), state)
+    if not problems:
         return
     lines = [f"{source} does not match {type(net).__name__}"
              f"(nf={getattr(net, 'nf', '?')}, depth={getattr(net, 'depth', '?')}, in_nc={getattr(net, 'in_nc', '?')}):"]
-    if missing:
-        lines.append(f"  {_count(len(missing), 'missing key')}: {_first(missing)}")
-    if unexpected:
-        lines.append(f"  {_count(len(unexpected), 'unexpected key')}: {_first(unexpected)}")
-    if shapes:
-        lines.append(f"  {_count(len(shapes), 'shape mismatch', 'es')} (checkpoint vs model): "
-                     + "; ".join(f"{k} {a} vs {b}" for k, a, b in shapes[:5]) + ("; …" if len(shapes) > 5 else ""))
+    lines += problems
     if "init_conv.weight" in state:
         w = state["init_conv.weight"]
         lines.append(f"  the checkpoint looks like nf={w.shape[0]}, depth={_levels(state)}, in_nc={w.shape[1] // 2}; "
@@ -381,12 +364,12 @@ def load_irsde_checkpoint(path, *, nf: int | None = None, depth: int | None = No
     if nf is None:
         init = state.get("init_conv.weight")
         if init is None:
-            raise ValueError(f"{path}: no init_conv.weight to infer nf from; pass nf= (keys: {_first(list(state))})")
+            raise ValueError(f"{path}: no init_conv.weight to infer nf from; pass nf= (keys: {first(list(state))})")
         nf = int(init.shape[0])
     if depth is None:
         depth = _levels(state)
         if depth == 0:
-            raise ValueError(f"{path}: no downs.* keys to infer depth from; pass depth= (keys: {_first(list(state))})")
+            raise ValueError(f"{path}: no downs.* keys to infer depth from; pass depth= (keys: {first(list(state))})")
     net = ConditionalUNet(in_nc, out_nc, nf, depth)
     check_state_dict(net, state, source=str(path))
     net.load_state_dict(state, strict=True)

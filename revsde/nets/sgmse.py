@@ -23,7 +23,7 @@ from torch import nn
 from ..audio.features import SpecConfig
 from ..model import ScoreModel
 from ..sde.ouve import OUVESDE
-from .irsde_unet import _count, _first
+from .checkpoints import mismatch
 from .ncsnpp import BACKBONES, NCSNpp, ncsnpp_backbone
 from .restricted_pickle import inert, restricted_load
 
@@ -106,22 +106,12 @@ def describe(net: NCSNpp) -> str:
 def check_backbone_state(net: NCSNpp, state: dict, source: str = "checkpoint") -> None:
     """Raise a ValueError naming the missing, unexpected and mis-shaped keys of ``state`` for ``net``."""
     expected = net.state_dict()
-    missing = [k for k in expected if k not in state]
-    unexpected = [k for k in state if k not in expected]
-    shapes = [(k, tuple(state[k].shape), tuple(v.shape)) for k, v in expected.items()
-              if k in state and tuple(state[k].shape) != tuple(v.shape)]
-    if not (missing or unexpected or shapes):
+    problems = mismatch(expected, state)
+    if not problems:
         return
     total = sum(v.numel() for v in expected.values())
     lines = [f"{source} does not match {describe(net)}, which expects {len(expected)} tensors "
-             f"({total:,} parameters); the checkpoint has {len(state)}:"]
-    if missing:
-        lines.append(f"  {_count(len(missing), 'missing key')}: {_first(missing)}")
-    if unexpected:
-        lines.append(f"  {_count(len(unexpected), 'unexpected key')}: {_first(unexpected)}")
-    if shapes:
-        lines.append(f"  {_count(len(shapes), 'shape mismatch', 'es')} (checkpoint vs model): "
-                     + "; ".join(f"{k} {a} vs {b}" for k, a, b in shapes[:5]) + ("; …" if len(shapes) > 5 else ""))
+             f"({total:,} parameters); the checkpoint has {len(state)}:"] + problems
     indices = {int(k.split(".")[1]) for k in state if k.startswith("all_modules.") and k.split(".")[1].isdigit()}
     if "all_modules.3.weight" in state and indices:
         lines.append(f"  the checkpoint looks like nf={state['all_modules.3.weight'].shape[0]} with "

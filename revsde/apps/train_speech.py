@@ -1,0 +1,173 @@
+"""Training the built-in speech-enhancement model: SGMSE+ (Richter et al. 2023) scaled to a CPU.
+
+Data: clean espeak-ng speech and noisy mixtures from ``speech_data`` (``SpeechPairs``: random crops of
+``frames`` STFT frames, SNR −5…15 dB), each pair divided by the noisy crop's ``max|y|`` and turned
+into SGMSE+'s compressed complex spectrograms (``revsde.audio``: n_fft 510, hop 128, ``0.15·|c|^0.5``).
+SDE: OUVE (θ 1.5, σ_min 0.05, σ_max 0.5). Per example ``t ~ U[t_eps, 1]`` and
+``x_t = e^{−θt} x_0 + (1 − e^{−θt}) y + σ_t z`` with ``z`` circular complex normal (E|z|² = 1).
+Loss: SGMSE+'s ``½ Σ |σ_t s_θ(x_t, y, t) + z|²`` per example (mean over the batch), i.e.
+``½ Σ |ε̂ − z|²`` with ``ε̂ = −σ_t s_θ``; the network may output the score (SGMSE+'s choice, with its
+``÷t`` output scaling), or noise / data / velocity, converted exactly by ``Prediction``.
+
+The network is NCSN++ (``revsde.nets.ncsnpp.NCSNpp``, SGMSE+'s backbone) at a small width.
+Optimiser Adam as SGMSE+ (no gradient clipping), with a cosine learning-rate decay for the short
+run and SGMSE+'s EMA 0.999; checkpoints resume bit for bit (``trainer.fit``). ``export_weights``
+writes the EMA weights as safetensors with the network, SDE and feature settings in the metadata;
+``load_weights`` rebuilds the ``ScoreModel`` and ``SpecConfig`` from them.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import asdict
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from ..audio.features import SGMSE_16K, SpecConfig, to_spec
+from ..model import ScoreModel
+from ..nets.ncsnpp import NCSNpp
+from ..sde.ouve import OUVESDE
+from .trainer import TrainResult, check_positive_ints, export_ema, fit, read_export_config
+
+FORMAT = "revsde.speech/1"
+PREDICTIONS = ("score", "noise", "data", "velocity")
+#: the built-in network: NCSN++ with SGMSE+'s block types at a CPU-sized width and depth
+SMALL_NET = {"nf": 16, "ch_mult": (1, 2, 2, 2, 2), "num_res_blocks": 1, "attn_resolutions": (16,),
+             "image_size": 256, "time_scaling": "none"}
+RESUME_KEYS = ("loss", "prediction", "net", "batch", "frames", "lr", "ema", "seed", "sde", "spec", "corpus", "t_eps")
+
+
+def build_sde(config: dict | None = None) -> OUVESDE:
+    """SGMSE+'s OUVE SDE (θ 1.5, σ 0.05 → 0.5, t_eps 0.03) or the one a config names."""
+    return OUVESDE(**(config or {}))
+
+
+def build_net(config: dict) -> NCSNpp:
+    return NCSNpp(**config)
+
+
+class SpeechNet(nn.Module):
+    """An NCSN++ backbone called the revsde way, ``net(x, time, mu=y) = dnn(x, y, t)``: its raw output
+    is what the model's ``prediction`` says (score, noise, data or velocity)."""
+
+    def __init__(self, dnn: NCSNpp):
+        super().__init__()
+        self.dnn = dnn
+
+    def forward(self, x: torch.Tensor, time, mu: torch.Tensor | None = None) -> torch.Tensor:
+        if mu is None:
+            raise ValueError("speech nets are conditioned on the noisy spectrogram: call net(x, time, mu=y)")
+        t = torch.as_tensor(time, device=x.device, dtype=x.real.dtype).reshape(-1).expand(x.shape[0])
+        return self.dnn(x, mu, t)
+
+
+def score_model(net: nn.Module, sde: OUVESDE, prediction: str = "velocity") -> ScoreModel:
+    return ScoreModel(net, sde, prediction=prediction)
+
+
+def spectrogram_pair(clean: torch.Tensor, noisy: torch.Tensor, spec: SpecConfig = SGMSE_16K):
+    """``(x0, y)`` complex ``[B, 1, F, T]`` from ``(B, N)`` waveforms, each pair divided by max|noisy|."""
+    norm = noisy.abs().amax(dim=1, keepdim=True).clamp_min(1e-8)
+    return to_spec(clean / norm, spec), to_spec(noisy / norm, spec)
+
+
+def sgmse_loss(model: ScoreModel, x0: torch.Tensor, y: torch.Tensor, generator: torch.Generator,
+               t_eps: float) -> torch.Tensor:
+    """SGMSE+'s loss ``mean_b ½ Σ |σ_t s_θ + z|²`` (= ``½ Σ |ε̂ − z|²``) at ``t ~ U[t_eps, 1]``."""
+    sde = model.sde
+    b = x0.shape[0]
+    t = t_eps + (sde.t_max - t_eps) * torch.rand(b, generator=generator, dtype=torch.float64)
+    z = torch.randn(x0.shape, generator=generator, dtype=x0.dtype)  # complex: E|z|² = 1
+    x_t = sde.perturb(x0, t, z, y)
+    eps_hat = model(x_t, t, y).noise
+    return 0.5 * (eps_hat - z).abs().pow(2).reshape(b, -1).sum(1).mean()
+
+
+class _NumpyRng:
+    """A numpy Generator's state for a checkpoint (``state_dict`` / ``load_state_dict``)."""
+
+    def __init__(self, rng):
+        self.rng = rng
+
+    def state_dict(self) -> dict:
+        return {"state": json.dumps(self.rng.bit_generator.state)}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.rng.bit_generator.state = json.loads(state["state"])
+
+
+def train_speech(out_dir="out/train/speech", steps: int = 10000, *, batch: int = 8, frames: int = 128,
+                 lr: float = 5e-4, lr_floor: float = 1e-6, prediction: str = "velocity", net_config: dict | None = None,
+                 corpus_size: int = 600, corpus_root=None, ema: float = 0.999, threads: int | None = 1,
+                 checkpoint_every: int = 250, log_every: int = 50, seed: int = 0, progress: bool = True,
+                 resume: bool = True, stop_at: int | None = None, net: nn.Module | None = None,
+                 corpus=None, sde: OUVESDE | None = None, spec: SpecConfig = SGMSE_16K) -> TrainResult:
+    """Train (or resume) the speech model for ``steps`` steps in total; see the module docstring.
+
+    ``net_config`` are ``NCSNpp`` arguments (default ``SMALL_NET``); ``net`` replaces the network
+    (any module called ``net(x, time, mu=y)``). ``corpus`` replaces the espeak-ng training corpus of
+    ``corpus_size`` utterances (synthesised into ``corpus_root`` on first use).
+    """
+    from .speech_data import SpeechPairs, crop_length, load_corpus
+
+    check_positive_ints(steps=steps, batch=batch, frames=frames, corpus_size=corpus_size)
+    if prediction not in PREDICTIONS:
+        raise ValueError(f"prediction must be one of {', '.join(PREDICTIONS)} (got {prediction!r})")
+    if frames % spec.pad_multiple:
+        raise ValueError(f"frames must be a multiple of {spec.pad_multiple} (the network's size step; got {frames})")
+    if threads is not None:
+        torch.set_num_threads(int(threads))
+    sde = build_sde() if sde is None else sde
+    net_config = dict(SMALL_NET if net_config is None else net_config)
+    torch.manual_seed(seed)  # the network's initialisation
+    if net is None:
+        net = SpeechNet(build_net(net_config))
+        arch = "NCSNpp"
+    else:
+        arch, net_config = type(net).__name__, {}
+    config = {"format": FORMAT, "loss": "sgmse", "prediction": prediction, "arch": arch,
+              "net": {k: list(v) if isinstance(v, tuple) else v for k, v in net_config.items()},
+              "batch": batch, "frames": frames, "lr": lr, "lr_floor": lr_floor, "ema": ema, "seed": seed,
+              "steps": steps, "sde": sde.config(), "t_eps": sde.t_min, "spec": asdict(spec),
+              "corpus": corpus_size if corpus is None else f"custom:{len(corpus)}"}
+
+    corpus = load_corpus("train", corpus_size, corpus_root, progress=progress) if corpus is None else corpus
+    pairs = SpeechPairs(corpus, crop_length(frames, spec.hop_length), batch, seed=seed, output="torch")
+    generator = torch.Generator().manual_seed(seed)
+    model = score_model(net, sde, prediction)
+
+    def batch_loss():
+        clean, noisy = next(pairs)
+        x0, y = spectrogram_pair(clean, noisy, spec)
+        return sgmse_loss(model, x0, y, generator, sde.t_min)
+
+    return fit(net, batch_loss, config, out_dir, steps, generator=generator, lr=lr, lr_floor=lr_floor, ema=ema,
+               optimizer="adam", clip=None, checkpoint_every=checkpoint_every, log_every=log_every,
+               progress=progress, resume=resume, resume_keys=RESUME_KEYS, stop_at=stop_at,
+               extra={"pairs": _NumpyRng(pairs.rng)}, desc="train speech")
+
+
+# --- export / load -------------------------------------------------------------------------------
+def export_weights(checkpoint, path) -> Path:
+    """Write a checkpoint's (path or dict) EMA weights to ``path`` as safetensors with its config."""
+    return export_ema(checkpoint, path, FORMAT, flat_keys=("prediction", "arch", "net", "sde", "trained_steps"))
+
+
+def read_config(path) -> dict:
+    """The config stored in an exported ``.safetensors`` file (``ValueError`` if it is not ours)."""
+    return read_export_config(path, FORMAT, "speech model")
+
+
+def load_weights(path, net: nn.Module | None = None) -> tuple[ScoreModel, SpecConfig, dict]:
+    """``(ScoreModel, SpecConfig, config)`` of an exported file, the net in eval mode."""
+    from safetensors.torch import load_file
+
+    config = read_config(path)
+    if net is None:
+        if config["arch"] != "NCSNpp":
+            raise ValueError(f"{path} holds a {config['arch']}: pass the network to load it into as net=")
+        net = SpeechNet(build_net(config["net"]))
+    net.load_state_dict(load_file(str(path)))
+    spec = SpecConfig(**config["spec"])
+    return score_model(net.eval(), build_sde(config["sde"]), config["prediction"]), spec, config
