@@ -12,6 +12,7 @@ from torch import nn
 from revsde.apps import restore_data as D
 from revsde.apps import restore_eval as E
 from revsde.apps import train as T
+from revsde.apps import train_cli
 from revsde.apps.trainer import load_checkpoint
 from revsde.sde import MRSDE
 
@@ -276,11 +277,11 @@ def test_evaluate_restore_smoke():
 
 def test_cli_parser():
     parser = argparse.ArgumentParser()
-    T.add_train_parser(parser.add_subparsers(dest="command"))
+    train_cli.add_train_parser(parser.add_subparsers(dest="command"))
     args = parser.parse_args(["train", "restore", "--steps", "5", "-o", "out/x", "--no-resume"])
     assert (args.what, args.task, args.steps, args.output, args.resume) == ("restore", "denoise", 5, "out/x", False)
     assert (args.nf, args.depth, args.batch, args.patch, args.loss, args.threads) == (16, 3, 8, 64, "matching", 1)
-    assert args.run is T._run
+    assert args.run is train_cli._run_restore
 
 
 @pytest.mark.parametrize("prediction", ["velocity", "data"])
