@@ -262,13 +262,17 @@ def build_parser() -> argparse.ArgumentParser:
                     "(DDPM's discrete schedule, a ring of 8 Gaussians) and 'mr' (IR-SDE's schedule, data near "
                     "the observation mu). Scores: Frechet distance to the exact moments and sliced Wasserstein "
                     "distance to exact samples. Writes a markdown table, JSON and a log-log PNG plot.")
-    b.add_argument("--task", choices=["gmm", "restore"], default="gmm",
+    b.add_argument("--task", choices=["gmm", "restore", "speech"], default="gmm",
                    help="gmm: analytic 2-D problems (default); restore: PSNR/SSIM of an MR-diffusion restoration "
-                        "model on the held-out photos vs NFE, against posterior sampling at 100 NFE")
+                        "model on the held-out photos vs NFE, against posterior sampling at 100 NFE; speech: "
+                        "PESQ/ESTOI/SI-SDR/RTF of a speech model on the held-out test pairs vs NFE, SGMSE+'s "
+                        "sampler (10-60 NFE) against the MR Sampler (5-20 NFE)")
     b.add_argument("--restore-task", default="denoise", metavar="NAME",
                    help="with --task restore: denoise, deblur or inpaint (default: denoise)")
     b.add_argument("--model", default="builtin", metavar="builtin|PATH",
-                   help="with --task restore: the model, as in revsde restore (default: builtin)")
+                   help="with --task restore or speech: the model, as in revsde restore / enhance (default: builtin)")
+    b.add_argument("--pairs", type=int, default=None, metavar="N",
+                   help="with --task speech: only the first N held-out test pairs (default: all 24)")
     b.add_argument("--crop", type=int, default=128, metavar="PX",
                    help="with --task restore: centre crops of the held-out photos, 0 for whole images (default: 128)")
     b.add_argument("--speed", action="store_true",
@@ -278,7 +282,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "writes bench_speed.md and bench_speed.json")
     b.add_argument("--problems", default="vp,mr", help="comma-separated problems: vp, mr (default: vp,mr)")
     b.add_argument("--nfe", default=None, help="comma-separated target NFEs (default: 5,10,20,50,100; "
-                                               "with --task restore 2,3,5,10,20)")
+                                               "with --task restore 2,3,5,10,20; with --task speech 5,10,20 for "
+                                               "mrs and 10,20,30 for sgmse, whose even values it takes)")
     b.add_argument("--n", type=int, default=10000, help="samples per run (default: 10000)")
     b.add_argument("--repeats", type=int, default=3, help="prior draws averaged per cell (default: 3)")
     b.add_argument("--seed", type=int, default=0, help="seed of the first prior draw (default: 0)")
@@ -322,6 +327,20 @@ def _run_bench(args) -> int:
                                                  crop=args.crop or None, seed=args.seed, progress=progress)
         print(result.markdown())
         for path in restore_bench.write(result, args.output).values():
+            print(f"wrote {path}")
+        return 0
+    if args.task == "speech":
+        from .apps import speech_bench
+        from .apps.speech_data import test_set
+
+        nfes = None
+        if args.nfe:
+            chosen = tuple(_int_list(args.nfe, "--nfe"))
+            nfes = {"sgmse": tuple(n for n in chosen if n % 2 == 0), "mrs": chosen}
+        pairs = test_set()[:args.pairs] if args.pairs else None
+        result = speech_bench.run_speech_bench(args.model, nfes=nfes, pairs=pairs, seed=args.seed, progress=progress)
+        print(result.markdown())
+        for path in speech_bench.write(result, args.output).values():
             print(f"wrote {path}")
         return 0
     from .apps import bench

@@ -23,7 +23,7 @@ from typing import Callable, Iterable, Iterator
 
 import numpy as np
 
-from .io import audio_format, probe_audio, subtype_for
+from .io import AudioError, audio_format, probe_audio, subtype_for
 
 #: peak level the written audio never exceeds (−0.01 dBFS)
 PEAK_LIMIT = 0.99885
@@ -55,14 +55,18 @@ class FileSource:
         self.subtype, self.format = info.subtype, info.format
 
     def blocks(self, size: int) -> Iterator[np.ndarray]:
+        """``(n, C)`` float32 blocks; a stream that fails to decode part-way (a cut FLAC) is an ``AudioError``."""
         import soundfile as sf
 
-        with sf.SoundFile(str(self.path)) as f:
-            while True:
-                block = f.read(size, dtype="float32", always_2d=True)
-                if len(block) == 0:
-                    return
-                yield block
+        try:
+            with sf.SoundFile(str(self.path)) as f:
+                while True:
+                    block = f.read(size, dtype="float32", always_2d=True)
+                    if len(block) == 0:
+                        return
+                    yield block
+        except sf.LibsndfileError as error:
+            raise AudioError(f"{self.path}: not a readable {self.format} file ({error.error_string})") from None
 
 
 def peak(source, block: int = 1 << 16) -> np.ndarray:
