@@ -23,7 +23,7 @@ from .. import sde as sde_mod
 from ..metrics import frechet_distance, sample_moments, sliced_wasserstein
 from ..nets.gmm import GaussianMixture, exact_model
 from ..solve import sample
-from .files import atomic_output
+from .files import atomic_output, save_figure
 
 NFES = (5, 10, 20, 50, 100)
 
@@ -261,7 +261,6 @@ def run_gmm_bench(problem_names=("vp", "mr"), nfes=NFES, n_samples: int = 10000,
 
 def plot(result: BenchResult, path) -> None:
     """Metric versus NFE, log-log, one panel per (problem, metric), one line per configuration."""
-    import io
 
     import matplotlib
 
@@ -289,11 +288,8 @@ def plot(result: BenchResult, path) -> None:
             ax.grid(True, which="both", alpha=0.3)
         axes[row][1].legend(fontsize=7, loc="upper right", ncol=1)
     fig.tight_layout()
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=110)
+    save_figure(fig, path)
     plt.close(fig)
-    with atomic_output(path) as f:
-        f.write(buffer.getvalue())
 
 
 def load(path) -> BenchResult:

@@ -36,3 +36,30 @@ def atomic_output(path: str | os.PathLike) -> Iterator[BinaryIO]:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
+
+
+def save_figure(fig, path: str | os.PathLike, dpi: int = 110) -> None:
+    """Write a matplotlib figure as PNG to ``path`` atomically."""
+    import io
+
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=dpi)
+    with atomic_output(path) as file:
+        file.write(buffer.getvalue())
+
+
+def write_report(out_dir: str | os.PathLike, stem: str, markdown: str, data, plot=None) -> dict[str, Path]:
+    """``stem.md`` (``markdown``), ``stem.json`` (``data``) and, given ``plot(path)``, ``stem.png`` in
+    ``out_dir``, each written atomically; returns their paths by kind ("md", "json", "png")."""
+    import json
+
+    out = Path(out_dir)
+    paths = {"md": out / f"{stem}.md", "json": out / f"{stem}.json"}
+    with atomic_output(paths["md"]) as file:
+        file.write((markdown.rstrip("\n") + "\n").encode())
+    with atomic_output(paths["json"]) as file:
+        file.write(json.dumps(data, indent=1).encode())
+    if plot is not None:
+        paths["png"] = out / f"{stem}.png"
+        plot(paths["png"])
+    return paths

@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 
 from ..metrics import frechet_distance, sample_moments, sliced_wasserstein
-from .files import atomic_output
+from .files import atomic_output, save_figure
 
 NFES = (5, 10, 20, 50)
 STEM = "bench_diffusers"
@@ -303,7 +303,6 @@ def run_pipeline_bench(configs: list[SchedulerConfig] | None = None, nfes=NFES, 
 
 def plot(result: PipelineBenchResult, path) -> None:
     """FD (and SWD) versus counted NFE, log-log, one line per configuration; the floor dashed."""
-    import io
 
     import matplotlib
 
@@ -340,11 +339,8 @@ def plot(result: PipelineBenchResult, path) -> None:
     handles, names = axes[0][0].get_legend_handles_labels()
     fig.legend(handles, names, loc="lower center", ncol=4, fontsize=8, frameon=False)
     fig.tight_layout(rect=(0, 0.22 * legend_rows / (6 + 0.22 * legend_rows) + 0.01, 1, 1))
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=110)
+    save_figure(fig, path)
     plt.close(fig)
-    with atomic_output(path) as f:
-        f.write(buffer.getvalue())
 
 
 def write(result: PipelineBenchResult, out_dir, stem: str = STEM) -> dict:

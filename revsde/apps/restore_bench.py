@@ -7,15 +7,13 @@ NFE at which each sampler first comes within 0.1 dB of it.
 """
 from __future__ import annotations
 
-import io
-import json
 import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from .. import samplers as samplers_mod
-from .files import atomic_output
+from .files import save_figure, write_report
 
 CONFIGS = [
     ("mrs ODE data 1", "mrs", {"order": 1}),
@@ -142,20 +140,10 @@ def plot(result: RestoreBenchResult, path: str | os.PathLike) -> None:
     ax.set_title(f"{result.task}: PSNR vs NFE (input {result.input_psnr:.2f} dB)")
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=8)
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=110)
-    with atomic_output(path) as f:
-        f.write(buffer.getvalue())
+    save_figure(fig, path)
 
 
 def write(result: RestoreBenchResult, out_dir) -> dict[str, Path]:
-    out = Path(out_dir)
-    stem = f"bench_restore_{result.task}"
-    paths = {"md": out / f"{stem}.md", "json": out / f"{stem}.json", "png": out / f"{stem}.png"}
-    with atomic_output(paths["md"]) as f:
-        f.write((result.markdown() + "\n").encode())
-    with atomic_output(paths["json"]) as f:
-        f.write(json.dumps(result.to_json(), indent=2).encode())
-    plot(result, paths["png"])
-    return paths
-
+    """``bench_restore_<task>.md``, ``.json`` and ``.png`` in ``out_dir`` (written atomically)."""
+    return write_report(out_dir, f"bench_restore_{result.task}", result.markdown(), result.to_json(),
+                        lambda path: plot(result, path))

@@ -7,7 +7,6 @@ reach is ``p_{t_min}``, whose moments and samples are known in closed form under
 """
 from __future__ import annotations
 
-import io
 import json
 import os
 import time
@@ -22,7 +21,7 @@ from .. import sde as sde_mod
 from ..metrics import frechet_distance, sample_moments, sliced_wasserstein
 from ..nets.gmm import GaussianMixture, exact_model
 from ..solve import sample
-from .files import atomic_output
+from .files import atomic_output, save_figure
 
 #: SDE names of the command line and their default instances' constructors
 SDES = {"vp": sde_mod.VPSDE, "subvp": sde_mod.SubVPSDE, "ve": sde_mod.VESDE,
@@ -120,10 +119,7 @@ class GMMSample:
             ax.set_title(label)
             ax.set_aspect("equal")
         fig.suptitle(f"{self.sampler} on {self.sde}: NFE {self.nfe}, FD {self.fd:.4f}, SWD {self.swd:.4f}")
-        buffer = io.BytesIO()
-        fig.savefig(buffer, format="png", dpi=110)
-        with atomic_output(path) as file:
-            file.write(buffer.getvalue())
+        save_figure(fig, path)
 
 
 def make_sde(name: str):

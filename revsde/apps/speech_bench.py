@@ -8,15 +8,13 @@ which each sampler first comes within 0.05 PESQ of it.
 """
 from __future__ import annotations
 
-import io
-import json
 import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from .. import samplers as samplers_mod
-from .files import atomic_output
+from .files import save_figure, write_report
 
 CONFIGS = [
     ("sgmse", "sgmse", {}),
@@ -119,19 +117,9 @@ def plot(result: SpeechBenchResult, path: str | os.PathLike) -> None:
         ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=7)
     fig.suptitle("Speech enhancement: quality vs NFE on the held-out test pairs")
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=110)
-    with atomic_output(path) as f:
-        f.write(buffer.getvalue())
+    save_figure(fig, path)
 
 
 def write(result: SpeechBenchResult, out_dir) -> dict[str, Path]:
-    """``bench_speech.md``, ``.json`` and ``.png`` in ``out_dir`` (atomically)."""
-    out = Path(out_dir)
-    paths = {"md": out / "bench_speech.md", "json": out / "bench_speech.json", "png": out / "bench_speech.png"}
-    with atomic_output(paths["md"]) as f:
-        f.write((result.markdown() + "\n").encode())
-    with atomic_output(paths["json"]) as f:
-        f.write(json.dumps(result.to_json(), indent=1).encode())
-    plot(result, paths["png"])
-    return paths
+    """``bench_speech.md``, ``.json`` and ``.png`` in ``out_dir`` (written atomically)."""
+    return write_report(out_dir, "bench_speech", result.markdown(), result.to_json(), lambda path: plot(result, path))

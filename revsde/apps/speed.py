@@ -8,7 +8,6 @@ network's time per call, which is the limit. ``revsde bench --speed`` prints bot
 """
 from __future__ import annotations
 
-import json
 import os
 import statistics
 import time
@@ -19,7 +18,7 @@ import torch
 
 from .. import __version__
 from .. import samplers as samplers_mod
-from .files import atomic_output
+from .files import write_report
 
 #: (label, sampler, options) of the loop-overhead table
 OVERHEAD_SAMPLERS = [
@@ -194,10 +193,5 @@ def run_speed(steps: int = 50, repeats: int = 20, shape=(1, 3, 32, 32), gpu: boo
 
 
 def write(result: SpeedResult, out_dir: str | os.PathLike) -> dict[str, Path]:
-    out = Path(out_dir)
-    paths = {"md": out / "bench_speed.md", "json": out / "bench_speed.json"}
-    with atomic_output(paths["md"]) as f:
-        f.write((result.markdown() + "\n").encode())
-    with atomic_output(paths["json"]) as f:
-        f.write(json.dumps(result.to_json(), indent=2).encode())
-    return paths
+    """``bench_speed.md`` and ``.json`` in ``out_dir`` (written atomically)."""
+    return write_report(out_dir, "bench_speed", result.markdown(), result.to_json())
