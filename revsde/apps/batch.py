@@ -90,6 +90,8 @@ def run_batch(pairs: list[tuple[Path, Path]], process: Callable[[Path, Path], in
     for path, target in tqdm(pairs, desc=desc, unit=unit, disable=not progress):
         if skip_existing and target.exists():
             report.results.append(FileResult(path, target, "skipped", "output exists"))
+            if log is not None:
+                log(f"skipped: {path} ({target} exists)")
             continue
         start = time.perf_counter()
         try:

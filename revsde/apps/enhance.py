@@ -15,9 +15,11 @@ clip) in the input's format and subtype. Memory holds one window whatever the fi
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 import math
 import os
+import pickle
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -55,6 +57,17 @@ class SpeechModel:
         return self.spec.sample_rate
 
 
+@contextlib.contextmanager
+def _model_file(path: Path):
+    """A file that does not parse as a model (garbage, empty, cut short, wrong tensors) is a ``ValueError``."""
+    from safetensors import SafetensorError
+
+    try:
+        yield
+    except (SafetensorError, pickle.UnpicklingError, EOFError, RuntimeError) as error:
+        raise ValueError(f"--model {path}: not a readable model file ({type(error).__name__}: {error})") from None
+
+
 def load_speech_model(model: str = "builtin", *, device=None, weights: str = "ema") -> SpeechModel:
     """``--model``: ``"builtin"``, a ``.safetensors`` exported by ``revsde train speech``, or an official
     SGMSE+ Lightning ``.ckpt`` (read without running pickled code; EMA weights unless ``weights="raw"``)."""
@@ -70,7 +83,8 @@ def load_speech_model(model: str = "builtin", *, device=None, weights: str = "em
     if path.suffix == ".safetensors":
         from .train_speech import load_weights
 
-        score, spec, config = load_weights(path)
+        with _model_file(path):
+            score, spec, config = load_weights(path)
         score.net.to(device)
         net = config["net"]
         description = (f"{path.name}: NCSN++ nf {net.get('nf')} ch_mult {tuple(net.get('ch_mult', ()))}, "
@@ -80,7 +94,8 @@ def load_speech_model(model: str = "builtin", *, device=None, weights: str = "em
         raise ValueError(f"--model {path}: expected a revsde .safetensors export or an SGMSE+ .ckpt")
     from ..nets.sgmse import load_sgmse_checkpoint
 
-    ckpt = load_sgmse_checkpoint(path, weights=weights, map_location=device)
+    with _model_file(path):
+        ckpt = load_sgmse_checkpoint(path, weights=weights, map_location=device)
     return SpeechModel(ckpt.score_model(), ckpt.spec, f"{path.name}: {ckpt.describe()}")
 
 
@@ -101,8 +116,10 @@ class Enhancer:
         smp = samplers_mod.get(sampler, **(options or {}))
         if smp.adaptive:
             raise ValueError(f"sampler {sampler!r} is adaptive: give a fixed-step sampler for --nfe")
-        if isinstance(nfe, bool) or not isinstance(nfe, int) or nfe < smp.evals_per_step:
-            raise ValueError(f"--nfe must be an integer >= {smp.evals_per_step} for sampler {sampler!r} (got {nfe!r})")
+        k = smp.evals_per_step
+        if isinstance(nfe, bool) or not isinstance(nfe, int) or nfe < k or nfe % k:
+            raise ValueError(f"--nfe must be a positive multiple of {k} for sampler {sampler!r}, which evaluates the "
+                             f"network {k} time(s) per step (got {nfe!r})")
         self.speech, self.sampler, self.seed = speech, smp, seed
         self.steps = nfe // smp.evals_per_step
         self.device = torch.device(device or "cpu")
@@ -116,11 +133,16 @@ class Enhancer:
             self.grid = sgmse_grid(self.steps, sde.t_min, sde.t_max)
         self.progress, self.nfe = progress, 0
 
-    def spectrogram(self, y: torch.Tensor, seed: int) -> torch.Tensor:
+    def generators(self, index: int, channels: int) -> list[torch.Generator]:
+        """One CPU generator per channel of window ``index``, seeded from (seed, index, channel) without
+        collisions between windows and channels (up to 4099 channels), so results repeat on any device."""
+        return [torch.Generator().manual_seed((self.seed * 1_000_003 + index) * 4099 + b) for b in range(channels)]
+
+    def spectrogram(self, y: torch.Tensor, generators: list[torch.Generator]) -> torch.Tensor:
         """Sample the clean spectrogram ``[B, 1, F, T]`` given the noisy one ``y`` (frames padded)."""
         with torch.no_grad():
             sol = sample(self.model, y.shape, mu=y, sampler=self.sampler, steps=None if self.grid is not None else self.steps,
-                         grid=self.grid, seed=seed, device=self.device, progress=self.progress)
+                         grid=self.grid, generator=generators, device=self.device, progress=self.progress)
         self.nfe += sol.nfe
         return sol.x
 
@@ -131,7 +153,7 @@ class Enhancer:
         short = max(0, spec.n_fft - n)  # the STFT's reflect padding needs more than n_fft/2 samples
         y = torch.from_numpy(np.pad(wave, ((0, 0), (0, short)))).to(self.device)
         Y = to_spec(y, spec)
-        X = self.spectrogram(pad_frames(Y, spec), self.seed * 1_000_003 + index)
+        X = self.spectrogram(pad_frames(Y, spec), self.generators(index, wave.shape[0]))
         x = from_spec(X, n + short, spec)[:, :n]
         return x.float().cpu().numpy()
 

@@ -1,0 +1,294 @@
+"""Training the built-in speech model: SGMSE+'s loss written out by hand, its noise draws, the
+per-example normalisation, resuming bit for bit, the ``revsde train speech`` command and the export."""
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from revsde.apps import train_speech as T
+from revsde.apps.trainer import load_checkpoint
+from revsde.audio.features import SGMSE_16K, from_spec, to_spec
+from revsde.cli import main
+from revsde.model import Prediction, ScoreModel
+from revsde.sde import OUVESDE
+
+TINY_NET = {"nf": 8, "ch_mult": (1, 1, 1, 1, 1), "num_res_blocks": 1, "attn_resolutions": (), "image_size": 256,
+            "time_scaling": "none"}
+
+
+@pytest.fixture(scope="session")
+def corpus_root(tmp_path_factory):
+    """The espeak-ng cache of 8 training utterances, synthesised once."""
+    from revsde.apps.speech_data import load_corpus
+
+    root = tmp_path_factory.mktemp("speech_corpus")
+    load_corpus("train", 8, root, progress=False)
+    return root
+
+
+class StandIn(nn.Module):
+    """A context-free stand-in ``net(x, time, mu=y)``: its raw output is whatever the prediction says."""
+
+    def forward(self, x, time, mu=None):
+        t = torch.as_tensor(time, dtype=x.real.dtype).reshape(-1, 1, 1, 1)
+        return (0.3 * x - 0.2j * mu) * (1 + t) + 0.1
+
+
+def gen(seed):
+    return torch.Generator().manual_seed(seed)
+
+
+def spectrograms(b=3, f=6, n=5, seed=0):
+    g = gen(seed)
+    x0 = torch.randn(b, 1, f, n, generator=g, dtype=torch.complex128)
+    return x0, x0 + 0.5 * torch.randn(b, 1, f, n, generator=g, dtype=torch.complex128)
+
+
+def sgmse_std(t, theta=1.5, sigma_min=0.05, sigma_max=0.5):
+    """SGMSE's ``OUVESDE._std``, as its source writes it."""
+    logsig = math.log(sigma_max / sigma_min)
+    return torch.sqrt(sigma_min**2 * torch.exp(-2 * theta * t) * (torch.exp(2 * (theta + logsig) * t) - 1) * logsig
+                      / (theta + logsig))
+
+
+# --- the loss -----------------------------------------------------------------------------------
+@pytest.mark.parametrize("prediction", ["score", "velocity"])
+def test_sgmse_loss_is_sgmse_formula(prediction):
+    """``mean_b ½ Σ |σ_t s + z|²`` at SGMSE's ``t ~ U[t_eps, 1]``, ``x_t = e^{−θt} x0 + (1 − e^{−θt}) y + σ_t z``,
+    σ_t as SGMSE's source writes it; a velocity net's score through ``Prediction``."""
+    sde = OUVESDE()
+    x0, y = spectrograms()
+    model = ScoreModel(StandIn(), sde, prediction=prediction)
+    got = T.sgmse_loss(model, x0, y, gen(5), 0.03)
+    # the same draws, in the same order, from the same seed
+    g = gen(5)
+    t = 0.03 + (1 - 0.03) * torch.rand(3, generator=g, dtype=torch.float64)
+    z = torch.randn(x0.shape, generator=g, dtype=x0.dtype)
+    tt = t.reshape(-1, 1, 1, 1)
+    x_t = torch.exp(-1.5 * tt) * x0 + (1 - torch.exp(-1.5 * tt)) * y + sgmse_std(tt) * z
+    raw = StandIn()(x_t, t, mu=y)
+    score = raw if prediction == "score" else Prediction("velocity", raw, x_t, t, sde, mu=y).score
+    expected = (0.5 * (sgmse_std(tt) * score + z).abs().pow(2).sum((1, 2, 3))).mean()
+    torch.testing.assert_close(got, expected, rtol=1e-12, atol=0)
+
+
+def test_the_true_score_has_zero_loss():
+    """The denoising-score-matching optimum ``s = −(x_t − mean)/σ_t²`` makes ``σ_t s + z`` vanish."""
+    x0, y = spectrograms(seed=1)
+
+    class Oracle(nn.Module):
+        def forward(self, x, time, mu=None):
+            t = torch.as_tensor(time, dtype=torch.float64).reshape(-1, 1, 1, 1)
+            mean = torch.exp(-1.5 * t) * x0 + (1 - torch.exp(-1.5 * t)) * mu
+            return -(x - mean) / sgmse_std(t) ** 2
+
+    loss = T.sgmse_loss(ScoreModel(Oracle(), OUVESDE(), prediction="score"), x0, y, gen(0), 0.03)
+    assert float(loss) < 1e-20
+    wrong = T.sgmse_loss(ScoreModel(StandIn(), OUVESDE(), prediction="score"), x0, y, gen(0), 0.03)
+    assert float(wrong) > 1
+
+
+def test_loss_draws_times_in_t_eps_to_1_and_circular_complex_noise_of_unit_power(monkeypatch):
+    seen = []
+    perturb = OUVESDE.perturb
+
+    def spy(self, x0, t, z, mu=None):
+        seen.append((t, z))
+        return perturb(self, x0, t, z, mu)
+
+    monkeypatch.setattr(OUVESDE, "perturb", spy)
+    x0 = torch.zeros(512, 1, 16, 16, dtype=torch.complex64)
+    T.sgmse_loss(ScoreModel(StandIn(), OUVESDE(), prediction="score"), x0, x0, gen(0), 0.03)
+    (t, z), = seen
+    assert z.dtype == torch.complex64 and z.shape == x0.shape
+    n = z.numel()  # 131072: |z|² ~ Exp(1) has standard error 1/√n = 0.003 on its mean
+    power = z.abs().pow(2).double()
+    assert abs(float(power.mean()) - 1) < 0.015
+    assert abs(float(z.real.double().var()) - 0.5) < 0.01 and abs(float(z.imag.double().var()) - 0.5) < 0.01
+    assert abs(complex(z.to(torch.complex128).pow(2).mean())) < 5 / math.sqrt(n)  # circular: E z² = 0
+    assert t.dtype == torch.float64 and t.shape == (512,)
+    assert float(t.min()) >= 0.03 and float(t.max()) <= 1
+    assert abs(float(t.mean()) - (1 + 0.03) / 2) < 0.04  # uniform: std 0.28/√512 = 0.012
+
+
+# --- the features -------------------------------------------------------------------------------
+def test_spectrogram_pair_normalises_each_example_by_its_noisy_peak():
+    g = gen(2)
+    clean = 0.3 * torch.randn(3, 4096, generator=g)
+    noisy = clean + 0.1 * torch.randn(3, 4096, generator=g)
+    x0, y = T.spectrogram_pair(clean, noisy)
+    assert x0.shape == y.shape == (3, 1, 256, 33) and x0.is_complex()
+    norm = noisy.abs().amax(1, keepdim=True)
+    torch.testing.assert_close(x0, to_spec(clean / norm))
+    torch.testing.assert_close(y, to_spec(noisy / norm))
+    # scale invariance, per example
+    for scale in (torch.full((3, 1), 7.0), torch.tensor([[7.0], [0.01], [1.0]])):
+        xs, ys = T.spectrogram_pair(clean * scale, noisy * scale)
+        torch.testing.assert_close(xs, x0, rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(ys, y, rtol=1e-5, atol=1e-6)
+    # the noisy waveform behind y peaks at exactly 1
+    back = from_spec(y, 4096)
+    torch.testing.assert_close(back.abs().amax(-1).reshape(3).double(), torch.ones(3, dtype=torch.float64),
+                               rtol=0, atol=1e-5)
+
+
+def test_speech_nets_need_the_noisy_spectrogram():
+    net = T.SpeechNet(T.build_net(TINY_NET))
+    x = torch.zeros(1, 1, 256, 64, dtype=torch.complex64)
+    with pytest.raises(ValueError, match="conditioned on the noisy spectrogram"):
+        net(x, 0.5)
+    assert net(x, 0.5, mu=x).shape == x.shape
+
+
+# --- the loop -----------------------------------------------------------------------------------
+def _train(tmp_path, name, corpus_root, **kw):
+    args = dict(steps=4, batch=2, frames=64, corpus_size=8, corpus_root=corpus_root, net_config=TINY_NET,
+                checkpoint_every=2, log_every=1, progress=False, threads=None)
+    args.update(kw)
+    with torch.random.fork_rng(devices=[]):
+        return T.train_speech(tmp_path / name, **args)
+
+
+def test_resume_reproduces_an_uninterrupted_run(tmp_path, corpus_root):
+    full = _train(tmp_path, "full", corpus_root)
+    part = _train(tmp_path, "split", corpus_root, stop_at=3)  # off the checkpoint_every grid
+    assert part.interrupted and part.step == 3
+    mid = load_checkpoint(part.checkpoint)
+    rest = _train(tmp_path, "split", corpus_root)
+    assert not rest.interrupted and rest.step == full.step == 4
+    a, b = load_checkpoint(full.checkpoint), load_checkpoint(rest.checkpoint)
+    for key in ("model", "ema"):
+        assert a[key].keys() == b[key].keys()
+        for k in a[key]:
+            assert torch.equal(a[key][k], b[key][k]), f"{key}.{k}"
+    assert a["scheduler"] == b["scheduler"]
+    assert torch.equal(a["rng"]["generator"], b["rng"]["generator"])
+    # the data's numpy generator is saved and restored: it moved between step 3 and 4, and ends equal
+    pairs = [json.loads(s["extra"]["pairs"]["state"]) for s in (mid, a, b)]
+    assert pairs[1] == pairs[2] and pairs[0] != pairs[1]
+    log = [json.loads(line) for line in (tmp_path / "split" / "train_log.jsonl").read_text().splitlines()]
+    ref = [json.loads(line) for line in (tmp_path / "full" / "train_log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in log] == [1, 2, 3, 4] and [r["loss"] for r in log] == [r["loss"] for r in ref]
+    assert all(math.isfinite(r["loss"]) for r in log)
+
+
+def test_the_data_generator_matters_for_resuming(tmp_path, corpus_root, monkeypatch):
+    """Without the numpy state in the checkpoint the resumed run draws other crops and diverges: the
+    resume test above would notice a missing ``extra``."""
+    full = _train(tmp_path, "full", corpus_root, steps=2, checkpoint_every=1)
+    _train(tmp_path, "split", corpus_root, steps=2, checkpoint_every=1, stop_at=1)
+    monkeypatch.setattr(T._NumpyRng, "load_state_dict", lambda self, state: None)  # forget the data position
+    rest = _train(tmp_path, "split", corpus_root, steps=2, checkpoint_every=1)
+    a, b = load_checkpoint(full.checkpoint)["ema"], load_checkpoint(rest.checkpoint)["ema"]
+    assert any(not torch.equal(a[k], b[k]) for k in a)
+
+
+def test_resume_refuses_other_settings(tmp_path, corpus_root):
+    _train(tmp_path, "run", corpus_root, steps=1)
+    for change in ({"lr": 1e-3}, {"prediction": "score"}, {"batch": 3}, {"seed": 1},
+                   {"net_config": {**TINY_NET, "nf": 16}}):
+        with pytest.raises(ValueError, match="was trained with other settings") as error:
+            _train(tmp_path, "run", corpus_root, steps=2, **change)
+        assert "--no-resume" in str(error.value)
+    again = _train(tmp_path, "run", corpus_root, steps=1, lr=1e-3, resume=False)  # afresh
+    assert again.step == 1 and load_checkpoint(again.checkpoint)["config"]["lr"] == 1e-3
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"frames": 100}, "frames must be a multiple of 64"),
+    ({"prediction": "eps"}, "prediction must be one of score, noise, data, velocity"),
+    ({"steps": 0}, "steps must be a positive integer"),
+    ({"batch": 2.5}, "batch must be a positive integer"),
+])
+def test_bad_arguments_are_refused_before_any_work(tmp_path, kwargs, message):
+    args = {"steps": 1, "corpus_root": tmp_path / "corpus", "progress": False, "threads": None, **kwargs}
+    with pytest.raises(ValueError, match=message):
+        T.train_speech(tmp_path / "out", **args)
+    assert not (tmp_path / "corpus").exists() and not (tmp_path / "out").exists()
+
+
+# --- the command line and the export ------------------------------------------------------------
+def test_cli_trains_resumes_and_exports_a_loadable_model(tmp_path, corpus_root, capsys):
+    out, export = tmp_path / "run", tmp_path / "speech.safetensors"
+    args = ["train", "speech", "-o", str(out), "--nf", "8", "--ch-mult", "1,1,1,1,1", "--batch", "2", "--frames",
+            "64", "--corpus", "8", "--corpus-root", str(corpus_root), "--prediction", "score", "--threads", "1",
+            "--no-progress", "--export", str(export)]
+    with torch.random.fork_rng(devices=[]):
+        assert main([*args, "--steps", "2"]) == 0
+        printed = capsys.readouterr().out
+        assert "finished at step 2/2" in printed and f"wrote {export}" in printed
+        assert main([*args, "--steps", "3"]) == 0  # the same folder resumes
+    assert "finished at step 3/3" in capsys.readouterr().out
+    log = [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in log] == [2, 3]  # logged at each run's end (log_every is 50)
+
+    score, spec, config = T.load_weights(export)
+    assert isinstance(score, ScoreModel) and isinstance(score.sde, OUVESDE) and score.prediction == "score"
+    assert score.sde.config() == OUVESDE().config() and spec == SGMSE_16K
+    assert config["trained_steps"] == 3 and config["net"]["ch_mult"] == [1, 1, 1, 1, 1]
+    assert config["net"]["attn_resolutions"] == [16]  # SMALL_NET's, as the CLI keeps it
+    assert isinstance(score.net, T.SpeechNet) and not score.net.training
+    ema = load_checkpoint(out / "last.pt")["ema"]
+    state = score.net.state_dict()
+    assert state.keys() == ema.keys() and all(torch.equal(state[k], v) for k, v in ema.items())
+    assert T.read_config(export)["prediction"] == "score"
+
+
+def test_cli_bad_arguments(tmp_path, capsys):
+    base = ["train", "speech", "--steps", "1", "-o", str(tmp_path / "run"), "--corpus-root", str(tmp_path / "c"),
+            "--no-progress"]
+    assert main([*base, "--ch-mult", "1,x"]) == 2
+    assert "--ch-mult must be comma-separated integers" in capsys.readouterr().err
+    assert main([*base, "--frames", "96"]) == 2
+    assert "frames must be a multiple of 64" in capsys.readouterr().err
+    with pytest.raises(SystemExit):  # argparse's choices
+        main([*base, "--prediction", "eps"])
+    assert "invalid choice: 'eps'" in capsys.readouterr().err
+
+
+def test_read_config_refuses_other_files(tmp_path):
+    from safetensors.torch import save_file
+
+    from revsde.apps.train import export_weights as export_restore
+    from revsde.sde import MRSDE
+
+    save_file({"w": torch.zeros(2)}, str(tmp_path / "plain.safetensors"))
+    with pytest.raises(ValueError, match="is not a revsde speech model"):
+        T.read_config(tmp_path / "plain.safetensors")
+    config = {"format": "revsde.restore/1", "task": "denoise", "loss": "matching", "arch": "ConditionalUNet",
+              "nf": 4, "depth": 1, "sde": MRSDE().config()}
+    export_restore({"config": config, "step": 1, "elapsed_s": 0.0, "ema": {"w": torch.zeros(2)}},
+                   tmp_path / "restore.safetensors")
+    with pytest.raises(ValueError, match="metadata format 'revsde.restore/1', expected 'revsde.speech/1'"):
+        T.load_weights(tmp_path / "restore.safetensors")
+
+
+def test_a_custom_net_export_needs_its_net(tmp_path):
+    """A stand-in network trains on a given corpus and loads back only into a net it is handed."""
+    from revsde.apps.speech_data import SpeechCorpus
+    from revsde.apps.speech_espeak import Utterance
+
+    class Tiny(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.w = nn.Parameter(torch.tensor([0.1, 0.2]))
+
+        def forward(self, x, time, mu=None):
+            return self.w[0] * x + self.w[1] * mu
+
+    g = gen(0)
+    corpus = SpeechCorpus("train", tuple(Utterance(f"u{k}", "en-us", "", 175, 50, 50) for k in range(3)),
+                          tuple((0.3 * torch.randn(12000, generator=g)).numpy() for _ in range(3)))
+    with torch.random.fork_rng(devices=[]):
+        result = T.train_speech(tmp_path / "run", steps=2, batch=2, frames=64, net=Tiny(), corpus=corpus,
+                                progress=False, threads=None)
+    path = T.export_weights(result.checkpoint, tmp_path / "tiny.safetensors")
+    assert T.read_config(path)["arch"] == "Tiny" and T.read_config(path)["corpus"] == "custom:3"
+    with pytest.raises(ValueError, match="holds a Tiny: pass the network"):
+        T.load_weights(path)
+    score, _, _ = T.load_weights(path, net=Tiny())
+    assert torch.equal(score.net.w, load_checkpoint(result.checkpoint)["ema"]["w"])
