@@ -36,26 +36,6 @@ folder's own scheduler config: any sampler below except the adaptive ones, its o
 is only read; the images go to the --output folder."""
 
 
-RESTORE_DESCRIPTION = """\
-Restore degraded images with a mean-reverting diffusion model: the image is the observation mu of
-the MR SDE, sampling starts at mu + lambda z and runs the sampler for --nfe network evaluations.
-PNG, JPEG and TIFF; gray, RGB and RGBA (alpha kept); 8 and 16 bits (kept). Any size: the network
-pads and crops; --tile cuts large images into overlapping, blended tiles. Outputs are written
-atomically under --output and never over an input; a file that cannot be read is reported and
-skipped, the rest go on, and the exit status is 1 if any failed."""
-
-ENHANCE_DESCRIPTION = """\
-Enhance noisy speech with an SGMSE+-style score model on the OUVE SDE: each channel's compressed
-STFT is the observation y, sampling starts at y + sigma(1) z and runs the sampler for --nfe network
-evaluations per window. WAV, FLAC and Ogg at any sample rate (resampled to the model's and back),
-mono or multi-channel (each channel enhanced), any length: the file is streamed through windows of
---chunk-seconds that overlap by --overlap-seconds and are cross-faded, so memory does not grow with
-the length. Outputs keep the input's format, rate and sample type, are scaled down only if they would
-clip, written atomically under --output and never over an input; a file that cannot be read is
-reported and skipped, the rest go on, and the exit status is 1 if any failed. --sampler sgmse
---nfe 60 is SGMSE+'s own sampler (30 steps, one corrector step each)."""
-
-
 def _summary(doc: str | None, width: int = 100) -> str:
     """The docstring's first line if it is a sentence, else its first paragraph cut at ``width``."""
     paragraph = " ".join((doc or "").strip().split("\n\n")[0].split()).replace("``", "")
@@ -133,7 +113,7 @@ def parse_mu(text: str) -> tuple[float, float]:
     return values
 
 
-def _integer(text: str) -> int:
+def integer(text: str) -> int:
     try:
         value = int(text)
     except ValueError:
@@ -163,15 +143,15 @@ def build_parser() -> argparse.ArgumentParser:
                    help="the diffusion SDE (default: vp)")
     p.add_argument("--sampler", default=None, metavar="NAME",
                    help="a registry name, listed below (default: ode_heun; mrs with --diffusers)")
-    p.add_argument("--steps", type=_integer, default=None, metavar="N",
+    p.add_argument("--steps", type=integer, default=None, metavar="N",
                    help="grid intervals; ignored by adaptive samplers (default: 50; 20 with --diffusers)")
     p.add_argument("--grid", default=None, metavar="NAME",
                    help=f"time grid: {', '.join(grids_mod.available())} (default: the sampler's own; "
                         "with --diffusers also 'discrete', the folder's timestep spacing, the default)")
-    p.add_argument("--n", type=_integer, default=None, metavar="N",
+    p.add_argument("--n", type=integer, default=None, metavar="N",
                    help="number of samples, and of exact samples to compare with (default: 2000; "
                         "4 images with --diffusers)")
-    p.add_argument("--seed", type=_integer, default=0,
+    p.add_argument("--seed", type=integer, default=0,
                    help="sample b draws from its own generator seeded seed+b (default: 0)")
     p.add_argument("--mu", type=parse_mu, default=None, metavar="X,Y",
                    help="the mean mu of the mean-reverting sdes mr and ouve (default: 1.0,-0.5); "
@@ -194,62 +174,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="show a progress bar on stderr (default: when stderr is a terminal)")
     p.set_defaults(run=_run_sample)
 
-    r = commands.add_parser(
-        "restore", help="restore degraded images with an MR-diffusion model (files, folders, globs)",
-        description=RESTORE_DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
-    r.add_argument("inputs", nargs="+", metavar="INPUT", help="image files, folders (searched recursively) or globs")
-    r.add_argument("-o", "--output", required=True, metavar="OUT",
-                   help="output folder: each image under its own (relative) name and format")
-    r.add_argument("--task", default="denoise", help="the degradation the model undoes: denoise, deblur, inpaint "
-                   "(default: denoise; chooses the built-in model)")
-    r.add_argument("--model", default="builtin", metavar="builtin|PATH",
-                   help="'builtin', a .safetensors exported by `revsde train`, or an official IR-SDE .pth "
-                        "(with --irsde-config)")
-    r.add_argument("--irsde-config", default=None, metavar="NAME",
-                   help="the official task settings of an IR-SDE checkpoint: deraining, deblurring, sisr, "
-                        "inpainting, deshadow")
-    r.add_argument("--sampler", default="mrs", metavar="NAME", help="any fixed-step sampler (default: mrs)")
-    r.add_argument("--nfe", type=_integer, default=10, help="network evaluations per image (default: 10)")
-    r.add_argument("--option", type=parse_option, action="append", default=[], metavar="NAME=VALUE",
-                   help="a sampler option, repeatable (e.g. --option order=3)")
-    r.add_argument("--seed", type=_integer, default=0, help="seed of the sampling noise (default: 0)")
-    r.add_argument("--tile", type=_integer, default=None, metavar="PX",
-                   help="restore in overlapping PX x PX tiles, blended (for images too large for memory)")
-    r.add_argument("--overlap", type=_integer, default=32, metavar="PX", help="tile overlap (default: 32)")
-    r.add_argument("--skip-existing", action="store_true", help="leave images whose output exists (resume a folder)")
-    r.add_argument("--device", default=None, help="torch device, e.g. cpu or cuda (default: cpu)")
-    r.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
-                   help="show a progress bar on stderr (default: when stderr is a terminal)")
-    r.set_defaults(run=_run_restore)
-
-    e = commands.add_parser(
-        "enhance", help="enhance noisy speech with an SGMSE+-style model (files, folders, globs)",
-        description=ENHANCE_DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
-    e.add_argument("inputs", nargs="+", metavar="INPUT", help="audio files (.wav, .flac, .ogg), folders or globs")
-    e.add_argument("-o", "--output", required=True, metavar="OUT",
-                   help="output folder: each file under its own (relative) name and format")
-    e.add_argument("--model", default="builtin", metavar="builtin|PATH",
-                   help="'builtin', a .safetensors exported by `revsde train speech`, or an official SGMSE+ .ckpt")
-    e.add_argument("--weights", choices=["ema", "raw"], default="ema",
-                   help="with an official .ckpt: its EMA weights (default, as SGMSE+'s inference) or the raw ones")
-    e.add_argument("--sampler", default="mrs", metavar="NAME",
-                   help="mrs (the MR Sampler, default), sgmse (SGMSE+'s PC sampler) or any fixed-step sampler")
-    e.add_argument("--nfe", type=_integer, default=None,
-                   help="network evaluations per window (default: 10; 60 with --sampler sgmse)")
-    e.add_argument("--option", type=parse_option, action="append", default=[], metavar="NAME=VALUE",
-                   help="a sampler option, repeatable (e.g. --option order=1 --option snr=0.33)")
-    e.add_argument("--seed", type=_integer, default=0, help="seed of the sampling noise (default: 0)")
-    e.add_argument("--chunk-seconds", type=float, default=8.0, metavar="S",
-                   help="window length (default: 8; rounded to whole 64-frame blocks)")
-    e.add_argument("--overlap-seconds", type=float, default=0.5, metavar="S",
-                   help="cross-fade between windows (default: 0.5)")
-    e.add_argument("--skip-existing", action="store_true", help="leave files whose output exists (resume a folder)")
-    e.add_argument("--device", default=None, help="torch device, e.g. cpu or cuda (default: cpu)")
-    e.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
-                   help="show progress bars on stderr (default: when stderr is a terminal)")
-    e.set_defaults(run=_run_enhance)
-
+    from .apps.media_cli import add_enhance_parser, add_restore_parser
     from .apps.train_cli import add_train_parser
+
+    add_restore_parser(commands)
+    add_enhance_parser(commands)
 
     add_train_parser(commands)
 
@@ -355,7 +284,7 @@ def _run_bench(args) -> int:
 
 
 def _run_sample(args) -> int:
-    options = _options(args)
+    options = options_of(args)
     progress = sys.stderr.isatty() if args.progress is None else args.progress
     if args.diffusers is not None:
         return _run_sample_diffusers(args, options, progress)
@@ -378,7 +307,7 @@ def _run_sample(args) -> int:
     return 0
 
 
-def _options(args) -> dict:
+def options_of(args) -> dict:
     """The repeated ``--option NAME=VALUE`` as a dict; a name given twice is an error."""
     options = {}
     for key, value in args.option:
@@ -386,40 +315,6 @@ def _options(args) -> dict:
             raise ValueError(f"sampler option {key!r} given twice")
         options[key] = value
     return options
-
-
-def _run_restore(args) -> int:
-    from .apps.restore import load_restore_model, restore_files
-    from .apps.sample import _device
-
-    options = _options(args)
-    progress = sys.stderr.isatty() if args.progress is None else args.progress
-    device = _device(args.device)
-    model, description = load_restore_model(args.model, args.task, irsde_config=args.irsde_config, device=device)
-    print(f"model: {description}; sampler {args.sampler}, NFE {args.nfe} per image (tile), seed {args.seed}")
-    report = restore_files(args.inputs, args.output, model, sampler=args.sampler, nfe=args.nfe, seed=args.seed,
-                           options=options, tile=args.tile, overlap=args.overlap, skip_existing=args.skip_existing,
-                           device=device, progress=progress, log=print)
-    print(report.summary())
-    return 1 if report.failed else 0
-
-
-def _run_enhance(args) -> int:
-    from .apps.enhance import enhance_files, load_speech_model
-    from .apps.sample import _device
-
-    options = _options(args)
-    progress = sys.stderr.isatty() if args.progress is None else args.progress
-    device = _device(args.device)
-    nfe = args.nfe if args.nfe is not None else (60 if args.sampler == "sgmse" else 10)
-    speech = load_speech_model(args.model, device=device, weights=args.weights)
-    print(f"model: {speech.description}; {speech.sample_rate} Hz; sampler {args.sampler}, NFE {nfe} per window, "
-          f"seed {args.seed}")
-    report = enhance_files(args.inputs, args.output, speech, sampler=args.sampler, nfe=nfe, seed=args.seed,
-                           options=options, chunk_seconds=args.chunk_seconds, overlap_seconds=args.overlap_seconds,
-                           skip_existing=args.skip_existing, device=device, progress=progress, log=print)
-    print(report.summary())
-    return 1 if report.failed else 0
 
 
 def _run_sample_diffusers(args, options, progress) -> int:
