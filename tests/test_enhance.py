@@ -146,7 +146,9 @@ def test_seed_determines_the_result(tiny_model, noisy, tmp_path, sampler_args):
 
 
 @pytest.mark.parametrize("args, message", [
-    (["--nfe", "0"], "--nfe must be a positive multiple of 1 for sampler 'mrs'"),
+    (["--nfe", "0"], "--nfe must be an integer >= 2 for sampler 'mrs'"),
+    (["--nfe", "1"], "--nfe must be an integer >= 2 for sampler 'mrs'"),
+    (["--sampler", "pc", "--nfe", "4"], "--nfe must be 1 + a positive multiple of 2 for sampler 'pc'"),
     (["--sampler", "sgmse", "--nfe", "1"], "--nfe must be a positive multiple of 2 for sampler 'sgmse'"),
     (["--sampler", "sgmse", "--nfe", "7"], "--nfe must be a positive multiple of 2 for sampler 'sgmse'"),
     (["--sampler", "nope"], "unknown sampler 'nope'; available samplers:"),

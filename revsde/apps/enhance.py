@@ -109,19 +109,32 @@ def sgmse_grid(steps: int, t_eps: float, t_max: float = 1.0) -> torch.Tensor:
 
 
 class Enhancer:
-    """Enhances normalised waveform windows with a ``SpeechModel``; ``nfe`` counts network calls."""
+    """Enhances normalised waveform windows with a ``SpeechModel``; ``nfe`` counts network calls.
+
+    ``final_denoise`` (default True; not for ``sgmse``, whose last step already goes noise-free to 0):
+    the sampler runs to ``t_eps`` with ``nfe − 1`` evaluations and one more gives the data prediction
+    x̂₀ there, removing the ``σ(t_eps) z`` (0.019 for SGMSE+'s OUVE) the state still carries, as
+    SGMSE+'s last step and Song et al.'s final denoising do.
+    """
 
     def __init__(self, speech: SpeechModel, *, sampler: str = "mrs", nfe: int = 10, seed: int = 0,
-                 options: dict | None = None, device=None, progress: bool = False):
+                 options: dict | None = None, device=None, progress: bool = False, final_denoise: bool = True):
         smp = samplers_mod.get(sampler, **(options or {}))
         if smp.adaptive:
             raise ValueError(f"sampler {sampler!r} is adaptive: give a fixed-step sampler for --nfe")
-        k = smp.evals_per_step
-        if isinstance(nfe, bool) or not isinstance(nfe, int) or nfe < k or nfe % k:
-            raise ValueError(f"--nfe must be a positive multiple of {k} for sampler {sampler!r}, which evaluates the "
-                             f"network {k} time(s) per step (got {nfe!r})")
+        self.final_denoise = bool(final_denoise) and smp.name != "sgmse"
+        k, extra = smp.evals_per_step, int(self.final_denoise)
+        if isinstance(nfe, bool) or not isinstance(nfe, int) or nfe - extra < k or (nfe - extra) % k:
+            if not extra:
+                rule = f"a positive multiple of {k} for sampler {sampler!r}, which evaluates the network {k} time(s) per step"
+            elif k == 1:
+                rule = f"an integer >= 2 for sampler {sampler!r}: one evaluation per step plus the final denoising one"
+            else:
+                rule = (f"1 + a positive multiple of {k} for sampler {sampler!r}: {k} evaluations per step plus the "
+                        "final denoising one")
+            raise ValueError(f"--nfe must be {rule} (got {nfe!r})")
         self.speech, self.sampler, self.seed = speech, smp, seed
-        self.steps = nfe // smp.evals_per_step
+        self.steps = (nfe - extra) // k
         self.device = torch.device(device or "cpu")
         self.model, self.grid = speech.model, None
         if smp.name == "sgmse":
@@ -143,8 +156,12 @@ class Enhancer:
         with torch.no_grad():
             sol = sample(self.model, y.shape, mu=y, sampler=self.sampler, steps=None if self.grid is not None else self.steps,
                          grid=self.grid, generator=generators, device=self.device, progress=self.progress)
-        self.nfe += sol.nfe
-        return sol.x
+            self.nfe += sol.nfe
+            if not self.final_denoise:
+                return sol.x
+            t_eps = torch.full((y.shape[0],), self.model.sde.t_min, dtype=torch.float64, device=self.device)
+            self.nfe += 1
+            return self.model(sol.x, t_eps, y).data
 
     def window(self, wave: np.ndarray, index: int) -> np.ndarray:
         """Enhance a ``(C, n)`` window of normalised samples at the model's rate (channels batched)."""

@@ -25,8 +25,10 @@ import numpy as np
 
 from .io import AudioError, audio_format, probe_audio, subtype_for
 
-#: peak level the written audio never exceeds (−0.01 dBFS)
+#: peak level the written audio never exceeds (−0.01 dBFS); lossy codecs (Ogg Vorbis) overshoot their
+#: input's peak by up to about 1 dB when decoded, so they get −1 dBFS
 PEAK_LIMIT = 0.99885
+LOSSY_PEAK_LIMIT = 0.89125
 
 
 class ArraySource:
@@ -176,9 +178,10 @@ def collect(blocks: Iterable[np.ndarray], channels: int) -> np.ndarray:
 
 
 def write_peak_safe(path, blocks: Iterable[np.ndarray], samplerate: int, channels: int, *,
-                    subtype: str | None = None, format: str | None = None, limit: float = PEAK_LIMIT,
+                    subtype: str | None = None, format: str | None = None, limit: float | None = None,
                     block: int = 1 << 16) -> float:
     """Write ``(n, C)`` blocks to ``path`` atomically, scaled by ``min(1, limit / peak)``; returns the gain.
+    ``limit`` defaults to ``PEAK_LIMIT``, ``LOSSY_PEAK_LIMIT`` for Vorbis.
 
     The blocks go to a float WAV temporary beside ``path`` first (so the peak is known before any
     sample is quantised), then into a second temporary in the target's ``format``/``subtype``
@@ -199,8 +202,10 @@ def write_peak_safe(path, blocks: Iterable[np.ndarray], samplerate: int, channel
                 if len(b):
                     top = max(top, float(np.abs(b).max()))
                     f.write(b)
-        gain = 1.0 if top <= limit else limit / top
         subtype = subtype_for(fmt, subtype, path)
+        if limit is None:
+            limit = LOSSY_PEAK_LIMIT if subtype == "VORBIS" else PEAK_LIMIT
+        gain = 1.0 if top <= limit else limit / top
         with sf.SoundFile(str(part), "w", samplerate, channels, subtype=subtype, format=fmt) as out, \
                 sf.SoundFile(str(stage)) as f:
             while True:
