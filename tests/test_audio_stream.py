@@ -122,3 +122,24 @@ def test_write_peak_safe_failure_leaves_target_and_no_temporaries(tmp_path):
     with pytest.raises(ValueError, match="unsupported audio file type"):
         write_peak_safe(tmp_path / "out.mp4", [noise(1, 10).T], 16000, 1)
     assert [p.name for p in tmp_path.iterdir()] == ["out.wav"]
+
+
+def test_memory_does_not_grow_with_the_file_length(tmp_path):
+    """Streaming a file through windows and into a peak-safe write holds one window, one block and one
+    overlap: numpy's peak allocation (tracemalloc sees it) is the same for 20 s and for 3 min of audio."""
+    import tracemalloc
+
+    peaks = []
+    for seconds in (20, 180):
+        src, dst = tmp_path / f"in{seconds}.flac", tmp_path / f"out{seconds}.flac"
+        with sf.SoundFile(str(src), "w", 44100, 2, subtype="PCM_16") as f:
+            for i in range(seconds):  # written a second at a time: the test itself never holds the file
+                f.write(noise(2, 44100, seed=i).T)
+        tracemalloc.start()
+        write_peak_safe(dst, process_stream(FileSource(src), lambda w, i: w, 16000, 16000 * 4, 4000), 44100, 2,
+                        subtype="PCM_16")
+        peaks.append(tracemalloc.get_traced_memory()[1])
+        tracemalloc.stop()
+        assert sf.info(str(dst)).frames == seconds * 44100
+    assert peaks[1] < 1.2 * peaks[0], peaks
+    assert peaks[1] < 30 * 2**20  # a 3-min stereo file is 63 MB as float32; the stream holds a few MB
