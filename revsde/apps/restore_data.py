@@ -14,6 +14,8 @@ randomness comes from the ``torch.Generator`` passed in, so they are reproducibl
   (length 7–15 px, any angle), reflect-padded, plus Gaussian noise of std 1/255;
 - ``inpaint``: per image a mask of random thick strokes and rectangles covering 15–30 % of the
   pixels; masked pixels are set to ``INPAINT_FILL`` = 1.0 (white, as IR-SDE's inpainting data).
+  Shape sizes are in pixels (relative to ``INPAINT_SCALE`` = 64 px, the training patch), so a large
+  photo gets more holes of the same size, not larger holes than the network learned to fill.
 """
 from __future__ import annotations
 
@@ -42,6 +44,7 @@ BLUR_NOISE_STD = 1 / 255
 BLUR_KERNEL = 21  # odd: holds a Gaussian of σ 2.5 to ±4σ and a 15 px motion streak
 INPAINT_FILL = 1.0
 INPAINT_COVERAGE = (0.15, 0.30)
+INPAINT_SCALE = 64  # px: shapes are 10–30 % (rectangles) / 3–8 % thick (strokes) of this
 
 
 def _to_tensor(image: np.ndarray) -> torch.Tensor:
@@ -163,32 +166,49 @@ def blur(x0: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
 
 
 def inpaint_mask(batch: int, height: int, width: int, generator: torch.Generator,
-                 coverage: tuple[float, float] = INPAINT_COVERAGE, max_shapes: int = 40) -> torch.Tensor:
-    """Boolean masks ``(B, 1, H, W)`` (True = missing): random thick strokes and rectangles added until
-    each image reaches its own target coverage drawn from ``coverage`` (or ``max_shapes`` shapes)."""
+                 coverage: tuple[float, float] = INPAINT_COVERAGE, max_shapes: int = 40,
+                 scale: float = INPAINT_SCALE) -> torch.Tensor:
+    """Boolean masks ``(B, 1, H, W)`` (True = missing): random thick strokes and rectangles, sized
+    relative to ``scale`` pixels, added until each image reaches its own target coverage drawn from
+    ``coverage`` (or ``max_shapes`` shapes per ``scale``² of area)."""
     yy = torch.arange(height, dtype=torch.float64)[:, None]
     xx = torch.arange(width, dtype=torch.float64)[None, :]
-    side = float(min(height, width))
+    side = float(min(scale, height, width))
+    max_shapes = max(max_shapes, math.ceil(max_shapes * height * width / scale**2))
     masks = []
     for _ in range(batch):
         target = float(_uniform(1, *coverage, generator))
         mask = torch.zeros(height, width, dtype=torch.bool)
+        covered = 0
         for _ in range(max_shapes):
             u = torch.rand(6, generator=generator, dtype=torch.float64)
-            if u[0] < 0.5:  # rectangle, sides 10–30 % of the shorter side
+            if u[0] < 0.5:  # rectangle, sides 10–30 % of the scale
                 h, w = (0.1 + 0.2 * u[1]) * side, (0.1 + 0.2 * u[2]) * side
                 y0, x0 = u[3] * (height - h), u[4] * (width - w)
-                shape = (yy >= y0) & (yy < y0 + h) & (xx >= x0) & (xx < x0 + w)
-            else:  # stroke: a segment of length 20–60 % of the shorter side, 3–8 % thick
+                box = (float(y0), float(y0 + h), float(x0), float(x0 + w))
+                shape = lambda ys, xs: (ys >= y0) & (ys < y0 + h) & (xs >= x0) & (xs < x0 + w)  # noqa: E731
+            else:  # stroke: a segment of length 20–60 % of the scale, 3–8 % thick
                 cy, cx = u[1] * height, u[2] * width
                 length, ang, thick = (0.2 + 0.4 * u[3]) * side, u[4] * math.pi, (0.03 + 0.05 * u[5]) * side
                 dy, dx = 0.5 * length * math.sin(ang), 0.5 * length * math.cos(ang)
                 ay, ax = cy - dy, cx - dx
                 vy, vx = 2 * dy, 2 * dx
-                s = (((yy - ay) * vy + (xx - ax) * vx) / (vy * vy + vx * vx)).clamp(0, 1)
-                shape = (yy - ay - s * vy) ** 2 + (xx - ax - s * vx) ** 2 <= (0.5 * thick) ** 2
-            mask |= shape
-            if float(mask.double().mean()) >= target:
+                r = 0.5 * float(thick)
+                box = (float(min(ay, ay + vy)) - r, float(max(ay, ay + vy)) + r,
+                       float(min(ax, ax + vx)) - r, float(max(ax, ax + vx)) + r)
+
+                def shape(ys, xs, ay=ay, ax=ax, vy=vy, vx=vx, thick=thick):
+                    s = (((ys - ay) * vy + (xs - ax) * vx) / (vy * vy + vx * vx)).clamp(0, 1)
+                    return (ys - ay - s * vy) ** 2 + (xs - ax - s * vx) ** 2 <= (0.5 * thick) ** 2
+            # evaluate the shape on its bounding box only: the same pixels, without a full-image pass
+            top, bottom = max(0, math.floor(box[0])), min(height, math.ceil(box[1]) + 1)
+            left, right = max(0, math.floor(box[2])), min(width, math.ceil(box[3]) + 1)
+            if top < bottom and left < right:
+                patch = mask[top:bottom, left:right]
+                before = int(patch.sum())
+                patch |= shape(yy[top:bottom], xx[:, left:right])
+                covered += int(patch.sum()) - before
+            if covered >= target * height * width:
                 break
         masks.append(mask)
     return torch.stack(masks)[:, None]
