@@ -240,8 +240,9 @@ DEGRADATIONS: dict[str, Degradation] = {
     "denoise": Degradation("denoise", add_noise, "additive Gaussian noise of std 25/255, not clipped"),
     "deblur": Degradation("deblur", blur, "Gaussian (σ 1.5–2.5) or motion (7–15 px) blur, plus noise of std 1/255",
                           margin=BLUR_KERNEL // 2),
-    "inpaint": Degradation("inpaint", inpaint, "random strokes and rectangles over 15–30 % of the pixels, "
-                                               f"filled with {INPAINT_FILL}"),
+    "inpaint": Degradation("inpaint", inpaint, "random strokes (2–5 px thick, 13–38 px long) and rectangles "
+                                               "(6–19 px sides) over 15–30 % of the pixels, filled with "
+                                               f"{INPAINT_FILL}"),
 }
 
 
