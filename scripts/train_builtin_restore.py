@@ -36,7 +36,9 @@ from revsde.sde import MRSDE  # noqa: E402
 # The SDE's stationary std λ (in /255) follows IR-SDE's configs where its value matters: a deblurring
 # model on λ = 50/255 (the denoiser's) learned to denoise but not to deblur (held-out 26.59 → 26.64 dB
 # at 5 NFE, worse at 10: the sampling noise it must remove dwarfs a mild blur), so deblur uses IR-SDE's
-# deblurring λ = 10/255, and 4000 steps to fit the session that retrained it.
+# deblurring λ = 10/255, and 4000 steps to fit the session that retrained it. That run did not deblur
+# either (held-out full photos 26.59 → 26.22 dB at 5 NFE): blind deblurring of mild blur needs more
+# capacity or steps than nf 16 / 4000 steps, so no deblurring model ships yet.
 DEFAULTS = {
     "denoise": {"steps": 5000, "nf": 16, "depth": 3, "lr": 1e-3, "prediction": "velocity", "sigma": 50},
     "deblur": {"steps": 4000, "nf": 16, "depth": 3, "lr": 1e-3, "prediction": "velocity", "sigma": 10},
