@@ -27,6 +27,24 @@ reported and skipped, the rest go on, and the exit status is 1 if any failed. --
 
 
 
+def _batch_flags(p, items: str, option_example: str, bars: str) -> None:
+    """The flags restore and enhance share: sampler options, seed, resuming, device, progress."""
+    p.add_argument("--option", type=parse_option, action="append", default=[], metavar="NAME=VALUE",
+                   help=f"a sampler option, repeatable (e.g. {option_example})")
+    p.add_argument("--seed", type=integer, default=0, help="seed of the sampling noise (default: 0)")
+    p.add_argument("--skip-existing", action="store_true", help=f"leave {items} whose output exists (resume a folder)")
+    p.add_argument("--device", default=None, help="torch device, e.g. cpu or cuda (default: cpu)")
+    p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
+                   help=f"show {bars} on stderr (default: when stderr is a terminal)")
+
+
+def _setup(args):
+    """``(sampler options, progress, device)`` from the shared flags."""
+    from .sample import _device
+
+    return options_of(args), (sys.stderr.isatty() if args.progress is None else args.progress), _device(args.device)
+
+
 def add_restore_parser(commands) -> None:
     r = commands.add_parser(
         "restore", help="restore degraded images with an MR-diffusion model (files, folders, globs)",
@@ -44,18 +62,11 @@ def add_restore_parser(commands) -> None:
                         "inpainting, deshadow")
     r.add_argument("--sampler", default="mrs", metavar="NAME", help="any fixed-step sampler (default: mrs)")
     r.add_argument("--nfe", type=integer, default=10, help="network evaluations per image (default: 10)")
-    r.add_argument("--option", type=parse_option, action="append", default=[], metavar="NAME=VALUE",
-                   help="a sampler option, repeatable (e.g. --option order=3)")
-    r.add_argument("--seed", type=integer, default=0, help="seed of the sampling noise (default: 0)")
     r.add_argument("--tile", type=integer, default=None, metavar="PX",
                    help="restore in overlapping PX x PX tiles, blended (for images too large for memory)")
     r.add_argument("--overlap", type=integer, default=32, metavar="PX", help="tile overlap (default: 32)")
-    r.add_argument("--skip-existing", action="store_true", help="leave images whose output exists (resume a folder)")
-    r.add_argument("--device", default=None, help="torch device, e.g. cpu or cuda (default: cpu)")
-    r.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
-                   help="show a progress bar on stderr (default: when stderr is a terminal)")
+    _batch_flags(r, "images", "--option order=3", "a progress bar")
     r.set_defaults(run=_run_restore)
-
 
 
 def add_enhance_parser(commands) -> None:
@@ -73,27 +84,18 @@ def add_enhance_parser(commands) -> None:
                    help="mrs (the MR Sampler, default), sgmse (SGMSE+'s PC sampler) or any fixed-step sampler")
     e.add_argument("--nfe", type=integer, default=None,
                    help="network evaluations per window (default: 10; 60 with --sampler sgmse)")
-    e.add_argument("--option", type=parse_option, action="append", default=[], metavar="NAME=VALUE",
-                   help="a sampler option, repeatable (e.g. --option order=1 --option snr=0.33)")
-    e.add_argument("--seed", type=integer, default=0, help="seed of the sampling noise (default: 0)")
     e.add_argument("--chunk-seconds", type=float, default=8.0, metavar="S",
                    help="window length (default: 8; rounded to whole 64-frame blocks)")
     e.add_argument("--overlap-seconds", type=float, default=0.5, metavar="S",
                    help="cross-fade between windows (default: 0.5)")
-    e.add_argument("--skip-existing", action="store_true", help="leave files whose output exists (resume a folder)")
-    e.add_argument("--device", default=None, help="torch device, e.g. cpu or cuda (default: cpu)")
-    e.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
-                   help="show progress bars on stderr (default: when stderr is a terminal)")
+    _batch_flags(e, "files", "--option order=1 --option snr=0.33", "progress bars")
     e.set_defaults(run=_run_enhance)
 
 
 def _run_restore(args) -> int:
     from .restore import load_restore_model, restore_files
-    from .sample import _device
 
-    options = options_of(args)
-    progress = sys.stderr.isatty() if args.progress is None else args.progress
-    device = _device(args.device)
+    options, progress, device = _setup(args)
     model, description = load_restore_model(args.model, args.task, irsde_config=args.irsde_config, device=device)
     print(f"model: {description}; sampler {args.sampler}, NFE {args.nfe} per image (tile), seed {args.seed}")
     report = restore_files(args.inputs, args.output, model, sampler=args.sampler, nfe=args.nfe, seed=args.seed,
@@ -105,11 +107,8 @@ def _run_restore(args) -> int:
 
 def _run_enhance(args) -> int:
     from .enhance import enhance_files, load_speech_model
-    from .sample import _device
 
-    options = options_of(args)
-    progress = sys.stderr.isatty() if args.progress is None else args.progress
-    device = _device(args.device)
+    options, progress, device = _setup(args)
     nfe = args.nfe if args.nfe is not None else (60 if args.sampler == "sgmse" else 10)
     speech = load_speech_model(args.model, device=device, weights=args.weights)
     print(f"model: {speech.description}; {speech.sample_rate} Hz; sampler {args.sampler}, NFE {nfe} per window, "
