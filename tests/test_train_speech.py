@@ -76,6 +76,33 @@ def test_sgmse_loss_is_sgmse_formula(prediction):
     torch.testing.assert_close(got, expected, rtol=1e-12, atol=0)
 
 
+@pytest.mark.parametrize("loss", ["denoiser", "data"])
+def test_denoiser_and_data_losses_are_their_formulas(loss):
+    """``denoiser``: ``½ Σ |D − μ_t|²`` with ``D = x_t + σ_t² s`` (SGMSE's denoiser objective, weight 1);
+    ``data``: ``½ Σ |x̂_0 − x_0|²`` with ``x̂_0`` from Tweedie, ``(D − (1 − e^{−θt}) y) / e^{−θt}``."""
+    sde = OUVESDE()
+    x0, y = spectrograms(seed=2)
+    model = ScoreModel(StandIn(), sde, prediction="score")
+    got = T.sgmse_loss(model, x0, y, gen(7), 0.03, loss)
+    g = gen(7)
+    t = 0.03 + (1 - 0.03) * torch.rand(3, generator=g, dtype=torch.float64)
+    z = torch.randn(x0.shape, generator=g, dtype=x0.dtype)
+    tt = t.reshape(-1, 1, 1, 1)
+    a = torch.exp(-1.5 * tt)
+    mean = a * x0 + (1 - a) * y
+    x_t = mean + sgmse_std(tt) * z
+    d = x_t + sgmse_std(tt) ** 2 * StandIn()(x_t, t, mu=y)
+    err = d - mean if loss == "denoiser" else (d - (1 - a) * y) / a - x0
+    expected = (0.5 * err.abs().pow(2).sum((1, 2, 3))).mean()
+    torch.testing.assert_close(got, expected, rtol=1e-10, atol=0)
+
+
+def test_an_unknown_loss_is_refused():
+    x0, y = spectrograms()
+    with pytest.raises(ValueError, match="loss must be one of sgmse, denoiser, data"):
+        T.sgmse_loss(ScoreModel(StandIn(), OUVESDE(), prediction="score"), x0, y, gen(0), 0.03, "l1")
+
+
 def test_the_true_score_has_zero_loss():
     """The denoising-score-matching optimum ``s = −(x_t − mean)/σ_t²`` makes ``σ_t s + z`` vanish."""
     x0, y = spectrograms(seed=1)
@@ -94,16 +121,26 @@ def test_the_true_score_has_zero_loss():
 
 def test_loss_draws_times_in_t_eps_to_1_and_circular_complex_noise_of_unit_power(monkeypatch):
     seen = []
-    perturb = OUVESDE.perturb
+    marginal = OUVESDE.marginal
 
-    def spy(self, x0, t, z, mu=None):
-        seen.append((t, z))
-        return perturb(self, x0, t, z, mu)
+    def spy(self, x0, t, mu=None):
+        seen.append(t)
+        return marginal(self, x0, t, mu)
 
-    monkeypatch.setattr(OUVESDE, "perturb", spy)
+    monkeypatch.setattr(OUVESDE, "marginal", spy)
     x0 = torch.zeros(512, 1, 16, 16, dtype=torch.complex64)
-    T.sgmse_loss(ScoreModel(StandIn(), OUVESDE(), prediction="score"), x0, x0, gen(0), 0.03)
-    (t, z), = seen
+
+    class Noise(nn.Module):  # outputs the noise it was given: x_t = σ_t z when x0 = y = 0
+        def forward(self, x, time, mu=None):
+            return x / sgmse_std(torch.as_tensor(time, dtype=torch.float64).reshape(-1, 1, 1, 1)).to(x.real.dtype)
+
+    model = ScoreModel(Noise(), OUVESDE(), prediction="noise")
+    captured = []
+    call = ScoreModel.__call__
+    monkeypatch.setattr(ScoreModel, "__call__", lambda self, x, t, mu=None: captured.append(x) or call(self, x, t, mu))
+    T.sgmse_loss(model, x0, x0, gen(0), 0.03)
+    t, = seen
+    z = captured[0] / sgmse_std(t.reshape(-1, 1, 1, 1)).to(torch.float32)
     assert z.dtype == torch.complex64 and z.shape == x0.shape
     n = z.numel()  # 131072: |z|² ~ Exp(1) has standard error 1/√n = 0.003 on its mean
     power = z.abs().pow(2).double()

@@ -5,9 +5,12 @@ Data: clean espeak-ng speech and noisy mixtures from ``speech_data`` (``SpeechPa
 into SGMSE+'s compressed complex spectrograms (``revsde.audio``: n_fft 510, hop 128, ``0.15·|c|^0.5``).
 SDE: OUVE (θ 1.5, σ_min 0.05, σ_max 0.5). Per example ``t ~ U[t_eps, 1]`` and
 ``x_t = e^{−θt} x_0 + (1 − e^{−θt}) y + σ_t z`` with ``z`` circular complex normal (E|z|² = 1).
-Loss: SGMSE+'s ``½ Σ |σ_t s_θ(x_t, y, t) + z|²`` per example (mean over the batch), i.e.
-``½ Σ |ε̂ − z|²`` with ``ε̂ = −σ_t s_θ``; the network may output the score (SGMSE+'s choice, with its
-``÷t`` output scaling), or noise / data / velocity, converted exactly by ``Prediction``.
+Loss (``LOSSES``): ``sgmse`` is SGMSE+'s ``½ Σ |σ_t s_θ(x_t, y, t) + z|²`` per example (mean over the
+batch), i.e. ``½ Σ |ε̂ − z|²`` with ``ε̂ = −σ_t s_θ``; ``denoiser`` is SGMSE's denoiser objective
+``½ Σ |D − μ_t|²`` with ``D = x_t + σ_t² s_θ`` (weighting 1); ``data`` is SGMSE's data-prediction MSE
+``½ Σ |x̂_0 − x_0|²`` (without its optional L1 and PESQ terms), ``x̂_0`` read from the same score.
+Whatever the loss, the network may output the score (SGMSE+'s choice, with its ``÷t`` output
+scaling), or noise / data / velocity, converted exactly by ``Prediction``, so every model samples alike.
 
 The network is NCSN++ (``revsde.nets.ncsnpp.NCSNpp``, SGMSE+'s backbone) at a small width.
 Optimiser Adam as SGMSE+ (no gradient clipping), with a cosine learning-rate decay for the short
@@ -32,6 +35,7 @@ from .trainer import TrainResult, check_positive_ints, export_ema, fit, read_exp
 
 FORMAT = "revsde.speech/1"
 PREDICTIONS = ("score", "noise", "data", "velocity")
+LOSSES = ("sgmse", "denoiser", "data")
 #: the built-in network: NCSN++ with SGMSE+'s block types at a CPU-sized width and depth
 SMALL_NET = {"nf": 16, "ch_mult": (1, 2, 2, 2, 2), "num_res_blocks": 1, "attn_resolutions": (16,),
              "image_size": 256, "time_scaling": "none"}
@@ -73,15 +77,26 @@ def spectrogram_pair(clean: torch.Tensor, noisy: torch.Tensor, spec: SpecConfig 
 
 
 def sgmse_loss(model: ScoreModel, x0: torch.Tensor, y: torch.Tensor, generator: torch.Generator,
-               t_eps: float) -> torch.Tensor:
-    """SGMSE+'s loss ``mean_b ½ Σ |σ_t s_θ + z|²`` (= ``½ Σ |ε̂ − z|²``) at ``t ~ U[t_eps, 1]``."""
+               t_eps: float, loss: str = "sgmse") -> torch.Tensor:
+    """The training loss at ``t ~ U[t_eps, 1]``, mean over the batch of a per-example sum:
+    ``sgmse`` ``½ Σ |σ_t s_θ + z|²`` (= ``½ Σ |ε̂ − z|²``), ``denoiser`` ``½ Σ |D − μ_t|²``
+    (``D = x_t + σ_t² s_θ``), ``data`` ``½ Σ |x̂_0 − x_0|²``."""
+    if loss not in LOSSES:
+        raise ValueError(f"loss must be one of {', '.join(LOSSES)} (got {loss!r})")
     sde = model.sde
     b = x0.shape[0]
     t = t_eps + (sde.t_max - t_eps) * torch.rand(b, generator=generator, dtype=torch.float64)
     z = torch.randn(x0.shape, generator=generator, dtype=x0.dtype)  # complex: E|z|² = 1
-    x_t = sde.perturb(x0, t, z, y)
-    eps_hat = model(x_t, t, y).noise
-    return 0.5 * (eps_hat - z).abs().pow(2).reshape(b, -1).sum(1).mean()
+    mean, std = sde.marginal(x0, t, y)
+    x_t = mean + std * z
+    pred = model(x_t, t, y)
+    if loss == "sgmse":
+        err = pred.noise - z
+    elif loss == "denoiser":  # D − μ_t = (x_t − σ_t ε̂) − (x_t − σ_t z)
+        err = std * (z - pred.noise)
+    else:
+        err = pred.data - x0
+    return 0.5 * err.abs().pow(2).reshape(b, -1).sum(1).mean()
 
 
 class _NumpyRng:
@@ -98,7 +113,8 @@ class _NumpyRng:
 
 
 def train_speech(out_dir="out/train/speech", steps: int = 10000, *, batch: int = 8, frames: int = 128,
-                 lr: float = 5e-4, lr_floor: float = 1e-6, prediction: str = "velocity", net_config: dict | None = None,
+                 lr: float = 5e-4, lr_floor: float = 1e-6, prediction: str = "velocity", loss: str = "sgmse",
+                 net_config: dict | None = None,
                  corpus_size: int = 600, corpus_root=None, ema: float = 0.999, threads: int | None = 1,
                  checkpoint_every: int = 250, log_every: int = 50, seed: int = 0, progress: bool = True,
                  resume: bool = True, stop_at: int | None = None, net: nn.Module | None = None,
@@ -114,6 +130,8 @@ def train_speech(out_dir="out/train/speech", steps: int = 10000, *, batch: int =
     check_positive_ints(steps=steps, batch=batch, frames=frames, corpus_size=corpus_size)
     if prediction not in PREDICTIONS:
         raise ValueError(f"prediction must be one of {', '.join(PREDICTIONS)} (got {prediction!r})")
+    if loss not in LOSSES:
+        raise ValueError(f"loss must be one of {', '.join(LOSSES)} (got {loss!r})")
     if frames % spec.pad_multiple:
         raise ValueError(f"frames must be a multiple of {spec.pad_multiple} (the network's size step; got {frames})")
     if threads is not None:
@@ -126,7 +144,7 @@ def train_speech(out_dir="out/train/speech", steps: int = 10000, *, batch: int =
         arch = "NCSNpp"
     else:
         arch, net_config = type(net).__name__, {}
-    config = {"format": FORMAT, "loss": "sgmse", "prediction": prediction, "arch": arch,
+    config = {"format": FORMAT, "loss": loss, "prediction": prediction, "arch": arch,
               "net": {k: list(v) if isinstance(v, tuple) else v for k, v in net_config.items()},
               "batch": batch, "frames": frames, "lr": lr, "lr_floor": lr_floor, "ema": ema, "seed": seed,
               "steps": steps, "sde": sde.config(), "t_eps": sde.t_min, "spec": asdict(spec),
@@ -140,7 +158,7 @@ def train_speech(out_dir="out/train/speech", steps: int = 10000, *, batch: int =
     def batch_loss():
         clean, noisy = next(pairs)
         x0, y = spectrogram_pair(clean, noisy, spec)
-        return sgmse_loss(model, x0, y, generator, sde.t_min)
+        return sgmse_loss(model, x0, y, generator, sde.t_min, loss)
 
     return fit(net, batch_loss, config, out_dir, steps, generator=generator, lr=lr, lr_floor=lr_floor, ema=ema,
                optimizer="adam", clip=None, checkpoint_every=checkpoint_every, log_every=log_every,

@@ -1,0 +1,369 @@
+"""``revsde bench --task image``: FD (or FID), KID and precision/recall versus NFE of an unconditional
+image model, revsde's samplers against diffusers' schedulers on the same network in the same run.
+
+Every configuration is a scheduler in ``UnconditionalPipeline`` (the Stable Diffusion loop; revsde's
+samplers enter as ``RevSDEScheduler``), made with ``from_config`` of one DDPM config of the model's
+training schedule. Sample ``s`` draws its prior and all its step noise from ``torch.Generator`` seeded
+``s`` (EDM's one-generator-per-seed scheme), so a sample is the same whatever the batch it was drawn in
+and whatever the number of processes: under ``torchrun`` the seeds are sharded across ranks
+(``harness.shard_seeds``) and gathered back in seed order before scoring. The NFE of a cell is counted
+on the network (a forward hook), and the step count is the one whose counted NFE is nearest the target.
+
+Scores, on the samples mapped to [0, 1] (clamped) and fed to the feature extractor:
+- ``FD-digits`` (default; the built-in model): Fréchet distance in the feature space of the digit
+  classifier the project trained (``scripts/train_fd_extractor.py``), against the 1797 scikit-learn
+  digits at the model's resolution; KID and precision/recall (k = 3) against the same features.
+- ``FID`` when Inception weights are given (``--inception-weights`` / ``$REVSDE_INCEPTION_WEIGHTS``):
+  pytorch-fid's network (labelled "FID" only for the official file), grey images repeated to RGB, against
+  reference statistics from ``--ref-stats`` (an ``.npz`` with ``mu``/``sigma``, or a folder of images,
+  which also gives KID and precision/recall), by default the digits.
+Cells run through ``harness.run_cells``, cached in ``<out>/bench_image.cache.jsonl``: an interrupted run
+resumes. ``QUICK`` is the small grid of ``revsde bench --quick``.
+"""
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from .files import write_report
+from .harness import Cache, Cell, Dist, markdown_table, plot_curves, run_cells, shard_seeds
+from .pipeline_bench import SchedulerConfig, _CountCalls, steps_for_nfe
+
+STEM = "bench_image"
+NFES = (5, 10, 20, 50)
+BUILTIN = "image_digits_diffusers"
+
+
+def diffusers_configs() -> list[SchedulerConfig]:
+    dpm = "DPMSolverMultistepScheduler"
+    return [
+        SchedulerConfig("diffusers DDIM", "DDIMScheduler"),
+        SchedulerConfig("diffusers DPM-Solver++ 2M", dpm, {"algorithm_type": "dpmsolver++", "solver_order": 2}),
+        SchedulerConfig("diffusers DPM-Solver++ 3M", dpm, {"algorithm_type": "dpmsolver++", "solver_order": 3}),
+        SchedulerConfig("diffusers DPM-Solver++ 2M karras", dpm, {"solver_order": 2, "use_karras_sigmas": True}),
+        SchedulerConfig("diffusers DPM-Solver++ 2M lu_lambdas", dpm, {"solver_order": 2, "use_lu_lambdas": True}),
+        SchedulerConfig("diffusers SDE-DPM-Solver++ 2M", dpm, {"algorithm_type": "sde-dpmsolver++", "solver_order": 2}),
+        SchedulerConfig("diffusers UniPC", "UniPCMultistepScheduler"),
+        SchedulerConfig("diffusers Euler", "EulerDiscreteScheduler"),
+        SchedulerConfig("diffusers Euler ancestral", "EulerAncestralDiscreteScheduler"),
+        SchedulerConfig("diffusers Heun", "HeunDiscreteScheduler"),
+        SchedulerConfig("diffusers DDPM", "DDPMScheduler"),
+    ]
+
+
+def revsde_configs() -> list[SchedulerConfig]:
+    r, mrs = "RevSDEScheduler", {"sampler": "mrs"}
+    return [
+        SchedulerConfig("mrs 2", r, {**mrs, "order": 2}),
+        SchedulerConfig("mrs 3", r, {**mrs, "order": 3}),
+        SchedulerConfig("mrs 2 logsnr", r, {**mrs, "order": 2, "grid": "logsnr"}),
+        SchedulerConfig("mrs 3 logsnr", r, {**mrs, "order": 3, "grid": "logsnr"}),
+        SchedulerConfig("mrs 3 karras", r, {**mrs, "order": 3, "grid": "karras"}),
+        SchedulerConfig("mrs SDE 2 logsnr", r, {**mrs, "order": 2, "stochastic": True, "grid": "logsnr"}),
+        SchedulerConfig("revsde ode_heun", r, {"sampler": "ode_heun"}),
+        SchedulerConfig("revsde euler_maruyama", r, {"sampler": "euler_maruyama"}),
+    ]
+
+
+#: ``revsde bench --quick``: few configurations, two NFEs, few samples (minutes on two CPU cores)
+QUICK = {"labels": ("mrs 2 logsnr", "mrs 3 logsnr", "diffusers DPM-Solver++ 2M", "diffusers UniPC",
+                    "diffusers DDIM"), "nfes": (5, 10), "n": 500}
+
+
+def default_configs() -> list[SchedulerConfig]:
+    return revsde_configs() + diffusers_configs()
+
+
+# --- the model ----------------------------------------------------------------------------------------
+def load_image_model(model: str = "builtin"):
+    """``(unet, scheduler_config, description)``: the built-in digits model or a local diffusers folder
+    (a pipeline folder with ``model_index.json``, or a ``UNet2DModel`` folder with ``config.json`` beside
+    a ``scheduler/`` or ``scheduler_config.json``)."""
+    from .sample_diffusers import load_pipeline
+
+    if model == "builtin":
+        folder = Path(__file__).resolve().parents[1] / "weights" / BUILTIN
+        if not (folder / "model_index.json").is_file():
+            raise FileNotFoundError(f"the built-in image model {folder} is missing: train it with "
+                                    "python scripts/train_builtin_image.py")
+        description = "the built-in digits model (revsde/weights/image_digits.md)"
+    else:
+        folder = Path(model)
+        description = f"`{folder.name}`"
+    pipe = load_pipeline(folder)
+    unet, scheduler = getattr(pipe, "unet", None), getattr(pipe, "scheduler", None)
+    if unet is None or scheduler is None or not hasattr(unet, "config") or "sample_size" not in unet.config:
+        raise ValueError(f"{str(folder)!r} holds a {type(pipe).__name__}: the image bench needs an unconditional "
+                         "pipeline with a `unet` (a UNet2DModel) and a `scheduler`")
+    return unet.eval().requires_grad_(False), base_config(scheduler.config), description
+
+
+def base_config(config) -> dict:
+    """A DDPM config with the model's training schedule, every key that matters explicit (as
+    ``pipeline_bench.base_scheduler_config``): ε/x₀/v prediction kept, no clipping, linspace spacing."""
+    from diffusers import DDPMScheduler
+
+    keys = ("num_train_timesteps", "beta_start", "beta_end", "beta_schedule", "trained_betas", "prediction_type")
+    kwargs = {k: config[k] for k in keys if k in config and config[k] is not None}
+    return DDPMScheduler(**kwargs, clip_sample=False, timestep_spacing="linspace").config
+
+
+# --- the feature space ----------------------------------------------------------------------------------
+@dataclass
+class FeatureSpace:
+    """Extractor + reference: ``label`` ("FID" / "FD-…"), ``extract(x01)`` for images in [0, 1] ``(B, C, H, W)``,
+    the reference moments and, when known, the reference features (for KID and precision/recall)."""
+
+    label: str
+    extract: object
+    ref_mean: torch.Tensor
+    ref_cov: torch.Tensor
+    ref_features: torch.Tensor | None
+    reference: str
+
+    def features(self, x01: torch.Tensor, batch: int = 500) -> torch.Tensor:
+        with torch.inference_mode():
+            return torch.cat([self.extract(part).to(torch.float64) for part in x01.split(batch)])
+
+
+def digits_space(size: int, channels: int) -> FeatureSpace:
+    from ..nets.digits_classifier import load_fd_extractor
+    from .image_data import digits
+
+    if channels != 1:
+        raise ValueError(f"FD-digits scores grey 1-channel images; this model makes {channels} channels: "
+                         "give --inception-weights (FID) instead")
+    extractor = load_fd_extractor()
+    real = (digits(size) + 1) / 2
+    space = FeatureSpace(_label(extractor), extractor, None, None, None, f"the 1797 scikit-learn digits at {size}×{size}")
+    feats = space.features(real)
+    space.ref_features = feats
+    space.ref_mean, space.ref_cov = feats.mean(0), torch.cov(feats.T)
+    return space
+
+
+def _label(extractor) -> str:
+    from ..metrics.fid import extractor_label
+
+    return extractor_label(extractor)
+
+
+def inception_space(weights, ref_stats, size: int, channels: int) -> FeatureSpace:
+    """The FID Inception on RGB images in [0, 1]; reference from an ``.npz``, a folder, or the digits."""
+    from ..metrics.fid import FeatureStats, load_stats
+    from ..nets.fid_inception import load_fid_inception
+
+    net = load_fid_inception(weights)
+    label = _label(net)
+
+    def extract(x01):
+        return net(x01.expand(-1, 3, -1, -1) if x01.shape[1] == 1 else x01)
+
+    if ref_stats is not None and Path(ref_stats).is_file():
+        moments = load_stats(ref_stats)
+        return FeatureSpace(label, extract, moments.mean, moments.cov, None, f"`{Path(ref_stats).name}`")
+    if ref_stats is not None:
+        from ..metrics.fid import _read_image, image_files
+
+        images = torch.stack([_read_image(p) for p in image_files(ref_stats)])
+        space = FeatureSpace(label, extract, None, None, None, f"the {len(images)} images in `{Path(ref_stats).name}`")
+    else:
+        from .image_data import digits
+
+        if channels != 1:
+            raise ValueError("--ref-stats is needed for a model that does not make grey digits")
+        images = (digits(size) + 1) / 2
+        space = FeatureSpace(label, extract, None, None, None, f"the 1797 scikit-learn digits at {size}×{size}")
+    feats = space.features(images, batch=50)  # kept (not just their moments) for KID and precision/recall
+    stats = FeatureStats(label=label).update(feats)
+    space.ref_features, space.ref_mean, space.ref_cov = feats, stats.mean, stats.cov
+    return space
+
+
+def score(space: FeatureSpace, x: torch.Tensor, seed: int) -> dict:
+    """FD/FID, KID (mean ± std) and precision/recall of raw samples ``x`` (``[-1, 1]`` scale)."""
+    from ..metrics.distributions import frechet_distance, sample_moments
+    from ..metrics.fid import kid, precision_recall
+
+    if not bool(torch.isfinite(x).all()):
+        return {"fd": math.inf, "kid": None, "kid_std": None, "precision": None, "recall": None, "diverged": True}
+    feats = space.features(((x.to(torch.float32) + 1) / 2).clamp(0, 1))
+    out = {"fd": frechet_distance(*sample_moments(feats), space.ref_mean, space.ref_cov), "diverged": False}
+    if space.ref_features is not None:
+        m = min(1000, len(feats), len(space.ref_features))
+        k_mean, k_std = kid(feats, space.ref_features, subsets=50, subset_size=m,
+                            generator=torch.Generator().manual_seed(seed))
+        precision, recall = precision_recall(space.ref_features, feats, k=3)
+        out.update(kid=k_mean, kid_std=k_std, precision=precision, recall=recall)
+    return out
+
+
+# --- sampling one cell ----------------------------------------------------------------------------------
+def sample_seeds(pipe, steps: int, seeds: list[int], dist: Dist, max_batch: int) -> tuple[torch.Tensor, int]:
+    """Samples for ``seeds`` (this rank's shard drawn here, then gathered in seed order) and the NFE
+    counted on the network for one run."""
+    counter = _CountCalls(pipe.unet)
+    parts, mine, per_run = [], [], None
+    try:
+        for batch in shard_seeds(seeds, dist.rank, dist.world, max_batch):
+            if not batch:
+                continue
+            before = counter.count
+            x = pipe(batch_size=len(batch), num_inference_steps=steps, output_type="raw",
+                     generator=[torch.Generator().manual_seed(s) for s in batch]).images
+            per_run = counter.count - before
+            parts.append(x.cpu())
+            mine += batch
+    finally:
+        counter.remove()
+    local = torch.cat(parts) if parts else torch.empty(0)
+    _, x = dist.gather_by_seed(mine, local)
+    nfe = max(n for n in dist.gather_objects(per_run) if n is not None)
+    return x, nfe
+
+
+@dataclass
+class ImageBenchResult:
+    rows: list[dict]
+    nfes: list[int]
+    n_samples: int
+    seed: int
+    label: str
+    model: str
+    reference: str
+    world: int = 1
+    seconds: float = 0.0
+    floor: dict = field(default_factory=dict)
+
+    def best(self, nfe: int, family: str) -> dict | None:
+        rows = [r for r in self.rows if r["target_nfe"] == nfe and r["family"] == family and math.isfinite(r["fd"])]
+        return min(rows, key=lambda r: r["fd"]) if rows else None
+
+    def markdown(self) -> str:
+        head = (f"Unconditional sampling from {self.model}: {self.label} of {self.n_samples} samples (seeds "
+                f"{self.seed}…{self.seed + self.n_samples - 1}, one generator per seed) against {self.reference}. "
+                f"Every configuration runs in the same pipeline on the same network; NFE counted on the network, "
+                f"(n) where it differs from the target. Lower is better; the best of each column in bold. "
+                f"{self.world} process(es), total time {self.seconds:.0f} s.")
+        if self.floor:
+            head += (f" Floor ({self.label} of {self.floor['n']} real images against the reference): "
+                     f"{self.floor['fd']:.3g}.")
+        parts = [head, markdown_table(self.rows, "fd", self.nfes, title=self.label, best="min")]
+        if any(r.get("kid") is not None for r in self.rows):
+            scaled = [{**r, "kid_e3": None if r.get("kid") is None else 1e3 * r["kid"]} for r in self.rows]
+            parts.append(markdown_table(scaled, "kid_e3", self.nfes, title="KID × 10³", fmt="{:.2f}", best="min"))
+            parts.append(markdown_table(self.rows, "precision", self.nfes, title="precision", fmt="{:.3f}"))
+            parts.append(markdown_table(self.rows, "recall", self.nfes, title="recall", fmt="{:.3f}"))
+        lines = []
+        for n in self.nfes:
+            ours, theirs = self.best(n, "revsde"), self.best(n, "diffusers")
+            if ours and theirs:
+                verdict = "lower" if ours["fd"] < theirs["fd"] else "not lower"
+                lines.append(f"- NFE {n}: best revsde {ours['label']} {ours['fd']:.3g}, best diffusers "
+                             f"{theirs['label']} {theirs['fd']:.3g}: revsde {verdict} ({ours['fd'] / theirs['fd']:.2f}×)")
+        if lines:
+            parts.append("Best of each family:\n\n" + "\n".join(lines))
+        return "\n\n".join(parts) + "\n"
+
+    def to_json(self) -> dict:
+        rows = [{**r, "fd": r["fd"] if math.isfinite(r["fd"]) else None} for r in self.rows]
+        return {"task": "image", "label": self.label, "model": self.model, "reference": self.reference,
+                "n_samples": self.n_samples, "seed": self.seed, "nfes": self.nfes, "world": self.world,
+                "seconds": self.seconds, "floor": self.floor, "rows": rows}
+
+
+def run_image_bench(model: str = "builtin", *, nfes=NFES, n_samples: int = 2000, seed: int = 0,
+                    labels: list[str] | None = None, inception_weights=None, ref_stats=None, max_batch: int = 500,
+                    cache_path=None, resume: bool = True, dist: Dist | None = None, device=None,
+                    space: FeatureSpace | None = None, progress: bool = False) -> ImageBenchResult:
+    """Every configuration at every target NFE; see the module docstring. ``space`` replaces the
+    feature space chosen from ``inception_weights`` (a custom extractor and reference)."""
+    from ..integrations.pipelines import UnconditionalPipeline
+
+    if isinstance(n_samples, bool) or not isinstance(n_samples, int) or n_samples < 2:
+        raise ValueError(f"n_samples must be an integer >= 2 (got {n_samples!r})")
+    nfes = [int(n) for n in nfes]
+    if not nfes or min(nfes) < 1:
+        raise ValueError(f"nfes must be integers >= 1 (got {nfes!r})")
+    configs = default_configs()
+    if labels:
+        unknown = sorted(set(labels) - {c.label for c in configs})
+        if unknown:
+            raise ValueError(f"unknown configuration(s) {unknown}; valid: {', '.join(c.label for c in configs)}")
+        configs = [c for c in configs if c.label in labels]
+    dist = dist or Dist()
+    device = torch.device(device or "cpu")
+    unet, base, description = load_image_model(model)
+    unet.to(device)
+    size, channels = unet.config.sample_size, unet.config.in_channels
+    weights = inception_weights
+    if weights is None:
+        import os
+
+        weights = os.environ.get("REVSDE_INCEPTION_WEIGHTS") or None
+    if space is None:
+        space = inception_space(weights, ref_stats, size, channels) if weights else digits_space(size, channels)
+    settings = {"model": _identity(model), "n_samples": n_samples, "seed": seed, "label": space.label,
+                "reference": space.reference, "base": {k: v for k, v in base.items() if not k.startswith("_")}}
+    cache = Cache(cache_path, settings, resume=resume, writer=dist.main)
+    seeds = list(range(seed, seed + n_samples))
+    pipes = {}
+
+    def evaluate(cell: Cell) -> dict:
+        config = SchedulerConfig(cell.label, cell.params["scheduler"], cell.params["options"])
+        if cell.label not in pipes:
+            pipes[cell.label] = UnconditionalPipeline(unet=unet, scheduler=config.make(base))
+            pipes[cell.label].set_progress_bar_config(disable=True)
+        pipe = pipes[cell.label]
+        try:
+            steps, _ = steps_for_nfe(pipe, cell.nfe, seed)
+            start = time.perf_counter()
+            x, nfe = sample_seeds(pipe, steps, seeds, dist, max_batch)
+            seconds = time.perf_counter() - start
+        except Exception as error:  # noqa: BLE001 - a failing scheduler is a result, not the end of the run
+            return {"family": config.family, "nfe": None, "fd": math.inf, "error": f"{type(error).__name__}: {error}"}
+        return {"family": config.family, "scheduler": config.scheduler, "options": config.options, "steps": steps,
+                "nfe": nfe, "seconds": seconds, **score(space, x, seed)}
+
+    cells = [Cell(c.label, n, {"scheduler": c.scheduler, "options": c.options}) for c in configs for n in nfes]
+    start = time.perf_counter()
+    with torch.no_grad():
+        rows = run_cells(cells, evaluate, cache, dist=dist, shard="seeds", progress=progress, desc="bench image")
+    floor = {}
+    if space.ref_features is not None:
+        from .image_data import digits
+
+        if space.reference.startswith("the 1797"):  # half the digits against the whole set: what real data scores
+            real = digits(size)[::2]
+            floor = {"n": len(real), **{k: v for k, v in score(space, real, seed).items() if k in ("fd", "kid")}}
+    return ImageBenchResult(rows, nfes, n_samples, seed, space.label, description, space.reference, dist.world,
+                            time.perf_counter() - start, floor)
+
+
+def _identity(model: str) -> str:
+    """What makes a model the same one for the cache: its name and the SHA-256 of its files' contents."""
+    import hashlib
+
+    folder = Path(__file__).resolve().parents[1] / "weights" / BUILTIN if model == "builtin" else Path(model)
+    digest = hashlib.sha256()
+    for path in sorted(p for p in folder.rglob("*") if p.is_file()) if folder.is_dir() else []:
+        digest.update(str(path.relative_to(folder)).encode() + b"\0" + path.read_bytes())
+    return f"{model}:{digest.hexdigest()[:16]}"
+
+
+def plot(result: ImageBenchResult, path) -> None:
+    panels = [("fd", result.label)]
+    if any(r.get("kid") is not None for r in result.rows):
+        panels.append(("kid", "KID"))
+    rows = [r for r in result.rows if r.get("nfe")]
+    hlines = {"real images": {"fd": result.floor.get("fd")}} if result.floor else None
+    plot_curves(rows, panels, path, title=f"{result.label} vs NFE ({result.n_samples} samples)", hlines=hlines)
+
+
+def write(result: ImageBenchResult, out_dir) -> dict[str, Path]:
+    """``bench_image.md``, ``.json`` and ``.png`` in ``out_dir`` (written atomically)."""
+    return write_report(out_dir, STEM, result.markdown(), result.to_json(), lambda path: plot(result, path))

@@ -1,0 +1,183 @@
+"""``revsde bench --task image``: the harness on an unconditional image model, revsde vs diffusers."""
+from __future__ import annotations
+
+import json
+import math
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from revsde.apps import image_bench as B
+
+ROOT = Path(__file__).resolve().parents[1]
+LABELS = ["mrs 2 logsnr", "mrs SDE 2 logsnr", "diffusers SDE-DPM-Solver++ 2M", "diffusers UniPC"]
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory):
+    """A DDPMPipeline folder with a random 1-channel 8×8 UNet2DModel (42 k parameters)."""
+    import diffusers
+
+    folder = tmp_path_factory.mktemp("model") / "tiny"
+    torch.manual_seed(0)
+    unet = diffusers.UNet2DModel(sample_size=8, in_channels=1, out_channels=1, block_out_channels=(8, 16),
+                                 layers_per_block=1, down_block_types=("DownBlock2D", "DownBlock2D"),
+                                 up_block_types=("UpBlock2D", "UpBlock2D"), norm_num_groups=4)
+    diffusers.DDPMPipeline(unet=unet, scheduler=diffusers.DDPMScheduler()).save_pretrained(folder)
+    return str(folder)
+
+
+def projection_space() -> B.FeatureSpace:
+    """A fixed random projection of the pixels as the feature space, 300 uniform images as the reference."""
+    g = torch.Generator().manual_seed(0)
+    proj = torch.randn(64, 6, generator=g, dtype=torch.float64)
+    space = B.FeatureSpace("FD-test", lambda x01: x01.reshape(len(x01), -1).double() @ proj, None, None, None,
+                           "random images")
+    feats = space.features(torch.rand(300, 1, 8, 8, generator=g))
+    space.ref_features, space.ref_mean, space.ref_cov = feats, feats.mean(0), torch.cov(feats.T)
+    return space
+
+
+def run(model, tmp_path, **kwargs):
+    options = dict(nfes=(4,), n_samples=24, labels=LABELS, space=projection_space(), max_batch=24)
+    options.update(kwargs)
+    return B.run_image_bench(model, **options)
+
+
+def test_every_sample_is_its_seeds_whatever_the_batching(tiny_model, tmp_path):
+    """One generator per seed (EDM's scheme): batches of 5 give the samples batches of 24 give (to the
+    float rounding of batched convolutions), for ODE and SDE samplers of both families, hence the same scores."""
+    whole = run(tiny_model, tmp_path)
+    split = run(tiny_model, tmp_path, max_batch=5)
+    assert [r["label"] for r in whole.rows] == LABELS
+    for a, b in zip(whole.rows, split.rows):
+        assert a["nfe"] == b["nfe"] == 4
+        assert a["fd"] == pytest.approx(b["fd"], rel=1e-5) and a["kid"] == pytest.approx(b["kid"], rel=1e-4)
+    # and different seeds give other samples
+    other = run(tiny_model, tmp_path, seed=100)
+    assert all(a["fd"] != b["fd"] for a, b in zip(whole.rows, other.rows))
+
+
+def test_sample_seeds_are_independent_of_the_batch(tiny_model):
+    from revsde.apps.harness import Dist
+    from revsde.integrations.pipelines import UnconditionalPipeline
+
+    unet, base, _ = B.load_image_model(tiny_model)
+    config = B.SchedulerConfig("sde", "DPMSolverMultistepScheduler", {"algorithm_type": "sde-dpmsolver++"})
+    pipe = UnconditionalPipeline(unet=unet, scheduler=config.make(base))
+    pipe.set_progress_bar_config(disable=True)
+    x, nfe = B.sample_seeds(pipe, 3, list(range(10, 19)), Dist(), max_batch=4)
+    alone, _ = B.sample_seeds(pipe, 3, [13], Dist(), max_batch=4)
+    assert nfe == 3 and x.shape == (9, 1, 8, 8)
+    torch.testing.assert_close(x[3:4], alone, rtol=1e-4, atol=1e-5)  # batched-conv rounding only
+
+
+def test_a_cached_run_resumes_without_sampling_again(tiny_model, tmp_path, monkeypatch):
+    cache = tmp_path / "bench_image.cache.jsonl"
+    first = run(tiny_model, tmp_path, cache_path=cache, labels=LABELS[:2])
+    assert len(cache.read_text().splitlines()) == 1 + 2
+    calls = []
+    real = B.sample_seeds
+    monkeypatch.setattr(B, "sample_seeds", lambda *a, **k: calls.append(1) or real(*a, **k))
+    again = run(tiny_model, tmp_path, cache_path=cache, labels=LABELS[:3])
+    assert len(calls) == 1  # only the new configuration ran
+    assert again.rows[:2] == first.rows
+    with pytest.raises(ValueError, match="n_samples"):  # other settings: the cache is refused, not mixed in
+        run(tiny_model, tmp_path, cache_path=cache, n_samples=30)
+    fresh = run(tiny_model, tmp_path, cache_path=cache, n_samples=30, resume=False, labels=LABELS[:1])
+    assert fresh.n_samples == 30 and len(cache.read_text().splitlines()) == 2
+
+
+def test_reports_name_the_feature_space_and_compare_the_families(tiny_model, tmp_path):
+    result = run(tiny_model, tmp_path, nfes=(3, 5))
+    paths = B.write(result, tmp_path / "out")
+    md = paths["md"].read_text()
+    assert "| FD-test | NFE 3 | NFE 5 |" in md and "KID × 10³" in md and "Best of each family" in md
+    data = json.loads(paths["json"].read_text())
+    assert data["label"] == "FD-test" and len(data["rows"]) == 8 and data["nfes"] == [3, 5]
+    assert {r["family"] for r in data["rows"]} == {"revsde", "diffusers"}
+    assert paths["png"].read_bytes()[:4] == b"\x89PNG"
+
+
+def test_a_diverging_or_failing_configuration_is_a_result_not_a_crash(tiny_model, tmp_path, monkeypatch):
+    space = projection_space()
+    bad = B.score(space, torch.full((4, 1, 8, 8), math.nan), 0)
+    assert bad["diverged"] and bad["fd"] == math.inf
+    monkeypatch.setattr(B, "steps_for_nfe", lambda *a, **k: (_ for _ in ()).throw(RuntimeError("boom")))
+    result = run(tiny_model, tmp_path, labels=LABELS[:1])
+    assert result.rows[0]["error"] == "RuntimeError: boom" and result.rows[0]["fd"] == math.inf
+    assert json.loads(json.dumps(result.to_json()))["rows"][0]["fd"] is None
+
+
+def test_bad_arguments(tiny_model, tmp_path):
+    with pytest.raises(ValueError, match="unknown configuration"):
+        run(tiny_model, tmp_path, labels=["no such sampler"])
+    with pytest.raises(ValueError, match="n_samples"):
+        run(tiny_model, tmp_path, n_samples=1)
+    with pytest.raises(ValueError, match="model_index.json"):
+        B.load_image_model(str(tmp_path))
+    with pytest.raises(ValueError, match="FD-digits scores grey"):
+        B.digits_space(16, 3)
+
+
+def test_inception_features_need_the_fid_label_only_from_the_official_file(tiny_model, tmp_path):
+    """A weights file in the official format but with other values scores as FD-inception…, not FID, and a
+    reference ``.npz`` gives the moments (no KID without reference features)."""
+    from revsde.metrics.fid import save_stats
+    from revsde.nets.fid_inception import FIDInceptionV3
+
+    torch.manual_seed(0)
+    weights = tmp_path / "inception.pth"
+    torch.save(FIDInceptionV3().state_dict(), weights)
+    save_stats(tmp_path / "ref.npz", torch.zeros(2048, dtype=torch.float64), torch.eye(2048, dtype=torch.float64))
+    space = B.inception_space(weights, tmp_path / "ref.npz", 8, 1)
+    assert space.label.startswith("FD-") and space.ref_features is None
+    result = run(tiny_model, tmp_path, labels=LABELS[:1], n_samples=4, space=space)
+    assert math.isfinite(result.rows[0]["fd"]) and result.rows[0].get("kid") is None
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+WORKER = r"""
+import json, sys, torch
+sys.path.insert(0, {tests!r})
+from test_image_bench import projection_space, LABELS
+from revsde.apps import image_bench as B
+from revsde.apps.harness import Dist
+dist = Dist.from_env()
+r = B.run_image_bench({model!r}, nfes=(4,), n_samples=24, labels=LABELS, space=projection_space(), max_batch=5,
+                      dist=dist)
+if dist.main:
+    print("RESULT", json.dumps([[row["label"], row["nfe"], row["fd"], row["kid"]] for row in r.rows]))
+dist.close()
+"""
+
+
+def test_two_processes_on_gloo_give_the_single_process_result(tiny_model, tmp_path):
+    """torchrun's environment, 2 ranks on the gloo backend: seeds sharded, gathered in order, same scores."""
+    single = run(tiny_model, tmp_path, max_batch=5)
+    script = tmp_path / "worker.py"
+    script.write_text(WORKER.format(tests=str(ROOT / "tests"), model=tiny_model))
+    port, procs = _free_port(), []
+    for rank in range(2):
+        env = {**os.environ, "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "RANK": str(rank),
+               "WORLD_SIZE": "2", "LOCAL_RANK": str(rank), "OMP_NUM_THREADS": "1"}
+        procs.append(subprocess.Popen([sys.executable, str(script)], env=env, cwd=ROOT, stdout=subprocess.PIPE,
+                                      stderr=subprocess.PIPE, text=True))
+    outs = [p.communicate(timeout=300) for p in procs]
+    assert all(p.returncode == 0 for p in procs), outs
+    line = next(l for l in outs[0][0].splitlines() if l.startswith("RESULT "))
+    got = json.loads(line[len("RESULT "):])
+    assert [g[:2] for g in got] == [[r["label"], r["nfe"]] for r in single.rows]
+    for g, r in zip(got, single.rows):  # other batch sizes per rank: equal to float rounding
+        assert g[2] == pytest.approx(r["fd"], rel=1e-5) and g[3] == pytest.approx(r["kid"], rel=1e-4)
+    assert not any(l.startswith("RESULT") for l in outs[1][0].splitlines())  # only rank 0 reports
