@@ -190,7 +190,9 @@ def build_parser() -> argparse.ArgumentParser:
                     "each NFE on 2-D Gaussian-mixture problems whose score and distribution are exact: 'vp' "
                     "(DDPM's discrete schedule, a ring of 8 Gaussians) and 'mr' (IR-SDE's schedule, data near "
                     "the observation mu). Scores: Frechet distance to the exact moments and sliced Wasserstein "
-                    "distance to exact samples. Writes a markdown table, JSON and a log-log PNG plot.")
+                    "distance to exact samples. Writes a markdown table, JSON and a log-log PNG plot. Finished cells "
+                    "are cached in the output folder, so an interrupted run resumes; under torchrun "
+                    "--nproc_per_node=N -m revsde bench ... the cells are split across the N processes.")
     b.add_argument("--task", choices=["gmm", "restore", "speech"], default="gmm",
                    help="gmm: analytic 2-D problems (default); restore: PSNR/SSIM of an MR-diffusion restoration "
                         "model on the held-out photos vs NFE, against posterior sampling at 100 NFE; speech: "
@@ -221,7 +223,12 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--only", action="append", metavar="LABEL",
                    help="run only this configuration (repeatable; labels as in the table)")
     b.add_argument("-o", "--output", default="out/bench", metavar="DIR",
-                   help="folder for bench_gmm.md, bench_gmm.json, bench_gmm.png (default: out/bench)")
+                   help="folder for bench_gmm.md, bench_gmm.json, bench_gmm.png (default: out/bench), and for "
+                        "the cache of finished cells, bench_gmm.cache.jsonl (bench_restore_TASK.*, "
+                        "bench_speech.* for the other tasks): run the same command again to resume")
+    b.add_argument("--no-resume", dest="resume", action="store_false",
+                   help="start afresh: ignore and overwrite the cache of an earlier run in the output folder "
+                        "(by default its cells are reused; a cache written with other settings is refused)")
     b.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
                    help="show a progress bar on stderr (default: when stderr is a terminal)")
     b.set_defaults(run=_run_bench)
@@ -239,6 +246,8 @@ def _int_list(text: str, what: str) -> list[int]:
 
 
 def _run_bench(args) -> int:
+    """One small function per task (``_bench_<task>``), each returning its result and its module's ``write``;
+    here the shared part: torchrun's process group, the cache, and only rank 0 printing and writing."""
     if args.speed:
         from .apps import speed
 
@@ -247,40 +256,61 @@ def _run_bench(args) -> int:
         for path in speed.write(result, args.output).values():
             print(f"wrote {path}")
         return 0
-    progress = sys.stderr.isatty() if args.progress is None else args.progress
-    if args.task == "restore":
-        from .apps import restore_bench
+    from .apps.harness import Dist
 
-        result = restore_bench.run_restore_bench(args.restore_task, args.model,
-                                                 nfes=_int_list(args.nfe or "2,3,5,10,20", "--nfe"),
-                                                 crop=args.crop or None, seed=args.seed, progress=progress)
-        print(result.markdown())
-        for path in restore_bench.write(result, args.output).values():
-            print(f"wrote {path}")
-        return 0
-    if args.task == "speech":
-        from .apps import speech_bench
-        from .apps.speech_data import test_set
+    dist = Dist.from_env()
+    try:
+        run = {"gmm": _bench_gmm, "restore": _bench_restore, "speech": _bench_speech}[args.task]
+        common = {"progress": (sys.stderr.isatty() if args.progress is None else args.progress) and dist.main,
+                  "resume": args.resume, "dist": dist, "log": print if dist.main else None}
+        result, write = run(args, common)
+        if dist.main:
+            print(result.markdown())
+            for path in write(result, args.output).values():
+                print(f"wrote {path}")
+        dist.barrier()
+    finally:
+        dist.close()
+    return 0
 
-        nfes = None
-        if args.nfe:
-            chosen = tuple(_int_list(args.nfe, "--nfe"))
-            nfes = {"sgmse": tuple(n for n in chosen if n % 2 == 0), "mrs": chosen}
-        pairs = test_set()[:args.pairs] if args.pairs else None
-        result = speech_bench.run_speech_bench(args.model, nfes=nfes, pairs=pairs, seed=args.seed, progress=progress)
-        print(result.markdown())
-        for path in speech_bench.write(result, args.output).values():
-            print(f"wrote {path}")
-        return 0
+
+def _cache_path(args, stem: str):
+    from pathlib import Path
+
+    return Path(args.output) / f"{stem}.cache.jsonl"
+
+
+def _bench_gmm(args, common):
     from .apps import bench
 
     result = bench.run_gmm_bench(problem_names=[p for p in args.problems.split(",") if p],
-                                 nfes=_int_list(args.nfe or "5,10,20,50,100", "--nfe"), n_samples=args.n, repeats=args.repeats,
-                                 seed=args.seed, with_diffusers=args.diffusers, labels=args.only, progress=progress)
-    print(result.markdown())
-    for kind, path in bench.write(result, args.output).items():
-        print(f"wrote {path}")
-    return 0
+                                 nfes=_int_list(args.nfe or "5,10,20,50,100", "--nfe"), n_samples=args.n,
+                                 repeats=args.repeats, seed=args.seed, with_diffusers=args.diffusers,
+                                 labels=args.only, cache_path=_cache_path(args, "bench_gmm"), **common)
+    return result, bench.write
+
+
+def _bench_restore(args, common):
+    from .apps import restore_bench
+
+    result = restore_bench.run_restore_bench(
+        args.restore_task, args.model, nfes=_int_list(args.nfe or "2,3,5,10,20", "--nfe"), crop=args.crop or None,
+        seed=args.seed, cache_path=_cache_path(args, f"bench_restore_{args.restore_task}"), **common)
+    return result, restore_bench.write
+
+
+def _bench_speech(args, common):
+    from .apps import speech_bench
+    from .apps.speech_data import test_set
+
+    nfes = None
+    if args.nfe:
+        chosen = tuple(_int_list(args.nfe, "--nfe"))
+        nfes = {"sgmse": tuple(n for n in chosen if n % 2 == 0), "mrs": chosen}
+    pairs = test_set()[:args.pairs] if args.pairs else None
+    result = speech_bench.run_speech_bench(args.model, nfes=nfes, pairs=pairs, seed=args.seed,
+                                           cache_path=_cache_path(args, "bench_speech"), **common)
+    return result, speech_bench.write
 
 
 def _run_sample(args) -> int:

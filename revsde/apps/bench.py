@@ -193,15 +193,18 @@ class BenchResult:
 
 
 def run_gmm_bench(problem_names=("vp", "mr"), nfes=NFES, n_samples: int = 10000, repeats: int = 3, seed: int = 0,
-                  with_diffusers: bool = True, labels: list[str] | None = None, progress: bool = True) -> BenchResult:
+                  with_diffusers: bool = True, labels: list[str] | None = None, progress: bool = True, *,
+                  cache_path=None, resume: bool = True, dist=None, log=None) -> BenchResult:
     """Run every configuration on every problem and NFE; see the module docstring.
 
     Each cell is the mean over ``repeats`` independent prior draws of ``n_samples`` (an ODE maps one
-    draw deterministically, so a single unlucky draw would otherwise set its floor)."""
+    draw deterministically, so a single unlucky draw would otherwise set its floor). Cells run through
+    ``harness.run_cells``: cached in ``cache_path`` (JSON lines; ``resume=False`` starts afresh), split
+    across the ranks of ``dist`` (a ``harness.Dist``), ``log`` told how many came from the cache."""
+    from .harness import Cache, Cell, Dist, run_cells
+
     if n_samples < 2 or repeats < 1:
         raise ValueError(f"n_samples must be >= 2 and repeats >= 1 (got {n_samples}, {repeats})")
-    from tqdm.auto import tqdm
-
     table = problems()
     unknown = [p for p in problem_names if p not in table]
     if unknown:
@@ -212,15 +215,25 @@ def run_gmm_bench(problem_names=("vp", "mr"), nfes=NFES, n_samples: int = 10000,
         if missing:
             raise ValueError(f"unknown configuration(s) {missing}; valid: {', '.join(c.label for c in configs)}")
         configs = [c for c in configs if c.label in labels]
-    jobs = []
+    by_label = {c.label: c for c in configs}
+    cells = []
     for name in problem_names:
         for config in configs:
             if name not in config.problems:
                 continue
-            points = [(None, tol) for tol in config.tolerances] if config.tolerances else [(n, None) for n in nfes]
-            jobs += [(table[name], config, nfe, tol) for nfe, tol in points]
-    records = []
-    for problem, config, nfe, tol in tqdm(jobs, desc="bench", disable=not progress):
+            params = {"sampler": config.sampler, "options": config.options}
+            if config.tolerances:
+                cells += [Cell(config.label, None, {**params, "tolerance": tol}, name) for tol in config.tolerances]
+            else:
+                cells += [Cell(config.label, n, params, name) for n in nfes]
+    # what sampling noise alone gives: exact samples scored the same way
+    floor_cells = [Cell(FLOOR, None, {}, name) for name in problem_names]
+
+    def evaluate(cell: Cell) -> dict:
+        problem = table[cell.group]
+        if cell.label == FLOOR:
+            return _floor(problem, n_samples, repeats, seed)
+        config, tol = by_label[cell.label], cell.params.get("tolerance")
         scores, seconds = [], 0.0
         for r in range(repeats):
             s = seed + 10 * r
@@ -229,29 +242,24 @@ def run_gmm_bench(problem_names=("vp", "mr"), nfes=NFES, n_samples: int = 10000,
                                                generator=torch.Generator().manual_seed(s))
             start = time.perf_counter()
             if config.scheduler is not None:
-                x, used, t_end = _run_diffusers(config, problem, x_prior, nfe, s + 1)
+                x, used, t_end = _run_diffusers(config, problem, x_prior, cell.nfe, s + 1)
             else:
                 with warnings.catch_warnings():  # the noise-prediction SDE warning is what this run measures
                     warnings.simplefilter("ignore", UserWarning)
-                    x, used, t_end = _run_revsde(config, problem, x_prior, nfe, s + 1, tol)
+                    x, used, t_end = _run_revsde(config, problem, x_prior, cell.nfe, s + 1, tol)
             seconds += time.perf_counter() - start
             scores.append(_score(problem, x, t_end, s + 2))
-        fd = sum(f for f, _ in scores) / repeats
-        swd = sum(w for _, w in scores) / repeats
-        records.append({"problem": problem.name, "label": config.label, "sampler": config.sampler,
-                        "options": config.options, "tolerance": tol, "target_nfe": nfe if nfe is not None else used,
-                        "nfe": used, "fd": fd, "swd": swd, "seconds": seconds / repeats})
-    floors = {}
-    for name in problem_names:  # what sampling noise alone gives: exact samples scored the same way
-        problem = table[name]
-        scores = []
-        for r in range(repeats):
-            gen = torch.Generator().manual_seed(seed + 10 * r + 5)
-            x0 = problem.mixture.sample(n_samples, gen)
-            noise = torch.randn(x0.shape, generator=gen, dtype=torch.float64)
-            x = problem.sde.perturb(x0, problem.sde.t_min, noise, None if problem.mu is None else problem.mu.expand_as(x0))
-            scores.append(_score(problem, x, problem.sde.t_min, seed + 10 * r + 2))
-        floors[name] = {"fd": sum(f for f, _ in scores) / repeats, "swd": sum(w for _, w in scores) / repeats}
+        return {"problem": problem.name, "label": config.label, "sampler": config.sampler, "options": config.options,
+                "tolerance": tol, "target_nfe": cell.nfe if cell.nfe is not None else used, "nfe": used,
+                "fd": sum(f for f, _ in scores) / repeats, "swd": sum(w for _, w in scores) / repeats,
+                "seconds": seconds / repeats}
+
+    cache = Cache(cache_path, gmm_settings(n_samples, repeats, seed), resume=resume,
+                  writer=dist is None or dist.main)
+    done = run_cells(cells + floor_cells, evaluate, cache, dist=dist or Dist(), shard="cells", progress=progress,
+                     desc="bench gmm", log=log)
+    records = [{k: v for k, v in r.items() if k != "group"} for r in done[:len(cells)]]
+    floors = {r["group"]: {"fd": r["fd"], "swd": r["swd"]} for r in done[len(cells):]}
     # adaptive runs sit at the NFE they used: put each in the table column nearest to it
     for r in records:
         if r["tolerance"] is not None:
@@ -259,37 +267,44 @@ def run_gmm_bench(problem_names=("vp", "mr"), nfes=NFES, n_samples: int = 10000,
     return BenchResult(records, n_samples, tuple(nfes), seed, repeats, floors)
 
 
+FLOOR = "exact samples"
+
+
+def _floor(problem: Problem, n_samples: int, repeats: int, seed: int) -> dict:
+    scores = []
+    for r in range(repeats):
+        gen = torch.Generator().manual_seed(seed + 10 * r + 5)
+        x0 = problem.mixture.sample(n_samples, gen)
+        noise = torch.randn(x0.shape, generator=gen, dtype=torch.float64)
+        x = problem.sde.perturb(x0, problem.sde.t_min, noise, None if problem.mu is None else problem.mu.expand_as(x0))
+        scores.append(_score(problem, x, problem.sde.t_min, seed + 10 * r + 2))
+    return {"fd": sum(f for f, _ in scores) / repeats, "swd": sum(w for _, w in scores) / repeats}
+
+
+def gmm_settings(n_samples: int, repeats: int, seed: int) -> dict:
+    """What a cached gmm cell depends on besides its own label, NFE and options (the cache refuses others)."""
+    from .harness import versions
+
+    return {"task": "gmm", "n_samples": n_samples, "repeats": repeats, "seed": seed, **versions("diffusers")}
+
+
 def plot(result: BenchResult, path) -> None:
-    """Metric versus NFE, log-log, one panel per (problem, metric), one line per configuration."""
+    """Metric versus NFE, log-log, one row per problem (FD, SWD), one line per configuration; the
+    exact samples' score (the floor) as a dashed line."""
+    from matplotlib.figure import Figure
 
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from .harness import draw_curves
 
     problem_names = list(dict.fromkeys(r["problem"] for r in result.records))
-    fig, axes = plt.subplots(len(problem_names), 2, figsize=(14, 5.5 * len(problem_names)), squeeze=False)
-    for row, name in enumerate(problem_names):
-        rows = [r for r in result.records if r["problem"] == name]
-        for col, metric in enumerate(("fd", "swd")):
-            ax = axes[row][col]
-            labels = list(dict.fromkeys(r["label"] for r in rows))
-            colors = plt.get_cmap("tab20")
-            for k, label in enumerate(labels):
-                pts = sorted((r["nfe"], r[metric]) for r in rows if r["label"] == label)
-                style = "--" if label.startswith("diffusers") else ("-" if label.startswith("mrs") else ":")
-                ax.plot([p[0] for p in pts], [max(p[1], 1e-12) for p in pts], style, marker="os^vD"[k % 5], ms=3,
-                        color=colors(k % 20), label=label)
-            ax.set_xscale("log")
-            ax.set_yscale("log")
-            ax.set_xlabel("NFE")
-            ax.set_ylabel({"fd": "Fréchet distance to exact", "swd": "sliced Wasserstein to exact"}[metric])
-            ax.set_title(f"{name}: {metric.upper()} vs NFE ({result.n_samples} samples)")
-            ax.grid(True, which="both", alpha=0.3)
-        axes[row][1].legend(fontsize=7, loc="upper right", ncol=1)
-    fig.tight_layout()
+    fig = Figure(figsize=(14, 5.5 * len(problem_names)), layout="constrained")
+    axes = fig.subplots(len(problem_names), 2, squeeze=False)
+    panels = [("fd", "Fréchet distance to exact"), ("swd", "sliced Wasserstein to exact")]
+    for row, name in zip(axes, problem_names):
+        floor = result.floors.get(name)
+        draw_curves(row, [r for r in result.records if r["problem"] == name], panels,
+                    title=f"{name} ({result.n_samples} samples)",
+                    hlines={FLOOR: {**floor, "color": "gray", "linestyle": ":"}} if floor else None)
     save_figure(fig, path)
-    plt.close(fig)
 
 
 def load(path) -> BenchResult:

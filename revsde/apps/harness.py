@@ -140,7 +140,9 @@ class Cache:
     """Finished cells of one run, kept in a JSON-lines file (``None`` path: in memory only).
 
     Line 1: ``{"settings": …}``; every further line ``{"key": …, "record": …}``. A torn last line (the
-    process killed mid-write) is ignored. ``resume=False`` discards what the file holds.
+    process killed mid-write) is ignored, and cut off by a writer so the next record starts a line of its
+    own. Records are kept as JSON gives them back (tuples as lists), so a resumed run sees exactly what
+    the run that wrote them saw. ``resume=False`` discards what the file holds.
     """
 
     def __init__(self, path: str | os.PathLike | None, settings: dict, *, resume: bool = True, writer: bool = True):
@@ -188,7 +190,6 @@ class Cache:
         return self.records.get(cell.key)
 
     def put(self, cell: Cell, record: dict) -> None:
-        # kept as the file will give it back, so a resumed run sees exactly what a fresh one saw
         record = json.loads(json.dumps(record, default=_json_default))
         self.records[cell.key] = record
         if self.path is None or not self.writer:

@@ -8,12 +8,11 @@ NFE at which each sampler first comes within 0.1 dB of it.
 from __future__ import annotations
 
 import os
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from .. import samplers as samplers_mod
-from .files import save_figure, write_report
+from .files import write_report
 
 CONFIGS = [
     ("mrs ODE data 1", "mrs", {"order": 1}),
@@ -86,61 +85,64 @@ def _crop(images: dict, size: int | None) -> dict:
 
 def run_restore_bench(task: str = "denoise", model="builtin", nfes=(2, 3, 5, 10, 20), *, configs=None,
                       crop: int | None = 128, seed: int = 0, images=None, reference_nfe: int = REFERENCE[1],
-                      progress: bool = False) -> RestoreBenchResult:
+                      progress: bool = False, cache_path=None, resume: bool = True, dist=None,
+                      log=None) -> RestoreBenchResult:
     """Every configuration at every NFE, plus the reference (posterior sampling at ``reference_nfe``),
-    on the held-out photos (``images``: a subset of their names)."""
-    from tqdm.auto import tqdm
+    on the held-out photos (``images``: a subset of their names).
 
-    from .restore import load_restore_model
+    Cells run through ``harness.run_cells``: cached in ``cache_path`` (``resume=False`` starts afresh),
+    split across the ranks of ``dist``, ``log`` told how many came from the cache."""
+    from .harness import Cache, Cell, Dist, file_fingerprint, fingerprint, run_cells, versions
+    from .restore import builtin_path, load_restore_model
     from .restore_data import HELD_OUT, photos
     from .restore_eval import evaluate_restore
 
     score_model, description = load_restore_model(model, task) if isinstance(model, str) else (model, "the model")
+    identity = (file_fingerprint(builtin_path(task) if model == "builtin" else model) if isinstance(model, str)
+                else fingerprint(model))
     unknown = sorted(set(images or ()) - set(HELD_OUT))
     if unknown:
         raise ValueError(f"images {unknown} are not held-out photos ({', '.join(HELD_OUT)})")
     images = _crop(photos(tuple(images or HELD_OUT)), crop)
     configs = configs or CONFIGS
-    jobs = [(label, name, options, n) for label, name, options in configs for n in nfes]
-    jobs.append(("reference", REFERENCE[0], {}, reference_nfe))
-    start = time.perf_counter()
-    rows, reference, inputs = [], None, None
-    for label, name, options, n in tqdm(jobs, desc=f"bench restore {task}", disable=not progress):
-        steps = n // samplers_mod.get(name, **options).evals_per_step
-        result = evaluate_restore(score_model, task, nfe=steps, sampler=name, images=images, seed=seed, **options)
-        row = {"label": label, "sampler": name, "options": options, "nfe": result["nfe"],
-               "psnr": result["mean"]["psnr"], "ssim": result["mean"]["ssim"]}
-        inputs = result["mean"]
-        if label == "reference":
-            reference = row
-        else:
-            rows.append(row)
-    return RestoreBenchResult(task=task, model=description, rows=rows, reference=reference,
+    per_step = {label: samplers_mod.get(name, **options).evals_per_step for label, name, options in configs}
+    cells = [Cell(label, n, {"sampler": name, "options": options}) for label, name, options in configs for n in nfes]
+    cells.append(Cell("reference", reference_nfe, {"sampler": REFERENCE[0], "options": {}}))
+    per_step["reference"] = samplers_mod.get(REFERENCE[0]).evals_per_step
+
+    def evaluate(cell: Cell) -> dict:
+        name, options = cell.params["sampler"], cell.params["options"]
+        result = evaluate_restore(score_model, task, nfe=cell.nfe // per_step[cell.label], sampler=name,
+                                  images=images, seed=seed, **options)
+        return {"label": cell.label, "sampler": name, "options": options, "nfe": result["nfe"],
+                "psnr": result["mean"]["psnr"], "ssim": result["mean"]["ssim"],
+                "psnr_in": result["mean"]["psnr_in"], "ssim_in": result["mean"]["ssim_in"]}
+
+    settings = {"task": "restore", "restore_task": task, "model": identity, "crop": crop, "seed": seed,
+                "images": list(images), **versions()}
+    cache = Cache(cache_path, settings, resume=resume, writer=dist is None or dist.main)
+    records = run_cells(cells, evaluate, cache, dist=dist or Dist(), shard="cells", progress=progress,
+                        desc=f"bench restore {task}", log=log)
+    inputs = records[-1]
+    rows = [{k: v for k, v in r.items() if k not in _NOT_IN_ROWS} for r in records]
+    return RestoreBenchResult(task=task, model=description, rows=rows[:-1], reference=rows[-1],
                               input_psnr=inputs["psnr_in"], input_ssim=inputs["ssim_in"], images=list(images),
-                              crop=crop, seconds=time.perf_counter() - start, nfes=list(nfes))
+                              crop=crop, seconds=sum(r["seconds"] for r in records), nfes=list(nfes))
+
+
+# the harness's bookkeeping and the degraded input's scores (the same in every cell: reported once)
+_NOT_IN_ROWS = ("group", "target_nfe", "psnr_in", "ssim_in")
 
 
 def plot(result: RestoreBenchResult, path: str | os.PathLike) -> None:
     """PSNR versus NFE, one line per sampler, the reference and the input as dashed lines. Atomic."""
-    from matplotlib.figure import Figure
+    from .harness import plot_curves
 
-    fig = Figure(figsize=(8, 5), layout="constrained")
-    ax = fig.subplots()
-    for label in dict.fromkeys(r["label"] for r in result.rows):
-        pts = sorted((r["nfe"], r["psnr"]) for r in result.rows if r["label"] == label)
-        ax.plot([p[0] for p in pts], [p[1] for p in pts], "-" if label.startswith("mrs") else ":", marker="o",
-                ms=3, label=label)
-    ax.axhline(result.reference["psnr"], color="black", linestyle="--",
-               label=f"{REFERENCE[0]} at {REFERENCE[1]} NFE")
-    ax.axhline(result.reference["psnr"] - WITHIN_DB, color="gray", linestyle=":", linewidth=1,
-               label=f"reference − {WITHIN_DB} dB")
-    ax.set_xscale("log")
-    ax.set_xlabel("NFE")
-    ax.set_ylabel("mean PSNR (dB)")
-    ax.set_title(f"{result.task}: PSNR vs NFE (input {result.input_psnr:.2f} dB)")
-    ax.grid(True, which="both", alpha=0.3)
-    ax.legend(fontsize=8)
-    save_figure(fig, path)
+    plot_curves(result.rows, [("psnr", "mean PSNR (dB)")], path, logy=False, size=(8, 5),
+                title=f"{result.task} (input {result.input_psnr:.2f} dB)",
+                hlines={f"{REFERENCE[0]} at {result.reference['nfe']} NFE": {"psnr": result.reference["psnr"]},
+                        f"reference − {WITHIN_DB} dB": {"psnr": result.reference["psnr"] - WITHIN_DB,
+                                                        "color": "gray", "linestyle": ":"}})
 
 
 def write(result: RestoreBenchResult, out_dir) -> dict[str, Path]:

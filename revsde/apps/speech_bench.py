@@ -9,12 +9,11 @@ which each sampler first comes within 0.05 PESQ of it.
 from __future__ import annotations
 
 import os
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from .. import samplers as samplers_mod
-from .files import save_figure, write_report
+from .files import write_report
 
 CONFIGS = [
     ("sgmse", "sgmse", {}),
@@ -68,56 +67,63 @@ class SpeechBenchResult:
 
 
 def run_speech_bench(model="builtin", *, configs=None, nfes: dict | None = None, pairs=None, seed: int = 0,
-                     reference_nfe: int = REFERENCE[1], device=None, progress: bool = False) -> SpeechBenchResult:
+                     reference_nfe: int = REFERENCE[1], device=None, progress: bool = False, cache_path=None,
+                     resume: bool = True, dist=None, log=None) -> SpeechBenchResult:
     """Every configuration at its NFEs (``nfes``: sampler name → NFEs), plus the reference (``sgmse``
-    at ``reference_nfe``), on the held-out test pairs (``pairs``: default ``speech_data.test_set()``)."""
-    from tqdm.auto import tqdm
+    at ``reference_nfe``), on the held-out test pairs (``pairs``: default ``speech_data.test_set()``).
 
-    from .enhance import load_speech_model
+    Cells run through ``harness.run_cells``: cached in ``cache_path`` (``resume=False`` starts afresh),
+    split across the ranks of ``dist``, ``log`` told how many came from the cache. A cached cell keeps the
+    real-time factor measured when it ran."""
+    from .enhance import builtin_path, load_speech_model
+    from .harness import Cache, Cell, Dist, file_fingerprint, fingerprint, run_cells, versions
     from .speech_data import test_set
     from .speech_eval import evaluate_speech
 
     speech = load_speech_model(model, device=device) if isinstance(model, str) else model
+    identity = (file_fingerprint(builtin_path() if model == "builtin" else model) if isinstance(model, str)
+                else fingerprint(speech))
     pairs = test_set() if pairs is None else pairs
     nfes = {**NFES, **(nfes or {})}
-    jobs = [(label, name, options, n) for label, name, options in (configs or CONFIGS) for n in nfes[name]]
-    jobs.append(("reference", REFERENCE[0], {}, reference_nfe))
-    start = time.perf_counter()
-    rows, reference, inputs = [], None, None
-    for label, name, options, n in tqdm(jobs, desc="bench speech", disable=not progress):
+    configs = configs or CONFIGS
+    for _, name, options in configs:
         samplers_mod.get(name, **options)  # unknown names and options fail before any work
-        result = evaluate_speech(speech, sampler=name, nfe=n, pairs=pairs, seed=seed, options=options, device=device)
-        row = {"label": label, "sampler": name, "options": options, "nfe": result["nfe"], "rtf": result["rtf"],
-               **{k: result["mean"][k] for k in ("pesq", "estoi", "si_sdr")}}
-        inputs = {k: result["mean"][k + "_in"] for k in ("pesq", "estoi", "si_sdr")}
-        if label == "reference":
-            reference = row
-        else:
-            rows.append(row)
-    return SpeechBenchResult(model=speech.description, rows=rows, reference=reference, inputs=inputs,
-                             pairs=len(pairs), seconds=time.perf_counter() - start,
-                             nfes=sorted({r["nfe"] for r in rows}))
+    cells = [Cell(label, n, {"sampler": name, "options": options}) for label, name, options in configs
+             for n in nfes[name]]
+    cells.append(Cell("reference", reference_nfe, {"sampler": REFERENCE[0], "options": {}}))
+
+    def evaluate(cell: Cell) -> dict:
+        name, options = cell.params["sampler"], cell.params["options"]
+        result = evaluate_speech(speech, sampler=name, nfe=cell.nfe, pairs=pairs, seed=seed, options=options,
+                                 device=device)
+        return {"label": cell.label, "sampler": name, "options": options, "nfe": result["nfe"], "rtf": result["rtf"],
+                **{k: result["mean"][k] for k in ("pesq", "estoi", "si_sdr")},
+                **{k + "_in": result["mean"][k + "_in"] for k in ("pesq", "estoi", "si_sdr")}}
+
+    settings = {"task": "speech", "model": identity, "pairs": len(pairs), "pairs_digest": fingerprint(list(pairs)),
+                "seed": seed, "device": str(device or "cpu"), **versions()}
+    cache = Cache(cache_path, settings, resume=resume, writer=dist is None or dist.main)
+    records = run_cells(cells, evaluate, cache, dist=dist or Dist(), shard="cells", progress=progress,
+                        desc="bench speech", log=log)
+    rows = [{k: v for k, v in r.items() if k not in _NOT_IN_ROWS} for r in records]
+    inputs = {k: records[-1][k + "_in"] for k in ("pesq", "estoi", "si_sdr")}
+    return SpeechBenchResult(model=speech.description, rows=rows[:-1], reference=rows[-1], inputs=inputs,
+                             pairs=len(pairs), seconds=sum(r["seconds"] for r in records),
+                             nfes=sorted({r["nfe"] for r in rows[:-1]}))
+
+
+# the harness's bookkeeping and the noisy input's scores (the same in every cell: reported once)
+_NOT_IN_ROWS = ("group", "target_nfe", "pesq_in", "estoi_in", "si_sdr_in")
 
 
 def plot(result: SpeechBenchResult, path: str | os.PathLike) -> None:
     """PESQ, ESTOI and SI-SDR versus NFE (log axis), one line per sampler, reference and input dashed. Atomic."""
-    from matplotlib.figure import Figure
+    from .harness import plot_curves
 
-    fig = Figure(figsize=(13, 4.2), layout="constrained")
-    for ax, (key, name) in zip(fig.subplots(1, 3), (("pesq", "PESQ-WB"), ("estoi", "ESTOI"), ("si_sdr", "SI-SDR (dB)"))):
-        for label in dict.fromkeys(r["label"] for r in result.rows):
-            pts = sorted((r["nfe"], r[key]) for r in result.rows if r["label"] == label)
-            ax.plot([p[0] for p in pts], [p[1] for p in pts], "-" if label.startswith("mrs") else ":", marker="o",
-                    ms=3, label=label)
-        ax.axhline(result.reference[key], color="black", linestyle="--", label=f"{REFERENCE[0]} at {REFERENCE[1]} NFE")
-        ax.axhline(result.inputs[key], color="gray", linestyle=":", label="noisy input")
-        ax.set_xscale("log")
-        ax.set_xlabel("NFE")
-        ax.set_ylabel(name)
-        ax.grid(True, which="both", alpha=0.3)
-    ax.legend(fontsize=7)
-    fig.suptitle("Speech enhancement: quality vs NFE on the held-out test pairs")
-    save_figure(fig, path)
+    hlines = {f"{REFERENCE[0]} at {result.reference['nfe']} NFE": {k: result.reference[k] for k in result.inputs},
+              "noisy input": {**result.inputs, "color": "gray", "linestyle": ":"}}
+    plot_curves(result.rows, [("pesq", "PESQ-WB"), ("estoi", "ESTOI"), ("si_sdr", "SI-SDR (dB)")], path,
+                logy=False, hlines=hlines, size=(4.4, 4.2), suptitle="Speech enhancement: quality vs NFE on the held-out test pairs")
 
 
 def write(result: SpeechBenchResult, out_dir) -> dict[str, Path]:
