@@ -193,15 +193,31 @@ def build_parser() -> argparse.ArgumentParser:
                     "distance to exact samples. Writes a markdown table, JSON and a log-log PNG plot. Finished cells "
                     "are cached in the output folder, so an interrupted run resumes; under torchrun "
                     "--nproc_per_node=N -m revsde bench ... the cells are split across the N processes.")
-    b.add_argument("--task", choices=["gmm", "restore", "speech"], default="gmm",
-                   help="gmm: analytic 2-D problems (default); restore: PSNR/SSIM of an MR-diffusion restoration "
+    b.add_argument("--task", choices=["gmm", "image", "restore", "speech"], default=None,
+                   help="gmm: analytic 2-D problems (default, except with --quick); image: FD-digits (or FID with "
+                        "--inception-weights), KID and precision/recall of an unconditional image model, revsde's "
+                        "samplers against diffusers' schedulers on the same network (the built-in digits model or "
+                        "a diffusers folder; default with --quick); restore: PSNR/SSIM of an MR-diffusion restoration "
                         "model on the held-out photos vs NFE, against posterior sampling at 100 NFE; speech: "
                         "PESQ/ESTOI/SI-SDR/RTF of a speech model on the held-out test pairs vs NFE, SGMSE+'s "
                         "sampler (10-60 NFE) against the MR Sampler (5-20 NFE)")
     b.add_argument("--restore-task", default="denoise", metavar="NAME",
                    help="with --task restore: denoise, deblur or inpaint (default: denoise)")
     b.add_argument("--model", default="builtin", metavar="builtin|PATH",
-                   help="with --task restore or speech: the model, as in revsde restore / enhance (default: builtin)")
+                   help="with --task image, restore or speech: the model (image: a diffusers pipeline folder; "
+                        "restore, speech: as in revsde restore / enhance) (default: builtin)")
+    b.add_argument("--quick", action="store_true",
+                   help="a small grid that finishes in minutes on a laptop CPU: with --task image (the default "
+                        "then) 5 configurations at NFE 5 and 10 on 500 samples; with --task gmm 2000 samples, "
+                        "one draw, NFE 5,10,20")
+    b.add_argument("--inception-weights", default=None, metavar="PATH",
+                   help="with --task image: pytorch-fid's Inception weights file (pt_inception-2015-12-05-"
+                        "6726825d.pth) for real FID (default: $REVSDE_INCEPTION_WEIGHTS; without it FD-digits)")
+    b.add_argument("--ref-stats", default=None, metavar="NPZ|DIR",
+                   help="with --task image and Inception weights: reference statistics, an .npz with mu and sigma "
+                        "or a folder of images (default: the scikit-learn digits)")
+    b.add_argument("--max-batch", type=int, default=500, metavar="N",
+                   help="with --task image: samples per network call (default: 500)")
     b.add_argument("--pairs", type=int, default=None, metavar="N",
                    help="with --task speech: only the first N held-out test pairs (default: all 24)")
     b.add_argument("--crop", type=int, default=128, metavar="PX",
@@ -215,7 +231,8 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--nfe", default=None, help="comma-separated target NFEs (default: 5,10,20,50,100; "
                                                "with --task restore 2,3,5,10,20; with --task speech 5,10,20 for "
                                                "mrs and 10,20,30 for sgmse, whose even values it takes)")
-    b.add_argument("--n", type=int, default=10000, help="samples per run (default: 10000)")
+    b.add_argument("--n", type=int, default=None,
+                   help="samples per run (default: 10000 for gmm, 2000 for image)")
     b.add_argument("--repeats", type=int, default=3, help="prior draws averaged per cell (default: 3)")
     b.add_argument("--seed", type=int, default=0, help="seed of the first prior draw (default: 0)")
     b.add_argument("--no-diffusers", dest="diffusers", action="store_false",
@@ -260,7 +277,11 @@ def _run_bench(args) -> int:
 
     dist = Dist.from_env()
     try:
-        run = {"gmm": _bench_gmm, "restore": _bench_restore, "speech": _bench_speech}[args.task]
+        if args.task is None:
+            args.task = "image" if args.quick else "gmm"
+        if args.quick and args.task not in ("gmm", "image"):
+            raise ValueError(f"--quick applies to --task gmm or image (got --task {args.task})")
+        run = {"gmm": _bench_gmm, "image": _bench_image, "restore": _bench_restore, "speech": _bench_speech}[args.task]
         common = {"progress": (sys.stderr.isatty() if args.progress is None else args.progress) and dist.main,
                   "resume": args.resume, "dist": dist, "log": print if dist.main else None}
         result, write = run(args, common)
@@ -283,11 +304,29 @@ def _cache_path(args, stem: str):
 def _bench_gmm(args, common):
     from .apps import bench
 
+    quick = args.quick
     result = bench.run_gmm_bench(problem_names=[p for p in args.problems.split(",") if p],
-                                 nfes=_int_list(args.nfe or "5,10,20,50,100", "--nfe"), n_samples=args.n,
-                                 repeats=args.repeats, seed=args.seed, with_diffusers=args.diffusers,
+                                 nfes=_int_list(args.nfe or ("5,10,20" if quick else "5,10,20,50,100"), "--nfe"),
+                                 n_samples=args.n or (2000 if quick else 10000),
+                                 repeats=1 if quick else args.repeats, seed=args.seed, with_diffusers=args.diffusers,
                                  labels=args.only, cache_path=_cache_path(args, "bench_gmm"), **common)
     return result, bench.write
+
+
+def _bench_image(args, common):
+    from .apps import image_bench
+
+    quick = image_bench.QUICK if args.quick else {}
+    nfes = _int_list(args.nfe, "--nfe") if args.nfe else list(quick.get("nfes", image_bench.NFES))
+    labels = args.only or list(quick.get("labels", ())) or None
+    if not args.diffusers:
+        labels = [c.label for c in image_bench.default_configs() if c.family == "revsde" and (labels is None
+                  or c.label in labels)]
+    result = image_bench.run_image_bench(
+        args.model, nfes=nfes, n_samples=args.n or quick.get("n", 2000), seed=args.seed, labels=labels,
+        inception_weights=args.inception_weights, ref_stats=args.ref_stats, max_batch=args.max_batch,
+        cache_path=_cache_path(args, image_bench.STEM), **common)
+    return result, image_bench.write
 
 
 def _bench_restore(args, common):

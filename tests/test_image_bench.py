@@ -181,3 +181,43 @@ def test_two_processes_on_gloo_give_the_single_process_result(tiny_model, tmp_pa
     for g, r in zip(got, single.rows):  # other batch sizes per rank: equal to float rounding
         assert g[2] == pytest.approx(r["fd"], rel=1e-5) and g[3] == pytest.approx(r["kid"], rel=1e-4)
     assert not any(l.startswith("RESULT") for l in outs[1][0].splitlines())  # only rank 0 reports
+
+
+@pytest.fixture(scope="module")
+def tiny_digits_model(tmp_path_factory):
+    """A random 1-channel 16×16 UNet2DModel in a DDPMPipeline folder: the shape the FD-digits space scores."""
+    import diffusers
+
+    folder = tmp_path_factory.mktemp("model16") / "tiny16"
+    torch.manual_seed(1)
+    unet = diffusers.UNet2DModel(sample_size=16, in_channels=1, out_channels=1, block_out_channels=(8, 16),
+                                 layers_per_block=1, down_block_types=("DownBlock2D", "DownBlock2D"),
+                                 up_block_types=("UpBlock2D", "UpBlock2D"), norm_num_groups=4)
+    diffusers.DDPMPipeline(unet=unet, scheduler=diffusers.DDPMScheduler()).save_pretrained(folder)
+    return str(folder)
+
+
+def test_cli_image_task_writes_reports_and_resumes(tiny_digits_model, tmp_path, capsys):
+    from revsde.cli import main
+
+    argv = ["bench", "--task", "image", "--model", tiny_digits_model, "--n", "16", "--nfe", "3",
+            "--only", "mrs 2 logsnr", "--only", "diffusers UniPC", "-o", str(tmp_path), "--no-progress"]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert "| FD-digits | NFE 3 |" in out and "wrote" in out
+    data = json.loads((tmp_path / "bench_image.json").read_text())
+    assert data["label"] == "FD-digits" and [r["label"] for r in data["rows"]] == ["mrs 2 logsnr", "diffusers UniPC"]
+    assert all(r["nfe"] == 3 and r["fd"] > 0 for r in data["rows"])
+    assert main(argv) == 0
+    assert "resumed: 2 of 2 cells" in capsys.readouterr().out
+    # --no-diffusers keeps revsde's configurations only
+    assert main(argv[:-3] + ["--no-diffusers", "-o", str(tmp_path / "b"), "--no-progress"]) == 0
+    data = json.loads((tmp_path / "b" / "bench_image.json").read_text())
+    assert [r["label"] for r in data["rows"]] == ["mrs 2 logsnr"]
+
+
+def test_cli_quick_is_for_the_image_and_gmm_tasks(capsys, tmp_path):
+    from revsde.cli import main
+
+    assert main(["bench", "--quick", "--task", "restore", "-o", str(tmp_path)]) == 2
+    assert "--quick applies to --task gmm or image" in capsys.readouterr().err

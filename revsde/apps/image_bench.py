@@ -30,7 +30,7 @@ from pathlib import Path
 import torch
 
 from .files import write_report
-from .harness import Cache, Cell, Dist, markdown_table, plot_curves, run_cells, shard_seeds
+from .harness import Cache, Cell, Dist, markdown_table, plot_curves, run_cells, shard_seeds, versions
 from .pipeline_bench import SchedulerConfig, _CountCalls, steps_for_nfe
 
 STEM = "bench_image"
@@ -137,9 +137,10 @@ def digits_space(size: int, channels: int) -> FeatureSpace:
     if channels != 1:
         raise ValueError(f"FD-digits scores grey 1-channel images; this model makes {channels} channels: "
                          "give --inception-weights (FID) instead")
-    extractor = load_fd_extractor()
+    extractor = load_fd_extractor()  # grey images in [-1, 1]
     real = (digits(size) + 1) / 2
-    space = FeatureSpace(_label(extractor), extractor, None, None, None, f"the 1797 scikit-learn digits at {size}×{size}")
+    space = FeatureSpace(_label(extractor), lambda x01: extractor(x01 * 2 - 1), None, None, None,
+                         f"the 1797 scikit-learn digits at {size}×{size}")
     feats = space.features(real)
     space.ref_features = feats
     space.ref_mean, space.ref_cov = feats.mean(0), torch.cov(feats.T)
@@ -279,13 +280,15 @@ class ImageBenchResult:
 def run_image_bench(model: str = "builtin", *, nfes=NFES, n_samples: int = 2000, seed: int = 0,
                     labels: list[str] | None = None, inception_weights=None, ref_stats=None, max_batch: int = 500,
                     cache_path=None, resume: bool = True, dist: Dist | None = None, device=None,
-                    space: FeatureSpace | None = None, progress: bool = False) -> ImageBenchResult:
+                    space: FeatureSpace | None = None, progress: bool = False, log=None) -> ImageBenchResult:
     """Every configuration at every target NFE; see the module docstring. ``space`` replaces the
     feature space chosen from ``inception_weights`` (a custom extractor and reference)."""
     from ..integrations.pipelines import UnconditionalPipeline
 
     if isinstance(n_samples, bool) or not isinstance(n_samples, int) or n_samples < 2:
         raise ValueError(f"n_samples must be an integer >= 2 (got {n_samples!r})")
+    if isinstance(max_batch, bool) or not isinstance(max_batch, int) or max_batch < 1:
+        raise ValueError(f"max_batch must be an integer >= 1 (got {max_batch!r})")
     nfes = [int(n) for n in nfes]
     if not nfes or min(nfes) < 1:
         raise ValueError(f"nfes must be integers >= 1 (got {nfes!r})")
@@ -308,7 +311,8 @@ def run_image_bench(model: str = "builtin", *, nfes=NFES, n_samples: int = 2000,
     if space is None:
         space = inception_space(weights, ref_stats, size, channels) if weights else digits_space(size, channels)
     settings = {"model": _identity(model), "n_samples": n_samples, "seed": seed, "label": space.label,
-                "reference": space.reference, "base": {k: v for k, v in base.items() if not k.startswith("_")}}
+                "reference": space.reference, "base": {k: v for k, v in base.items() if not k.startswith("_")},
+                "versions": versions("diffusers")}
     cache = Cache(cache_path, settings, resume=resume, writer=dist.main)
     seeds = list(range(seed, seed + n_samples))
     pipes = {}
@@ -332,7 +336,8 @@ def run_image_bench(model: str = "builtin", *, nfes=NFES, n_samples: int = 2000,
     cells = [Cell(c.label, n, {"scheduler": c.scheduler, "options": c.options}) for c in configs for n in nfes]
     start = time.perf_counter()
     with torch.no_grad():
-        rows = run_cells(cells, evaluate, cache, dist=dist, shard="seeds", progress=progress, desc="bench image")
+        rows = run_cells(cells, evaluate, cache, dist=dist, shard="seeds", progress=progress, desc="bench image",
+                         log=log)
     floor = {}
     if space.ref_features is not None:
         from .image_data import digits
