@@ -41,9 +41,10 @@ from revsde.sde import MRSDE  # noqa: E402
 # capacity or steps than nf 16 / 4000 steps, so no deblurring model ships yet.
 DEFAULTS = {
     "denoise": {"steps": 5000, "nf": 16, "depth": 3, "lr": 1e-3, "prediction": "velocity", "sigma": 50},
-    "deblur": {"steps": 4000, "nf": 16, "depth": 3, "lr": 1e-3, "prediction": "velocity", "sigma": 10},
+    "deblur": {"steps": 4000, "nf": 16, "depth": 3, "lr": 1e-3, "prediction": "velocity", "sigma": 10, "loss": "data"},
     "inpaint": {"steps": 5000, "nf": 16, "depth": 3, "lr": 1e-3, "prediction": "velocity", "sigma": 50},
 }
+LOSS_NAMES = {"matching": "IR-SDE maximum-likelihood L1", "noise": "ε-MSE", "data": "L1 of the clean-image estimate x̂₀"}
 
 
 def card(task: str, config: dict, result, evals: list[dict], command: str, weights: Path) -> str:
@@ -72,7 +73,7 @@ def card(task: str, config: dict, result, evals: list[dict], command: str, weigh
         f"{', '.join(restore_data.HELD_OUT)} (`skimage.data.cat` is `chelsea` and is excluded).",
         f"- SDE: MRSDE(stationary_std={sde['stationary_std']:.5f} (= {sde['stationary_std'] * 255:.0f}/255), "
         f"schedule={sde['schedule']}, steps={sde['steps']}, eps={sde['eps']}, convention={sde['convention']})",
-        f"- loss: {config['loss']} ({'IR-SDE maximum-likelihood L1' if config['loss'] == 'matching' else 'ε-MSE'}); "
+        f"- loss: {config['loss']} ({LOSS_NAMES[config['loss']]}); "
         f"t = k/T with k ~ U{{1..T}}",
         f"- network output: {config['prediction']} prediction (`load_weights` wraps it as an ε-predictor, "
         f"IR-SDE's contract; `Prediction` converts exactly)",
@@ -123,7 +124,7 @@ def main(argv=None) -> int:
     out_dir = Path(args.out) / args.task
     result = train.train_restore(args.task, out_dir, settings["steps"], nf=settings["nf"], depth=settings["depth"],
                                  lr=settings["lr"], prediction=settings["prediction"],
-                                 sde=MRSDE(stationary_std=settings["sigma"] / 255), threads=args.threads,
+                                 loss=settings.get("loss", "matching"), sde=MRSDE(stationary_std=settings["sigma"] / 255), threads=args.threads,
                                  checkpoint_every=args.checkpoint_every, progress=args.progress)
     if result.interrupted:
         print(f"stopped at step {result.step}/{result.steps}; rerun the same command to resume")

@@ -156,6 +156,27 @@ def test_matching_loss_equals_irsde_formula(convention):
     assert float(got) < 0.1 * float(T.matching_loss(sde, torch.zeros_like(z), x_t, x0, mu, t, 1 / n))
 
 
+def test_data_loss_is_l1_of_the_clean_estimate():
+    """``data``: ``mean |x̂₀ − x₀|`` with x̂₀ from the net's output (here an oracle data predictor: zero loss,
+    and an offset of 0.1 everywhere gives exactly 0.1)."""
+    g = gen(3)
+    x0 = torch.rand(5, 3, 4, 4, generator=g, dtype=torch.float64)
+    mu = x0 + 0.1
+
+    class Oracle(torch.nn.Module):
+        def __init__(self, offset):
+            super().__init__()
+            self.offset = offset
+
+        def forward(self, x, time, mu):
+            return x0 + self.offset
+
+    sde = MRSDE()
+    assert float(T.training_loss(T.score_model(Oracle(0.0), sde, "data"), x0, mu, gen(4), "data")) < 1e-12
+    got = T.training_loss(T.score_model(Oracle(0.1), sde, "data"), x0, mu, gen(4), "data")
+    assert float(got) == pytest.approx(0.1, rel=1e-9)
+
+
 def test_training_loss_draws_integer_indices():
     seen = []
 
