@@ -207,4 +207,6 @@ def _drive(model, smp, sde, grid, x, mu, noise, cond, callback, progress) -> Sol
     guard.flush()
     if not bool(torch.isfinite(x).all()):
         raise NonFiniteStateError(f"sampler {smp.name!r} returned a NaN/Inf state (NFE {nfe})")
-    return Solution(x=x, nfe=nfe, grid=grid, sampler=smp.name, steps=steps, info={"options": smp.options()})
+    # A sampler may report what it counted itself (dmcmc: classifier calls, score evaluations per phase).
+    info = {"options": smp.options(), **getattr(smp, "run_info", {})}
+    return Solution(x=x, nfe=nfe, grid=grid, sampler=smp.name, steps=steps, info=info)

@@ -18,7 +18,7 @@ SDES = {
     "mr": S.MRSDE,
     "ouve": S.OUVESDE,
 }
-SAMPLERS = revsde.samplers.available()
+SAMPLERS = [n for n in revsde.samplers.available() if n != "dmcmc"]  # needs a classifier: tests/test_dmcmc.py
 DEFAULTS = {n: revsde.samplers.get(n) for n in SAMPLERS}
 ODE_SAMPLERS = [n for n, smp in DEFAULTS.items() if smp.kind == "ode" and not smp.adaptive]
 # Options under which each sampler is a consistent integrator of the marginals of p_t. The Langevin

@@ -84,6 +84,10 @@ def revsde_configs() -> list[Config]:
     for label, options in [("mrs ODE 2 data", {"order": 2}), ("mrs ODE 3 data", {"order": 3}),
                            ("mrs SDE 2 data", {"order": 2, "stochastic": True})]:
         configs.append(Config(f"{label} uniform_t", "mrs", {**options, "grid": "uniform_t"}))
+    # Denoising MCMC (Kim & Ye) in front of an integrator: the same integrator with and without DLG
+    for integrator, options in DLG_INTEGRATORS:
+        configs.append(Config(f"DLG + {integrator}", "dmcmc", {"integrator": options["sampler"],
+                                                              "integrator_options": options["options"]}))
     configs += [
         Config("posterior", "posterior"),
         Config("euler_maruyama", "euler_maruyama"),
@@ -92,6 +96,58 @@ def revsde_configs() -> list[Config]:
         Config("ode_rk45", "ode_rk45", tolerances=(3e-1, 1e-1, 3e-2, 1e-2, 1e-3, 1e-4)),
     ]
     return configs
+
+
+#: integrators benchmarked behind Denoising Langevin Gibbs, by their labels above
+DLG_INTEGRATORS = [("mrs ODE 2 data", {"sampler": "mrs", "options": {"order": 2}}),
+                   ("ode_heun", {"sampler": "ode_heun", "options": {}}),
+                   ("euler_maruyama", {"sampler": "euler_maruyama", "options": {}})]
+#: DLG as Kim & Ye run it: persistent chains, each giving SNAPSHOTS outputs; one-time init + burn-in
+DLG = {"snapshots": 10, "burn_in_steps": 10, "levels": 100, "eta": 0.5}
+
+
+def dlg_budget(nfe: int, evals_per_step: int = 1, snapshots: int = DLG["snapshots"],
+               burn_in: int = DLG["burn_in_steps"]) -> tuple[int, int]:
+    """``(integrator steps N, MCMC steps m)`` so that the NFE per output, ``m + N·e + 1`` (Tweedie) plus the
+    one-time ``N·e + burn_in`` (init pass, burn-in) shared by ``snapshots`` outputs, comes nearest ``nfe``
+    with ``m ≥ 1``: about half the budget to the chains and half to the integrator."""
+    best = None
+    for steps in range(1, nfe + 1):
+        once = (steps * evals_per_step + burn_in) / snapshots
+        m = round(nfe - 1 - steps * evals_per_step - once)
+        if m < 1:
+            break
+        per_output = m + steps * evals_per_step + 1 + once
+        key = (round(abs(per_output - nfe)), abs(m - steps * evals_per_step))  # within ½ NFE, then balanced
+        if best is None or key < best[0]:
+            best = (key, steps, m)
+    return (1, 1) if best is None else best[1:]
+
+
+def _run_dlg(config: Config, problem: Problem, x_prior: torch.Tensor, nfe: int, seed: int):
+    """Persistent DLG chains on ``problem`` with the exact noise-level posterior: ``len(x_prior)`` outputs
+    as ``DLG["snapshots"]`` successive snapshots of ``len(x_prior) / snapshots`` chains. Returns the outputs
+    and the NFE per output (every score call of every run, the init pass and burn-in included)."""
+    from .. import samplers as samplers_mod
+    from ..nets.noise_classifier import ExactNoisePosterior
+
+    snapshots = DLG["snapshots"]
+    integrator = config.options["integrator"]
+    per_step = samplers_mod.get(integrator, **config.options["integrator_options"]).evals_per_step or 1
+    steps, mcmc = dlg_budget(nfe, per_step)
+    chains = x_prior.shape[0] // snapshots
+    mu = None if problem.mu is None else problem.mu.expand(chains, -1)
+    posterior = ExactNoisePosterior(problem.mixture, problem.sde, DLG["levels"], mu=problem.mu)
+    smp = samplers_mod.get("dmcmc", noise_classifier=posterior, mcmc_steps=mcmc, eta=DLG["eta"],
+                           burn_in_steps=DLG["burn_in_steps"], **config.options)
+    model = exact_model(problem.mixture, problem.sde)
+    generator = torch.Generator().manual_seed(seed)
+    outputs, total = [], 0
+    for _ in range(snapshots):
+        sol = sample(model, x_init=x_prior[:chains], sampler=smp, steps=steps, mu=mu, generator=generator)
+        outputs.append(sol.x)
+        total += sol.nfe
+    return torch.cat(outputs), round(total / snapshots, 1), problem.sde.t_min
 
 
 def diffusers_configs() -> list[Config]:
@@ -243,6 +299,8 @@ def run_gmm_bench(problem_names=("vp", "mr"), nfes=NFES, n_samples: int = 10000,
             start = time.perf_counter()
             if config.scheduler is not None:
                 x, used, t_end = _run_diffusers(config, problem, x_prior, cell.nfe, s + 1)
+            elif config.sampler == "dmcmc":
+                x, used, t_end = _run_dlg(config, problem, x_prior, cell.nfe, s + 1)
             else:
                 with warnings.catch_warnings():  # the noise-prediction SDE warning is what this run measures
                     warnings.simplefilter("ignore", UserWarning)

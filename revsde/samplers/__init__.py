@@ -8,6 +8,7 @@ import inspect
 
 from .base import Query, Run, Sampler, SamplingError, Step
 from .classic import Ancestral, EulerMaruyama, Posterior, ReverseDiffusion
+from .dmcmc import DMCMC
 from .mrs import MRSampler
 from .ode import ODEEuler, ODEHeun, ODERK4
 from .pc import PC, SGMSE
@@ -16,7 +17,7 @@ from .torchsde_sampler import TorchSDE
 
 REGISTRY: dict[str, type[Sampler]] = {cls.name: cls for cls in (
     EulerMaruyama, ReverseDiffusion, Ancestral, PC, SGMSE,
-    ODEEuler, ODEHeun, ODERK4, ODERK45, MRSampler, Posterior, TorchSDE,
+    ODEEuler, ODEHeun, ODERK4, ODERK45, MRSampler, Posterior, TorchSDE, DMCMC,
 )}
 
 
