@@ -320,8 +320,8 @@ def _bench_image(args, common):
     nfes = _int_list(args.nfe, "--nfe") if args.nfe else list(quick.get("nfes", image_bench.NFES))
     labels = args.only or list(quick.get("labels", ())) or None
     if not args.diffusers:
-        labels = [c.label for c in image_bench.default_configs() if c.family == "revsde" and (labels is None
-                  or c.label in labels)]
+        labels = [c.label for c in image_bench.default_configs()
+                  if image_bench.family_of(c) == "revsde" and (labels is None or c.label in labels)]
     result = image_bench.run_image_bench(
         args.model, nfes=nfes, n_samples=args.n or quick.get("n", 2000), seed=args.seed, labels=labels,
         inception_weights=args.inception_weights, ref_stats=args.ref_stats, max_batch=args.max_batch,

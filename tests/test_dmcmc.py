@@ -366,3 +366,16 @@ def test_cnn_classifier_drives_the_sampler():
     sol = revsde.sample(model, shape=(2, 1, 8, 8), sampler="dmcmc", noise_classifier=net, steps=3, seed=0,
                         mcmc_steps=2, burn_in_steps=1)
     assert sol.x.shape == (2, 1, 8, 8) and sol.info["classifier_calls"] == 4
+
+
+def test_cli_trains_and_exports_a_noise_classifier(tmp_path, capsys):
+    from revsde.apps.train_noise_classifier import load_weights
+    from revsde.cli import main
+
+    out = tmp_path / "nc"
+    assert main(["train", "noise-classifier", "--steps", "2", "--levels", "7", "--width", "8", "--batch", "4",
+                 "-o", str(out), "--export", str(out / "c.safetensors"), "--no-progress"]) == 0
+    assert "finished at step 2/2" in capsys.readouterr().out
+    net = load_weights(out / "c.safetensors")
+    assert net.levels.shape == (7,)
+    assert main(["train", "noise-classifier", "--steps", "2", "--levels", "0", "-o", str(tmp_path / "bad")]) == 2

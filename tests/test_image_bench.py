@@ -221,3 +221,25 @@ def test_cli_quick_is_for_the_image_and_gmm_tasks(capsys, tmp_path):
 
     assert main(["bench", "--quick", "--task", "restore", "-o", str(tmp_path)]) == 2
     assert "--quick applies to --task gmm or image" in capsys.readouterr().err
+
+
+def test_native_configurations_run_revsde_sample_from_the_pipelines_priors(tiny_model, tmp_path):
+    """A native ``revsde.sample`` run of DPM-Solver++(2M) on the pipeline's grid ("mrs" through
+    RevSDEScheduler) and the native RK45 are scored like the rest; native steps found by probing."""
+    from revsde.apps.harness import Dist
+
+    unet, base, _ = B.load_image_model(tiny_model)
+    runner = B.NativeRunner(unet, base, {"sampler": "mrs", "order": 2})
+    steps, nfe = B.native_steps_for_nfe(runner, 6)
+    assert (steps, nfe) == (6, 6)
+    x, nfe = B.sample_native(runner, 6, [3, 4, 5], Dist(), max_batch=2)
+    alone, _ = runner([4], 6)
+    assert x.shape == (3, 1, 8, 8) and nfe == 6
+    torch.testing.assert_close(x[1:2], alone, rtol=1e-4, atol=1e-5)
+    B.default_configs()  # the native RK45 is registered among revsde's configurations
+    result = run(tiny_model, tmp_path, labels=["revsde ode_rk45", "diffusers UniPC"], nfes=(12,))
+    rk45 = result.rows[0]
+    assert rk45["family"] == "revsde" and rk45["scheduler"] == "revsde.sample" and math.isfinite(rk45["fd"])
+    # adaptive: the tolerance whose one-sample NFE comes nearest the target (RK45 moves in steps of 6 NFE)
+    probe = B.native_steps_for_nfe(B.NativeRunner(unet, base, {"sampler": "ode_rk45"}), 12)
+    assert rk45["steps"] == probe[0] and rk45["nfe"] >= probe[1]

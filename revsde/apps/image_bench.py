@@ -55,6 +55,16 @@ def diffusers_configs() -> list[SchedulerConfig]:
     ]
 
 
+#: ``scheduler`` of a configuration that runs ``revsde.sample`` itself instead of a pipeline scheduler
+NATIVE = "revsde.sample"
+
+
+def native(label: str, sampler: str, **options) -> SchedulerConfig:
+    """A configuration sampled by ``revsde.sample`` on the pipeline's network (samplers no scheduler can
+    express, such as ``ode_rk45`` or ``dmcmc``); same seeds, same priors, NFE counted by the driver."""
+    return SchedulerConfig(label, NATIVE, {"sampler": sampler, **options})
+
+
 def revsde_configs() -> list[SchedulerConfig]:
     r, mrs = "RevSDEScheduler", {"sampler": "mrs"}
     return [
@@ -66,6 +76,10 @@ def revsde_configs() -> list[SchedulerConfig]:
         SchedulerConfig("mrs SDE 2 logsnr", r, {**mrs, "order": 2, "stochastic": True, "grid": "logsnr"}),
         SchedulerConfig("revsde ode_heun", r, {"sampler": "ode_heun"}),
         SchedulerConfig("revsde euler_maruyama", r, {"sampler": "euler_maruyama"}),
+        native("revsde ode_rk45", "ode_rk45"),
+        # Denoising MCMC (Kim & Ye) in front of the same integrators: persistent chains, see sample_dlg
+        native("DLG + mrs 2 logsnr", "dmcmc", integrator="mrs", integrator_options={"order": 2}, grid="logsnr"),
+        native("DLG + mrs 3 logsnr", "dmcmc", integrator="mrs", integrator_options={"order": 3}, grid="logsnr"),
     ]
 
 
@@ -227,6 +241,109 @@ def sample_seeds(pipe, steps: int, seeds: list[int], dist: Dist, max_batch: int)
     return x, nfe
 
 
+class NativeRunner:
+    """Runs a native configuration the way ``UnconditionalPipeline`` runs a scheduler: sample ``s`` starts
+    from the prior ``randn((1, C, H, W), generator=Generator().manual_seed(s))`` (the pipeline's draw) and
+    takes every later draw from a second generator seeded ``s``; ``steps`` are the sampler's steps.
+    Adaptive samplers (``ode_rk45``) take ``rtol = atol`` from the step count: ``10^(−steps/4)``."""
+
+    def __init__(self, unet, base: dict, options: dict):
+        from ..integrations.diffusers import PREDICTION_TYPES
+        from ..model import ScoreModel
+        from ..sde.vp import DiscreteVPSDE
+        from .train_image import UNetNet
+
+        sde = DiscreteVPSDE.from_schedule(**{k: base[k] for k in ("num_train_timesteps", "beta_start", "beta_end",
+                                                                  "beta_schedule", "trained_betas") if k in base})
+        self.model = ScoreModel(UNetNet(unet), sde, prediction=PREDICTION_TYPES[base.get("prediction_type", "epsilon")])
+        self.unet, self.options = unet, dict(options)
+        self.shape = (unet.config.in_channels, unet.config.sample_size, unet.config.sample_size)
+
+    def __call__(self, seeds: list[int], steps: int) -> tuple[torch.Tensor, int]:
+        from ..solve import sample
+
+        options = dict(self.options)
+        sampler = options.pop("sampler")
+        if sampler == "ode_rk45":
+            options.setdefault("rtol", 10 ** (-steps / 4))
+            options.setdefault("atol", 10 ** (-steps / 4))
+        device = next(self.unet.parameters()).device
+        x = torch.cat([torch.randn((1, *self.shape), generator=torch.Generator().manual_seed(s)) for s in seeds])
+        sol = sample(self.model, x_init=x.to(device), sampler=sampler, steps=steps, progress=False,
+                     generator=[torch.Generator().manual_seed(s) for s in seeds], **options)
+        return sol.x, sol.nfe
+
+
+def native_steps_for_nfe(runner: NativeRunner, target: int, seed: int = 0, limit: int = 400) -> tuple[int, int]:
+    """The step count whose NFE (counted on a one-sample run) is nearest ``target`` (ties: fewer)."""
+    counted = {}
+    steps = 1
+    while steps <= limit:
+        counted[steps] = runner([seed], steps)[1]
+        if counted[steps] >= target:
+            break
+        steps += 1 if counted[steps] + 8 > target else max(1, (target - counted[steps]) // 4)
+    best = min(counted, key=lambda k: (abs(counted[k] - target), counted[k]))
+    return best, counted[best]
+
+
+def sample_native(runner: NativeRunner, steps: int, seeds: list[int], dist: Dist, max_batch: int):
+    """As ``sample_seeds``, for a native configuration."""
+    parts, mine, nfes = [], [], []
+    for batch in shard_seeds(seeds, dist.rank, dist.world, max_batch):
+        if batch:
+            x, nfe = runner(batch, steps)
+            parts.append(x.cpu())
+            mine += batch
+            nfes.append(nfe)
+    local = torch.cat(parts) if parts else torch.empty(0)
+    _, x = dist.gather_by_seed(mine, local)
+    return x, max(n for part in dist.gather_objects(nfes) for n in part)
+
+
+def sample_dlg(runner: NativeRunner, target: int, seeds: list[int], dist: Dist, max_batch: int):
+    """Denoising MCMC as Kim & Ye run it, on the built-in noise-level classifier: ``len(seeds)`` outputs
+    as ``DLG["snapshots"]`` successive snapshots of persistent chains, chain ``c`` seeded by ``seeds[c]``
+    (its prior draw as the pipeline's, then its own generator); the budget split by ``bench.dlg_budget``.
+    Returns the outputs in seed order and the NFE per output, the chains' one-time init pass and
+    burn-in shared among their snapshots."""
+    from ..apps.bench import DLG, dlg_budget
+    from ..solve import sample
+    from .. import samplers as samplers_mod
+    from .train_noise_classifier import load_weights
+
+    options = dict(runner.options)
+    options.pop("sampler")
+    grid = options.pop("grid", None)
+    per_step = samplers_mod.get(options["integrator"], **options.get("integrator_options", {})).evals_per_step or 1
+    steps, mcmc = dlg_budget(target, per_step)
+    snapshots = DLG["snapshots"]
+    classifier = load_weights()
+    device = next(runner.unet.parameters()).device
+    chains = seeds[: -(-len(seeds) // snapshots)]
+    parts, mine, totals = [], [], []
+    for batch in shard_seeds(chains, dist.rank, dist.world, max_batch):
+        if not batch:
+            continue
+        smp = samplers_mod.get("dmcmc", noise_classifier=classifier.to(device), mcmc_steps=mcmc, eta=DLG["eta"],
+                               burn_in_steps=DLG["burn_in_steps"], **options)
+        x = torch.cat([torch.randn((1, *runner.shape), generator=torch.Generator().manual_seed(s)) for s in batch])
+        gens = [torch.Generator().manual_seed(s) for s in batch]
+        outs, total = [], 0
+        for _ in range(snapshots):
+            sol = sample(runner.model, x_init=x.to(device), sampler=smp, steps=steps, grid=grid, generator=gens,
+                         progress=False)
+            outs.append(sol.x.cpu())
+            total += sol.nfe
+        parts.append(torch.stack(outs, 1))  # (chains, snapshots, C, H, W)
+        mine += batch
+        totals.append(total / snapshots)
+    local = torch.cat(parts) if parts else torch.empty(0)
+    _, x = dist.gather_by_seed(mine, local)
+    nfe = max(n for part in dist.gather_objects(totals) for n in part)
+    return x.flatten(0, 1)[: len(seeds)], round(nfe, 1)
+
+
 @dataclass
 class ImageBenchResult:
     rows: list[dict]
@@ -319,18 +436,28 @@ def run_image_bench(model: str = "builtin", *, nfes=NFES, n_samples: int = 2000,
 
     def evaluate(cell: Cell) -> dict:
         config = SchedulerConfig(cell.label, cell.params["scheduler"], cell.params["options"])
-        if cell.label not in pipes:
-            pipes[cell.label] = UnconditionalPipeline(unet=unet, scheduler=config.make(base))
-            pipes[cell.label].set_progress_bar_config(disable=True)
-        pipe = pipes[cell.label]
         try:
-            steps, _ = steps_for_nfe(pipe, cell.nfe, seed)
-            start = time.perf_counter()
-            x, nfe = sample_seeds(pipe, steps, seeds, dist, max_batch)
+            if config.scheduler == NATIVE and config.options["sampler"] == "dmcmc":
+                runner = pipes.setdefault(cell.label, NativeRunner(unet, base, config.options))
+                steps, start = None, time.perf_counter()
+                x, nfe = sample_dlg(runner, cell.nfe, seeds, dist, max_batch)
+            elif config.scheduler == NATIVE:
+                runner = pipes.setdefault(cell.label, NativeRunner(unet, base, config.options))
+                steps, _ = native_steps_for_nfe(runner, cell.nfe, seed)
+                start = time.perf_counter()
+                x, nfe = sample_native(runner, steps, seeds, dist, max_batch)
+            else:
+                if cell.label not in pipes:
+                    pipes[cell.label] = UnconditionalPipeline(unet=unet, scheduler=config.make(base))
+                    pipes[cell.label].set_progress_bar_config(disable=True)
+                pipe = pipes[cell.label]
+                steps, _ = steps_for_nfe(pipe, cell.nfe, seed)
+                start = time.perf_counter()
+                x, nfe = sample_seeds(pipe, steps, seeds, dist, max_batch)
             seconds = time.perf_counter() - start
         except Exception as error:  # noqa: BLE001 - a failing scheduler is a result, not the end of the run
-            return {"family": config.family, "nfe": None, "fd": math.inf, "error": f"{type(error).__name__}: {error}"}
-        return {"family": config.family, "scheduler": config.scheduler, "options": config.options, "steps": steps,
+            return {"family": family_of(config), "nfe": None, "fd": math.inf, "error": f"{type(error).__name__}: {error}"}
+        return {"family": family_of(config), "scheduler": config.scheduler, "options": config.options, "steps": steps,
                 "nfe": nfe, "seconds": seconds, **score(space, x, seed)}
 
     cells = [Cell(c.label, n, {"scheduler": c.scheduler, "options": c.options}) for c in configs for n in nfes]
@@ -347,6 +474,11 @@ def run_image_bench(model: str = "builtin", *, nfes=NFES, n_samples: int = 2000,
             floor = {"n": len(real), **{k: v for k, v in score(space, real, seed).items() if k in ("fd", "kid")}}
     return ImageBenchResult(rows, nfes, n_samples, seed, space.label, description, space.reference, dist.world,
                             time.perf_counter() - start, floor)
+
+
+def family_of(config: SchedulerConfig) -> str:
+    """"revsde" for RevSDEScheduler and native configurations, "diffusers" for the others."""
+    return "revsde" if config.scheduler == NATIVE else config.family
 
 
 def _identity(model: str) -> str:

@@ -1,4 +1,4 @@
-"""``revsde train restore|speech``: the command line of the built-in models' training.
+"""``revsde train restore|speech|image|noise-classifier``: the command line of the built-in models' training.
 
 Both train in the background-friendly way of ``trainer.fit``: checkpoints in OUT/last.pt (atomically,
 every --checkpoint-every steps and on Ctrl-C / SIGTERM), a rerun with the same OUT resumes from them,
@@ -16,6 +16,12 @@ Train a built-in model.
            degraded on the fly.
   speech   SGMSE+ (NCSN++ on the OUVE SDE, SGMSE+'s loss) on clean speech spoken by espeak-ng mixed
            with synthetic noises at -5...15 dB SNR (held-out voices, sentences and noises never used).
+  image    a small DDPM (diffusers UNet2DModel, eps-prediction, the default 1000-step linear schedule)
+           on scikit-learn's 8x8 digits upsampled to 16x16, with the constant or the debiased
+           (Yu et al. 2023, 1/sqrt(SNR)) loss weighting; --diffusers-folder also writes a DDPMPipeline.
+  noise-classifier
+           Denoising MCMC's noise-level classifier for the image model: a small CNN (the reference's
+           SimpleCNN) telling which of --levels noise levels (uniform in log-SNR) a digit was noised to.
 Checkpoints go to OUT/last.pt (atomically, every --checkpoint-every steps and on Ctrl-C) and a rerun
 with the same OUT resumes from them; the losses go to OUT/train_log.jsonl. --export writes the EMA
 weights as safetensors when training ends."""
@@ -37,11 +43,11 @@ def add_train_parser(commands) -> None:
     """Register ``revsde train restore …`` and ``revsde train speech …`` on the CLI's subparsers."""
     from .restore_data import DEGRADATIONS
     from .train import LOSSES, PREDICTIONS
-    from .train_speech import PREDICTIONS as SPEECH_PREDICTIONS
+    from .train_speech import LOSSES as SPEECH_LOSSES, PREDICTIONS as SPEECH_PREDICTIONS
 
     p = commands.add_parser("train", help="train the small built-in models", description=TRAIN_DESCRIPTION,
                             formatter_class=argparse.RawDescriptionHelpFormatter)
-    what = p.add_subparsers(dest="what", required=True, metavar="restore|speech")
+    what = p.add_subparsers(dest="what", required=True, metavar="restore|speech|image|noise-classifier")
     r = what.add_parser("restore", help="MR-diffusion image restoration (IR-SDE)")
     r.add_argument("--task", choices=list(DEGRADATIONS), default="denoise", help="the degradation (default: denoise)")
     r.add_argument("--nf", type=int, default=16, help="base channel width of the UNet (default: 16)")
@@ -50,7 +56,8 @@ def add_train_parser(commands) -> None:
     r.add_argument("--patch", type=int, default=64, help="patch side in pixels (default: 64)")
     r.add_argument("--lr", type=float, default=2e-4, help="peak learning rate, cosine-decayed (default: 2e-4)")
     r.add_argument("--loss", choices=list(LOSSES), default="matching",
-                   help="matching: IR-SDE's maximum-likelihood L1 loss (default); noise: plain eps-MSE")
+                   help="matching: IR-SDE's maximum-likelihood L1 loss (default); noise: plain eps-MSE; data: L1 of "
+                        "the clean-image estimate x0_hat")
     r.add_argument("--prediction", choices=list(PREDICTIONS), default="noise",
                    help="what the net outputs: noise (IR-SDE's eps, default), velocity or data")
     r.add_argument("--checkpoint-every", type=int, default=500, metavar="N", help="steps between checkpoints")
@@ -66,11 +73,17 @@ def add_train_parser(commands) -> None:
     s.add_argument("--lr", type=float, default=5e-4, help="peak learning rate of Adam, cosine-decayed (default: 5e-4)")
     s.add_argument("--prediction", choices=list(SPEECH_PREDICTIONS), default="velocity",
                    help="what the net outputs: velocity (default), score (SGMSE+'s), noise or data")
+    s.add_argument("--loss", choices=list(SPEECH_LOSSES), default="sgmse",
+                   help="sgmse: SGMSE+'s 1/2 sum|sigma*s + z|^2 (default); denoiser: 1/2 sum|D - mu_t|^2; "
+                        "data: 1/2 sum|x0_hat - x0|^2 (SGMSE's data-prediction MSE)")
     s.add_argument("--corpus", type=int, default=600, metavar="N", help="training utterances spoken (default: 600)")
     s.add_argument("--corpus-root", default=None, metavar="DIR", help="the speech cache (default: out/speech)")
     s.add_argument("--checkpoint-every", type=int, default=250, metavar="N", help="steps between checkpoints")
     _common(s)
     s.set_defaults(run=_run_speech)
+
+    _add_image_parser(what)
+    _add_noise_classifier_parser(what)
 
 
 def _finish(result, export) -> int:
@@ -106,8 +119,62 @@ def _run_speech(args) -> int:
         raise ValueError(f"--ch-mult must be comma-separated integers (got {args.ch_mult!r})") from None
     net = {**SMALL_NET, "nf": args.nf, "ch_mult": ch_mult, "num_res_blocks": args.res_blocks}
     result = train_speech(args.output, args.steps, batch=args.batch, frames=args.frames, lr=args.lr,
-                          prediction=args.prediction, net_config=net, corpus_size=args.corpus,
+                          prediction=args.prediction, loss=args.loss, net_config=net, corpus_size=args.corpus,
                           corpus_root=args.corpus_root, ema=args.ema, threads=args.threads,
                           checkpoint_every=args.checkpoint_every, seed=args.seed, progress=_progress(args),
                           resume=args.resume)
+    return _finish(result, args.export and (lambda ckpt: export_weights(ckpt, args.export)))
+
+
+def _add_image_parser(what) -> None:
+    from .train_image import WEIGHTINGS
+
+    i = what.add_parser("image", help="unconditional DDPM on the 16x16 digits (diffusers UNet2DModel)")
+    i.add_argument("--weighting", choices=list(WEIGHTINGS), default="constant",
+                   help="constant: plain eps-MSE (default); debiased: eps-MSE x 1/sqrt(SNR), normalised to mean 1")
+    i.add_argument("--batch", type=int, default=64, help="images per step (default: 64)")
+    i.add_argument("--lr", type=float, default=5e-4, help="peak learning rate of AdamW, cosine-decayed (default: 5e-4)")
+    i.add_argument("--checkpoint-every", type=int, default=500, metavar="N", help="steps between checkpoints")
+    i.add_argument("--diffusers-folder", default=None, metavar="DIR",
+                   help="with --export, also write the model as a diffusers DDPMPipeline folder here")
+    _common(i)
+    i.set_defaults(run=_run_image)
+
+
+def _run_image(args) -> int:
+    from .train_image import export_diffusers, export_weights, train_image
+
+    if args.diffusers_folder is not None and args.export is None:
+        raise ValueError("--diffusers-folder needs --export FILE.safetensors (the folder is written from it)")
+    result = train_image(args.output, args.steps, weighting=args.weighting, batch=args.batch, lr=args.lr,
+                         ema=args.ema, threads=args.threads, checkpoint_every=args.checkpoint_every, seed=args.seed,
+                         progress=_progress(args), resume=args.resume)
+
+    def export(ckpt):
+        path = export_weights(ckpt, args.export)
+        if args.diffusers_folder is not None:
+            print(f"wrote {export_diffusers(path, args.diffusers_folder)}")
+        return path
+
+    return _finish(result, args.export and export)
+
+
+def _add_noise_classifier_parser(what) -> None:
+    n = what.add_parser("noise-classifier", help="Denoising MCMC's noise-level classifier for the image model")
+    n.add_argument("--levels", type=int, default=100, help="noise levels K, uniform in log-SNR (default: 100)")
+    n.add_argument("--width", type=int, default=32, help="base channel width of the CNN (default: 32)")
+    n.add_argument("--batch", type=int, default=100, help="noised digits per step (default: 100, the reference's)")
+    n.add_argument("--lr", type=float, default=1e-3, help="peak learning rate of Adam, cosine-decayed (default: 1e-3)")
+    n.add_argument("--checkpoint-every", type=int, default=500, metavar="N", help="steps between checkpoints")
+    _common(n)
+    n.set_defaults(run=_run_noise_classifier)
+
+
+def _run_noise_classifier(args) -> int:
+    from .train_noise_classifier import export_weights, train_noise_classifier
+
+    result = train_noise_classifier(args.output, args.steps, levels=args.levels, batch=args.batch, lr=args.lr,
+                                    width=args.width, ema=args.ema, threads=args.threads,
+                                    checkpoint_every=args.checkpoint_every, seed=args.seed,
+                                    progress=_progress(args), resume=args.resume)
     return _finish(result, args.export and (lambda ckpt: export_weights(ckpt, args.export)))
