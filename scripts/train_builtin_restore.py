@@ -38,7 +38,10 @@ from revsde.sde import MRSDE  # noqa: E402
 # at 5 NFE, worse at 10: the sampling noise it must remove dwarfs a mild blur), so deblur uses IR-SDE's
 # deblurring λ = 10/255, and 4000 steps to fit the session that retrained it. That run did not deblur
 # either (held-out full photos 26.59 → 26.22 dB at 5 NFE): blind deblurring of mild blur needs more
-# capacity or steps than nf 16 / 4000 steps, so no deblurring model ships yet.
+# capacity or steps than nf 16 / 4000 steps. A third run with the data loss (L1 of x̂₀, 4000 steps,
+# 79 min on a shared core) learned a little: its one-step x̂₀ gains +1.1 dB on training-size patches
+# but only +0.31 dB on the held-out full photos at 1 NFE (+0.22 at 2), and sampling further trades PSNR
+# for sampled detail (25.58 dB at 5 NFE): too little to ship, so no deblurring model ships yet.
 DEFAULTS = {
     "denoise": {"steps": 5000, "nf": 16, "depth": 3, "lr": 1e-3, "prediction": "velocity", "sigma": 50},
     "deblur": {"steps": 4000, "nf": 16, "depth": 3, "lr": 1e-3, "prediction": "velocity", "sigma": 10, "loss": "data"},
