@@ -1,4 +1,4 @@
-# revsde: `make demo` samples the built-in model, `make test` runs the tests. Both set up .venv first.
+# revsde: `make demo` runs the quick benchmark on the built-in image model, `make test` runs the tests. Both set up .venv first.
 #
 # GPU users: pick the torch build before the first setup, e.g.
 #   make setup TORCH_SPEC='torch==2.13.0 --index-url <the wheel index of your CUDA build>'
@@ -26,8 +26,7 @@ install:
 	@echo "$(TORCH_SPEC)" > "$(STAMP)"
 
 demo: setup
-	$(BIN)/revsde sample --model gmm --sde vp --sampler ode_heun --steps 50 --n 2000 --seed 0 \
-	    -o out/gmm_samples.npz --plot out/gmm_samples.png
+	$(BIN)/revsde bench --quick -o out/bench
 
 test: setup
 	$(BIN)/python -m pytest -q
