@@ -243,3 +243,23 @@ def test_native_configurations_run_revsde_sample_from_the_pipelines_priors(tiny_
     # adaptive: the tolerance whose one-sample NFE comes nearest the target (RK45 moves in steps of 6 NFE)
     probe = B.native_steps_for_nfe(B.NativeRunner(unet, base, {"sampler": "ode_rk45"}), 12)
     assert rk45["steps"] == probe[0] and rk45["nfe"] >= probe[1]
+
+
+def test_inception_reference_from_a_folder_keeps_features_for_kid(tmp_path):
+    """``--ref-stats DIR``: the folder's images go through the same network; their features are kept so
+    KID and precision/recall can be computed (an ``.npz`` gives moments only)."""
+    from PIL import Image
+
+    from revsde.nets.fid_inception import FIDInceptionV3
+
+    torch.manual_seed(0)
+    weights = tmp_path / "inception.pth"
+    torch.save(FIDInceptionV3().state_dict(), weights)
+    folder = tmp_path / "ref"
+    folder.mkdir()
+    for i in range(3):
+        Image.fromarray((torch.rand(16, 16, 3) * 255).to(torch.uint8).numpy()).save(folder / f"{i}.png")
+    space = B.inception_space(weights, folder, 16, 1)
+    assert space.label.startswith("FD-") and space.ref_features.shape == (3, 2048)
+    assert space.ref_mean.shape == (2048,) and space.ref_cov.shape == (2048, 2048)
+    assert "3 images in `ref`" in space.reference
