@@ -84,7 +84,7 @@ def revsde_configs() -> list[SchedulerConfig]:
 
 
 #: ``revsde bench --quick``: few configurations, two NFEs, few samples (minutes on two CPU cores)
-QUICK = {"labels": ("mrs 2 logsnr", "mrs 3 logsnr", "diffusers DPM-Solver++ 2M", "diffusers UniPC",
+QUICK = {"labels": ("mrs 2", "mrs 2 logsnr", "diffusers DPM-Solver++ 2M", "diffusers UniPC",
                     "diffusers DDIM"), "nfes": (5, 10), "n": 500}
 
 
