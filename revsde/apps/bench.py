@@ -124,30 +124,43 @@ def dlg_budget(nfe: int, evals_per_step: int = 1, snapshots: int = DLG["snapshot
     return (1, 1) if best is None else best[1:]
 
 
+def dlg_sampler(noise_classifier, nfe: int, options: dict):
+    """``(dmcmc sampler, integrator steps)`` for a target NFE per output: ``options`` hold ``integrator``
+    and ``integrator_options`` (and any other dmcmc option); MCMC and integrator steps from ``dlg_budget``."""
+    from .. import samplers as samplers_mod
+
+    per_step = samplers_mod.get(options["integrator"], **options.get("integrator_options", {})).evals_per_step or 1
+    steps, mcmc = dlg_budget(nfe, per_step)
+    smp = samplers_mod.get("dmcmc", noise_classifier=noise_classifier, mcmc_steps=mcmc, eta=DLG["eta"],
+                           burn_in_steps=DLG["burn_in_steps"], **options)
+    return smp, steps
+
+
+def dlg_snapshots(model, smp, x_init: torch.Tensor, steps: int, **sample_options):
+    """``DLG["snapshots"]`` successive outputs of the persistent chains of ``smp`` (the first run starts
+    them from ``x_init``): ``(chains, snapshots, …)`` and the NFE per output, the chains' one-time
+    init pass and burn-in shared among their snapshots."""
+    outputs, total = [], 0
+    for _ in range(DLG["snapshots"]):
+        sol = sample(model, x_init=x_init, sampler=smp, steps=steps, **sample_options)
+        outputs.append(sol.x)
+        total += sol.nfe
+    return torch.stack(outputs, 1), total / DLG["snapshots"]
+
+
 def _run_dlg(config: Config, problem: Problem, x_prior: torch.Tensor, nfe: int, seed: int):
     """Persistent DLG chains on ``problem`` with the exact noise-level posterior: ``len(x_prior)`` outputs
     as ``DLG["snapshots"]`` successive snapshots of ``len(x_prior) / snapshots`` chains. Returns the outputs
     and the NFE per output (every score call of every run, the init pass and burn-in included)."""
-    from .. import samplers as samplers_mod
     from ..nets.noise_classifier import ExactNoisePosterior
 
-    snapshots = DLG["snapshots"]
-    integrator = config.options["integrator"]
-    per_step = samplers_mod.get(integrator, **config.options["integrator_options"]).evals_per_step or 1
-    steps, mcmc = dlg_budget(nfe, per_step)
-    chains = x_prior.shape[0] // snapshots
+    chains = x_prior.shape[0] // DLG["snapshots"]
     mu = None if problem.mu is None else problem.mu.expand(chains, -1)
     posterior = ExactNoisePosterior(problem.mixture, problem.sde, DLG["levels"], mu=problem.mu)
-    smp = samplers_mod.get("dmcmc", noise_classifier=posterior, mcmc_steps=mcmc, eta=DLG["eta"],
-                           burn_in_steps=DLG["burn_in_steps"], **config.options)
-    model = exact_model(problem.mixture, problem.sde)
-    generator = torch.Generator().manual_seed(seed)
-    outputs, total = [], 0
-    for _ in range(snapshots):
-        sol = sample(model, x_init=x_prior[:chains], sampler=smp, steps=steps, mu=mu, generator=generator)
-        outputs.append(sol.x)
-        total += sol.nfe
-    return torch.cat(outputs), round(total / snapshots, 1), problem.sde.t_min
+    smp, steps = dlg_sampler(posterior, nfe, config.options)
+    x, per_output = dlg_snapshots(exact_model(problem.mixture, problem.sde), smp, x_prior[:chains], steps, mu=mu,
+                                  generator=torch.Generator().manual_seed(seed))
+    return x.transpose(0, 1).flatten(0, 1), round(per_output, 1), problem.sde.t_min
 
 
 def diffusers_configs() -> list[Config]:

@@ -30,7 +30,9 @@ from pathlib import Path
 import torch
 
 from .files import write_report
-from .harness import Cache, Cell, Dist, markdown_table, plot_curves, run_cells, shard_seeds, versions
+from .image_scores import FeatureSpace, digits_space, inception_space, score
+from .harness import (Cache, Cell, Dist, fingerprint, markdown_table, plot_curves, run_cells, shard_seeds,
+                      versions)
 from .pipeline_bench import SchedulerConfig, _CountCalls, steps_for_nfe
 
 STEM = "bench_image"
@@ -126,126 +128,48 @@ def base_config(config) -> dict:
     return DDPMScheduler(**kwargs, clip_sample=False, timestep_spacing="linspace").config
 
 
-# --- the feature space ----------------------------------------------------------------------------------
-@dataclass
-class FeatureSpace:
-    """Extractor + reference: ``label`` ("FID" / "FD-…"), ``extract(x01)`` for images in [0, 1] ``(B, C, H, W)``,
-    the reference moments and, when known, the reference features (for KID and precision/recall)."""
-
-    label: str
-    extract: object
-    ref_mean: torch.Tensor
-    ref_cov: torch.Tensor
-    ref_features: torch.Tensor | None
-    reference: str
-
-    def features(self, x01: torch.Tensor, batch: int = 500) -> torch.Tensor:
-        with torch.inference_mode():
-            return torch.cat([self.extract(part).to(torch.float64) for part in x01.split(batch)])
-
-
-def digits_space(size: int, channels: int) -> FeatureSpace:
-    from ..nets.digits_classifier import load_fd_extractor
-    from .image_data import digits
-
-    if channels != 1:
-        raise ValueError(f"FD-digits scores grey 1-channel images; this model makes {channels} channels: "
-                         "give --inception-weights (FID) instead")
-    extractor = load_fd_extractor()  # grey images in [-1, 1]
-    real = (digits(size) + 1) / 2
-    space = FeatureSpace(_label(extractor), lambda x01: extractor(x01 * 2 - 1), None, None, None,
-                         f"the 1797 scikit-learn digits at {size}×{size}")
-    feats = space.features(real)
-    space.ref_features = feats
-    space.ref_mean, space.ref_cov = feats.mean(0), torch.cov(feats.T)
-    return space
-
-
-def _label(extractor) -> str:
-    from ..metrics.fid import extractor_label
-
-    return extractor_label(extractor)
-
-
-def inception_space(weights, ref_stats, size: int, channels: int) -> FeatureSpace:
-    """The FID Inception on RGB images in [0, 1]; reference from an ``.npz``, a folder, or the digits."""
-    from ..metrics.fid import FeatureStats, load_stats
-    from ..nets.fid_inception import load_fid_inception
-
-    net = load_fid_inception(weights)
-    label = _label(net)
-
-    def extract(x01):
-        return net(x01.expand(-1, 3, -1, -1) if x01.shape[1] == 1 else x01)
-
-    if ref_stats is not None and Path(ref_stats).is_file():
-        moments = load_stats(ref_stats)
-        return FeatureSpace(label, extract, moments.mean, moments.cov, None, f"`{Path(ref_stats).name}`")
-    if ref_stats is not None:
-        from ..metrics.fid import _read_image, image_files
-
-        images = torch.stack([_read_image(p) for p in image_files(ref_stats)])
-        space = FeatureSpace(label, extract, None, None, None, f"the {len(images)} images in `{Path(ref_stats).name}`")
-    else:
-        from .image_data import digits
-
-        if channels != 1:
-            raise ValueError("--ref-stats is needed for a model that does not make grey digits")
-        images = (digits(size) + 1) / 2
-        space = FeatureSpace(label, extract, None, None, None, f"the 1797 scikit-learn digits at {size}×{size}")
-    feats = space.features(images, batch=50)  # kept (not just their moments) for KID and precision/recall
-    stats = FeatureStats(label=label).update(feats)
-    space.ref_features, space.ref_mean, space.ref_cov = feats, stats.mean, stats.cov
-    return space
-
-
-def score(space: FeatureSpace, x: torch.Tensor, seed: int) -> dict:
-    """FD/FID, KID (mean ± std) and precision/recall of raw samples ``x`` (``[-1, 1]`` scale)."""
-    from ..metrics.distributions import frechet_distance, sample_moments
-    from ..metrics.fid import kid, precision_recall
-
-    if not bool(torch.isfinite(x).all()):
-        return {"fd": math.inf, "kid": None, "kid_std": None, "precision": None, "recall": None, "diverged": True}
-    feats = space.features(((x.to(torch.float32) + 1) / 2).clamp(0, 1))
-    out = {"fd": frechet_distance(*sample_moments(feats), space.ref_mean, space.ref_cov), "diverged": False}
-    if space.ref_features is not None:
-        m = min(1000, len(feats), len(space.ref_features))
-        k_mean, k_std = kid(feats, space.ref_features, subsets=50, subset_size=m,
-                            generator=torch.Generator().manual_seed(seed))
-        precision, recall = precision_recall(space.ref_features, feats, k=3)
-        out.update(kid=k_mean, kid_std=k_std, precision=precision, recall=recall)
-    return out
-
-
 # --- sampling one cell ----------------------------------------------------------------------------------
-def sample_seeds(pipe, steps: int, seeds: list[int], dist: Dist, max_batch: int) -> tuple[torch.Tensor, int]:
-    """Samples for ``seeds`` (this rank's shard drawn here, then gathered in seed order) and the NFE
-    counted on the network for one run."""
-    counter = _CountCalls(pipe.unet)
-    parts, mine, per_run = [], [], None
-    try:
-        for batch in shard_seeds(seeds, dist.rank, dist.world, max_batch):
-            if not batch:
-                continue
-            before = counter.count
-            x = pipe(batch_size=len(batch), num_inference_steps=steps, output_type="raw",
-                     generator=[torch.Generator().manual_seed(s) for s in batch]).images
-            per_run = counter.count - before
+def priors(seeds: list[int], shape: tuple) -> torch.Tensor:
+    """The pipeline's prior draw of each seed: ``randn((1, *shape), generator=Generator().manual_seed(s))``."""
+    return torch.cat([torch.randn((1, *shape), generator=torch.Generator().manual_seed(s)) for s in seeds])
+
+
+def sharded(seeds: list[int], dist: Dist, max_batch: int, draw) -> tuple[torch.Tensor, float]:
+    """``draw(batch) -> (x, nfe)`` over this rank's share of ``seeds`` (EDM's split, ``max_batch`` per
+    call), then every rank's samples gathered in seed order, with the largest NFE any call made."""
+    parts, mine, nfes = [], [], []
+    for batch in shard_seeds(seeds, dist.rank, dist.world, max_batch):
+        if batch:
+            x, nfe = draw(batch)
             parts.append(x.cpu())
             mine += batch
-    finally:
-        counter.remove()
+            nfes.append(nfe)
     local = torch.cat(parts) if parts else torch.empty(0)
     _, x = dist.gather_by_seed(mine, local)
-    nfe = max(n for n in dist.gather_objects(per_run) if n is not None)
-    return x, nfe
+    return x, max(n for part in dist.gather_objects(nfes) for n in part)
+
+
+def sample_seeds(pipe, steps: int, seeds: list[int], dist: Dist, max_batch: int) -> tuple[torch.Tensor, int]:
+    """Samples of a pipeline for ``seeds`` (see ``sharded``) and the NFE counted on its network per run."""
+    counter = _CountCalls(pipe.unet)
+
+    def draw(batch):
+        before = counter.count
+        x = pipe(batch_size=len(batch), num_inference_steps=steps, output_type="raw",
+                 generator=[torch.Generator().manual_seed(s) for s in batch]).images
+        return x, counter.count - before
+
+    try:
+        return sharded(seeds, dist, max_batch, draw)
+    finally:
+        counter.remove()
 
 
 class NativeRunner:
     """Runs a native configuration the way ``UnconditionalPipeline`` runs a scheduler: sample ``s`` starts
-    from the prior ``randn((1, C, H, W), generator=Generator().manual_seed(s))`` (the pipeline's draw) and
-    takes every later draw from a second generator seeded ``s``; ``steps`` are the sampler's steps.
-    Adaptive samplers (``ode_rk45``) take ``rtol = atol`` from the step count: ``10^(−steps/4)``."""
+    from the pipeline's prior draw (``priors``) and takes every later draw from a second generator seeded
+    ``s``; ``steps`` are the sampler's steps. Adaptive samplers (``ode_rk45``) take ``rtol = atol`` from the
+    step count: ``10^(−steps/4)``."""
 
     def __init__(self, unet, base: dict, options: dict):
         from ..integrations.diffusers import PREDICTION_TYPES
@@ -259,6 +183,10 @@ class NativeRunner:
         self.unet, self.options = unet, dict(options)
         self.shape = (unet.config.in_channels, unet.config.sample_size, unet.config.sample_size)
 
+    @property
+    def device(self) -> torch.device:
+        return next(self.unet.parameters()).device
+
     def __call__(self, seeds: list[int], steps: int) -> tuple[torch.Tensor, int]:
         from ..solve import sample
 
@@ -267,10 +195,8 @@ class NativeRunner:
         if sampler == "ode_rk45":
             options.setdefault("rtol", 10 ** (-steps / 4))
             options.setdefault("atol", 10 ** (-steps / 4))
-        device = next(self.unet.parameters()).device
-        x = torch.cat([torch.randn((1, *self.shape), generator=torch.Generator().manual_seed(s)) for s in seeds])
-        sol = sample(self.model, x_init=x.to(device), sampler=sampler, steps=steps, progress=False,
-                     generator=[torch.Generator().manual_seed(s) for s in seeds], **options)
+        sol = sample(self.model, x_init=priors(seeds, self.shape).to(self.device), sampler=sampler, steps=steps,
+                     progress=False, generator=[torch.Generator().manual_seed(s) for s in seeds], **options)
         return sol.x, sol.nfe
 
 
@@ -289,58 +215,29 @@ def native_steps_for_nfe(runner: NativeRunner, target: int, seed: int = 0, limit
 
 def sample_native(runner: NativeRunner, steps: int, seeds: list[int], dist: Dist, max_batch: int):
     """As ``sample_seeds``, for a native configuration."""
-    parts, mine, nfes = [], [], []
-    for batch in shard_seeds(seeds, dist.rank, dist.world, max_batch):
-        if batch:
-            x, nfe = runner(batch, steps)
-            parts.append(x.cpu())
-            mine += batch
-            nfes.append(nfe)
-    local = torch.cat(parts) if parts else torch.empty(0)
-    _, x = dist.gather_by_seed(mine, local)
-    return x, max(n for part in dist.gather_objects(nfes) for n in part)
+    return sharded(seeds, dist, max_batch, lambda batch: runner(batch, steps))
 
 
 def sample_dlg(runner: NativeRunner, target: int, seeds: list[int], dist: Dist, max_batch: int):
     """Denoising MCMC as Kim & Ye run it, on the built-in noise-level classifier: ``len(seeds)`` outputs
-    as ``DLG["snapshots"]`` successive snapshots of persistent chains, chain ``c`` seeded by ``seeds[c]``
-    (its prior draw as the pipeline's, then its own generator); the budget split by ``bench.dlg_budget``.
-    Returns the outputs in seed order and the NFE per output, the chains' one-time init pass and
-    burn-in shared among their snapshots."""
-    from ..apps.bench import DLG, dlg_budget
-    from ..solve import sample
-    from .. import samplers as samplers_mod
+    as ``DLG["snapshots"]`` successive snapshots of persistent chains (``bench.dlg_snapshots``), chain
+    ``c`` seeded by ``seeds[c]`` (its prior draw as the pipeline's, then its own generator); the budget
+    split by ``bench.dlg_budget``. Returns the outputs in seed order and the NFE per output."""
+    from .bench import DLG, dlg_sampler, dlg_snapshots
     from .train_noise_classifier import load_weights
 
     options = dict(runner.options)
     options.pop("sampler")
     grid = options.pop("grid", None)
-    per_step = samplers_mod.get(options["integrator"], **options.get("integrator_options", {})).evals_per_step or 1
-    steps, mcmc = dlg_budget(target, per_step)
-    snapshots = DLG["snapshots"]
-    classifier = load_weights()
-    device = next(runner.unet.parameters()).device
-    chains = seeds[: -(-len(seeds) // snapshots)]
-    parts, mine, totals = [], [], []
-    for batch in shard_seeds(chains, dist.rank, dist.world, max_batch):
-        if not batch:
-            continue
-        smp = samplers_mod.get("dmcmc", noise_classifier=classifier.to(device), mcmc_steps=mcmc, eta=DLG["eta"],
-                               burn_in_steps=DLG["burn_in_steps"], **options)
-        x = torch.cat([torch.randn((1, *runner.shape), generator=torch.Generator().manual_seed(s)) for s in batch])
-        gens = [torch.Generator().manual_seed(s) for s in batch]
-        outs, total = [], 0
-        for _ in range(snapshots):
-            sol = sample(runner.model, x_init=x.to(device), sampler=smp, steps=steps, grid=grid, generator=gens,
-                         progress=False)
-            outs.append(sol.x.cpu())
-            total += sol.nfe
-        parts.append(torch.stack(outs, 1))  # (chains, snapshots, C, H, W)
-        mine += batch
-        totals.append(total / snapshots)
-    local = torch.cat(parts) if parts else torch.empty(0)
-    _, x = dist.gather_by_seed(mine, local)
-    nfe = max(n for part in dist.gather_objects(totals) for n in part)
+    classifier = load_weights().to(runner.device)
+
+    def draw(batch):
+        smp, steps = dlg_sampler(classifier, target, options)  # one set of persistent chains per batch
+        return dlg_snapshots(runner.model, smp, priors(batch, runner.shape).to(runner.device), steps, grid=grid,
+                             generator=[torch.Generator().manual_seed(s) for s in batch], progress=False)
+
+    chains = seeds[: -(-len(seeds) // DLG["snapshots"])]
+    x, nfe = sharded(chains, dist, max_batch, draw)  # (chains, snapshots, C, H, W)
     return x.flatten(0, 1)[: len(seeds)], round(nfe, 1)
 
 
@@ -424,7 +321,9 @@ def run_image_bench(model: str = "builtin", *, nfes=NFES, n_samples: int = 2000,
     if weights is None:
         import os
 
-        weights = os.environ.get("REVSDE_INCEPTION_WEIGHTS") or None
+        from ..nets.fid_inception import ENV_VAR
+
+        weights = os.environ.get(ENV_VAR) or None
     if space is None:
         space = inception_space(weights, ref_stats, size, channels) if weights else digits_space(size, channels)
     settings = {"model": _identity(model), "n_samples": n_samples, "seed": seed, "label": space.label,
@@ -482,14 +381,10 @@ def family_of(config: SchedulerConfig) -> str:
 
 
 def _identity(model: str) -> str:
-    """What makes a model the same one for the cache: its name and the SHA-256 of its files' contents."""
-    import hashlib
-
+    """What makes a model the same one for the cache: its name and the content of its files."""
     folder = Path(__file__).resolve().parents[1] / "weights" / BUILTIN if model == "builtin" else Path(model)
-    digest = hashlib.sha256()
-    for path in sorted(p for p in folder.rglob("*") if p.is_file()) if folder.is_dir() else []:
-        digest.update(str(path.relative_to(folder)).encode() + b"\0" + path.read_bytes())
-    return f"{model}:{digest.hexdigest()[:16]}"
+    files = {str(p.relative_to(folder)): p for p in folder.rglob("*") if p.is_file()} if folder.is_dir() else {}
+    return f"{model}:{fingerprint(files)}"
 
 
 def plot(result: ImageBenchResult, path) -> None:
