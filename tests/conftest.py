@@ -21,6 +21,14 @@ def ddpm_linear_alphas_cumprod(n: int = 1000, beta_start: float = 1e-4, beta_end
     return torch.cumprod(1 - betas, 0)
 
 
+def assert_same_weights(a: dict, b: dict) -> None:
+    """Two training checkpoints (``trainer.fit``'s dicts) hold bit-identical weights and EMA weights."""
+    for key in ("model", "ema"):
+        assert a[key].keys() == b[key].keys()
+        for k in a[key]:
+            assert torch.equal(a[key][k], b[key][k]), f"{key}.{k}"
+
+
 ALL_SDES = [
     ("vp", lambda: S.VPSDE()),
     ("vp_cosine", lambda: S.VPSDE.cosine()),

@@ -18,18 +18,21 @@ ROOT = Path(__file__).resolve().parents[1]
 LABELS = ["mrs 2 logsnr", "mrs SDE 2 logsnr", "diffusers SDE-DPM-Solver++ 2M", "diffusers UniPC"]
 
 
-@pytest.fixture(scope="module")
-def tiny_model(tmp_path_factory):
-    """A DDPMPipeline folder with a random 1-channel 8×8 UNet2DModel (42 k parameters)."""
+def save_tiny_pipeline(folder, size: int, seed: int) -> str:
+    """A DDPMPipeline folder with a random 1-channel ``size``×``size`` UNet2DModel (42 k parameters)."""
     import diffusers
 
-    folder = tmp_path_factory.mktemp("model") / "tiny"
-    torch.manual_seed(0)
-    unet = diffusers.UNet2DModel(sample_size=8, in_channels=1, out_channels=1, block_out_channels=(8, 16),
+    torch.manual_seed(seed)
+    unet = diffusers.UNet2DModel(sample_size=size, in_channels=1, out_channels=1, block_out_channels=(8, 16),
                                  layers_per_block=1, down_block_types=("DownBlock2D", "DownBlock2D"),
                                  up_block_types=("UpBlock2D", "UpBlock2D"), norm_num_groups=4)
     diffusers.DDPMPipeline(unet=unet, scheduler=diffusers.DDPMScheduler()).save_pretrained(folder)
     return str(folder)
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory):
+    return save_tiny_pipeline(tmp_path_factory.mktemp("model") / "tiny", 8, seed=0)
 
 
 def projection_space() -> B.FeatureSpace:
@@ -185,16 +188,8 @@ def test_two_processes_on_gloo_give_the_single_process_result(tiny_model, tmp_pa
 
 @pytest.fixture(scope="module")
 def tiny_digits_model(tmp_path_factory):
-    """A random 1-channel 16×16 UNet2DModel in a DDPMPipeline folder: the shape the FD-digits space scores."""
-    import diffusers
-
-    folder = tmp_path_factory.mktemp("model16") / "tiny16"
-    torch.manual_seed(1)
-    unet = diffusers.UNet2DModel(sample_size=16, in_channels=1, out_channels=1, block_out_channels=(8, 16),
-                                 layers_per_block=1, down_block_types=("DownBlock2D", "DownBlock2D"),
-                                 up_block_types=("UpBlock2D", "UpBlock2D"), norm_num_groups=4)
-    diffusers.DDPMPipeline(unet=unet, scheduler=diffusers.DDPMScheduler()).save_pretrained(folder)
-    return str(folder)
+    """16×16: the shape the FD-digits space scores."""
+    return save_tiny_pipeline(tmp_path_factory.mktemp("model16") / "tiny16", 16, seed=1)
 
 
 def test_cli_image_task_writes_reports_and_resumes(tiny_digits_model, tmp_path, capsys):

@@ -19,6 +19,8 @@ from revsde.cli import main
 from revsde.model import ScoreModel
 from revsde.sde.vp import DiscreteVPSDE
 
+from conftest import assert_same_weights
+
 #: a UNet2DModel small enough for tests (≈ 30 k parameters), same 16×16 single-channel interface
 TINY_UNET = {"sample_size": 16, "in_channels": 1, "out_channels": 1, "layers_per_block": 1,
              "block_out_channels": [8, 16], "down_block_types": ["DownBlock2D", "AttnDownBlock2D"],
@@ -169,10 +171,7 @@ def test_resume_reproduces_an_uninterrupted_run(tmp_path):
     rest = _train(tmp_path, "split", weighting="debiased")
     assert not rest.interrupted and rest.step == full.step == 4
     a, b = load_checkpoint(full.checkpoint), load_checkpoint(rest.checkpoint)
-    for key in ("model", "ema"):
-        assert a[key].keys() == b[key].keys()
-        for k in a[key]:
-            assert torch.equal(a[key][k], b[key][k]), f"{key}.{k}"
+    assert_same_weights(a, b)
     assert torch.equal(a["rng"]["generator"], b["rng"]["generator"])
     log = [json.loads(line) for line in (tmp_path / "split" / "train_log.jsonl").read_text().splitlines()]
     ref = [json.loads(line) for line in (tmp_path / "full" / "train_log.jsonl").read_text().splitlines()]

@@ -16,6 +16,8 @@ from revsde.apps import train_cli
 from revsde.apps.trainer import load_checkpoint
 from revsde.sde import MRSDE
 
+from conftest import assert_same_weights
+
 
 class TinyNet(nn.Module):
     """A stand-in restoration net with ConditionalUNet's call signature ``net(x, time, mu) -> ε``."""
@@ -212,10 +214,7 @@ def test_resume_reproduces_an_uninterrupted_run(tmp_path):
     rest = _train(tmp_path, "split")
     assert not full.interrupted and not rest.interrupted and rest.step == full.step == 6
     a, b = load_checkpoint(full.checkpoint), load_checkpoint(rest.checkpoint)
-    for key in ("model", "ema"):
-        assert a[key].keys() == b[key].keys()
-        for k in a[key]:
-            assert torch.equal(a[key][k], b[key][k]), f"{key}.{k}"
+    assert_same_weights(a, b)
     assert a["optimizer"]["state"].keys() == b["optimizer"]["state"].keys()
     for k, state in a["optimizer"]["state"].items():
         assert all(torch.equal(v, b["optimizer"]["state"][k][n]) for n, v in state.items())

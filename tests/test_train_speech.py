@@ -16,6 +16,8 @@ from revsde.cli import main
 from revsde.model import Prediction, ScoreModel
 from revsde.sde import OUVESDE
 
+from conftest import assert_same_weights
+
 TINY_NET = {"nf": 8, "ch_mult": (1, 1, 1, 1, 1), "num_res_blocks": 1, "attn_resolutions": (), "image_size": 256,
             "time_scaling": "none"}
 
@@ -198,10 +200,7 @@ def test_resume_reproduces_an_uninterrupted_run(tmp_path, corpus_root):
     rest = _train(tmp_path, "split", corpus_root)
     assert not rest.interrupted and rest.step == full.step == 4
     a, b = load_checkpoint(full.checkpoint), load_checkpoint(rest.checkpoint)
-    for key in ("model", "ema"):
-        assert a[key].keys() == b[key].keys()
-        for k in a[key]:
-            assert torch.equal(a[key][k], b[key][k]), f"{key}.{k}"
+    assert_same_weights(a, b)
     assert a["scheduler"] == b["scheduler"]
     assert torch.equal(a["rng"]["generator"], b["rng"]["generator"])
     # the data's numpy generator is saved and restored: it moved between step 3 and 4, and ends equal
