@@ -46,6 +46,18 @@ def test_dlg_budget_spends_the_nfe_per_output(nfe, per_step):
     assert abs(mcmc + steps * per_step + 1 + once - nfe) <= 0.5 + 1e-9 or nfe <= 5
 
 
+@pytest.mark.parametrize("nfe", [10, 20, 50])
+def test_dlg_budget_with_fixed_mcmc_steps_and_its_own_init_pass(nfe):
+    """With ``mcmc_steps`` and ``init_steps`` fixed (the image settings), the integrator steps fill the
+    rest of the budget: within ½ NFE of the target per output."""
+    from revsde.apps.image_bench import DLG_IMAGE as s
+
+    steps, mcmc = bench.dlg_budget(nfe, 1, s["snapshots"], s["burn_in_steps"], s["init_steps"], s["mcmc_steps"])
+    once = (s["init_steps"] + s["burn_in_steps"]) / s["snapshots"]
+    assert mcmc == s["mcmc_steps"] and steps >= 1
+    assert abs(mcmc + steps + 1 + once - nfe) <= 0.5 + 1e-9
+
+
 def test_dlg_rows_count_every_score_call_per_output():
     """The DLG row runs persistent chains with the exact noise posterior; its NFE per output includes the
     amortised init pass and burn-in, so it sits within ½ of the target; the samples are sane."""

@@ -13,7 +13,7 @@ from revsde import sde as S
 from revsde.kernels import run_batched
 from revsde.nets.gmm import GaussianMixture, exact_model
 from revsde.nets.noise_classifier import ExactNoisePosterior, NoiseLevelClassifier, noise_level_loss, noise_levels
-from revsde.samplers.dmcmc import DMCMCState, integration_grid
+from revsde.samplers.dmcmc import DMCMCState, integration_grid, resample_grid
 
 from exact import gaussian, moment_tolerances, two_modes
 
@@ -152,6 +152,41 @@ def test_integration_grid_is_the_callers_grid_from_each_level():
     lam = sde.log_snr(sub)
     steps = lam[1:] - lam[:-1]
     torch.testing.assert_close(steps, steps[:1].expand_as(steps), rtol=1e-9, atol=1e-12)
+
+
+@pytest.mark.parametrize("name", ["logsnr", "uniform_t"])
+def test_resampled_grid_keeps_the_callers_spacing(name):
+    """The init pass's grid of ``init_steps`` steps: the caller's grid with more or fewer points, the same
+    ends and (λ linear in the index) the grid of that name with that many steps; per-sample grids too."""
+    sde = S.VPSDE()
+    grid = revsde.grids.resolve(name, sde, 4, 2)
+    for steps in (1, 3, 4, 10):
+        out = resample_grid(sde, grid, steps)
+        assert out.shape == (steps + 1, 2) and torch.equal(out[0], grid[0]) and torch.equal(out[-1], grid[-1])
+        assert bool((out[1:] < out[:-1]).all())
+    torch.testing.assert_close(resample_grid(sde, grid, 4), grid, rtol=1e-9, atol=1e-12)
+    if name == "logsnr":
+        torch.testing.assert_close(resample_grid(sde, grid, 10), revsde.grids.resolve("logsnr", sde, 10, 2),
+                                   rtol=1e-9, atol=1e-12)
+
+
+def test_init_steps_set_the_init_pass_alone():
+    """``init_steps`` runs the init pass on its own number of steps (counted in the init phase); equal to
+    the outputs' step count it changes nothing; it needs ``init="integrator"``."""
+    sde = S.VESDE()
+    data = gaussian()
+    model = exact_model(data, sde)
+    post = ExactNoisePosterior(data, sde, 20)
+    sol = revsde.sample(model, shape=(3, 2), sampler=dmcmc(post, init_steps=9, burn_in_steps=2, mcmc_steps=3),
+                        steps=4, seed=0)
+    assert sol.info["score_evals"] == {"init": 9, "burn_in": 2, "mcmc": 3, "integrator": 4, "tweedie": 1}
+    same = [revsde.sample(model, shape=(3, 2), sampler=dmcmc(post, burn_in_steps=2, mcmc_steps=3, **extra),
+                          steps=4, seed=0).x for extra in ({}, {"init_steps": 4})]
+    assert torch.equal(*same) and not torch.equal(sol.x, same[0])
+    with pytest.raises(ValueError, match="init_steps"):
+        dmcmc(post, init="prior", init_steps=5)
+    with pytest.raises(ValueError, match="init_steps"):
+        dmcmc(post, init_steps=0)
 
 
 # --- NFE, batching, determinism, resume -----------------------------------------------------------------

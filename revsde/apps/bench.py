@@ -102,50 +102,62 @@ def revsde_configs() -> list[Config]:
 DLG_INTEGRATORS = [("mrs ODE 2 data", {"sampler": "mrs", "options": {"order": 2}}),
                    ("ode_heun", {"sampler": "ode_heun", "options": {}}),
                    ("euler_maruyama", {"sampler": "euler_maruyama", "options": {}})]
-#: DLG as Kim & Ye run it: persistent chains, each giving SNAPSHOTS outputs; one-time init + burn-in
+#: DLG as Kim & Ye run it: persistent chains, each giving ``snapshots`` outputs; one-time init + burn-in
+#: (the init pass on the outputs' grid unless ``init_steps`` is set); the MCMC steps per output from the
+#: budget (``dlg_budget``) unless ``mcmc_steps`` fixes them. Every other key is a dmcmc option.
 DLG = {"snapshots": 10, "burn_in_steps": 10, "levels": 100, "eta": 0.5}
+BUDGET_KEYS = ("snapshots", "levels", "mcmc_steps")
 
 
 def dlg_budget(nfe: int, evals_per_step: int = 1, snapshots: int = DLG["snapshots"],
-               burn_in: int = DLG["burn_in_steps"]) -> tuple[int, int]:
+               burn_in: int = DLG["burn_in_steps"], init_steps: int | None = None,
+               mcmc_steps: int | None = None) -> tuple[int, int]:
     """``(integrator steps N, MCMC steps m)`` so that the NFE per output, ``m + N·e + 1`` (Tweedie) plus the
-    one-time ``N·e + burn_in`` (init pass, burn-in) shared by ``snapshots`` outputs, comes nearest ``nfe``
-    with ``m ≥ 1``: about half the budget to the chains and half to the integrator."""
+    one-time init pass (``init_steps·e``, or ``N·e`` on the outputs' grid) and burn-in shared by
+    ``snapshots`` outputs, comes nearest ``nfe`` with ``m ≥ 1``: about half the budget to the chains and half
+    to the integrator; with ``mcmc_steps`` given, m is that and N fills the budget (ties: fewer steps)."""
     best = None
     for steps in range(1, nfe + 1):
-        once = (steps * evals_per_step + burn_in) / snapshots
-        m = round(nfe - 1 - steps * evals_per_step - once)
+        once = ((init_steps or steps) * evals_per_step + burn_in) / snapshots
+        m = round(nfe - 1 - steps * evals_per_step - once) if mcmc_steps is None else mcmc_steps
         if m < 1:
             break
         per_output = m + steps * evals_per_step + 1 + once
-        key = (round(abs(per_output - nfe)), abs(m - steps * evals_per_step))  # within ½ NFE, then balanced
+        if mcmc_steps is None:
+            key = (round(abs(per_output - nfe)), abs(m - steps * evals_per_step))  # within ½ NFE, then balanced
+        else:
+            key = (abs(per_output - nfe), steps)
         if best is None or key < best[0]:
             best = (key, steps, m)
-    return (1, 1) if best is None else best[1:]
+    return (1, mcmc_steps or 1) if best is None else best[1:]
 
 
-def dlg_sampler(noise_classifier, nfe: int, options: dict):
+def dlg_sampler(noise_classifier, nfe: int, options: dict, settings: dict = DLG):
     """``(dmcmc sampler, integrator steps)`` for a target NFE per output: ``options`` hold ``integrator``
-    and ``integrator_options`` (and any other dmcmc option); MCMC and integrator steps from ``dlg_budget``."""
+    and ``integrator_options`` (and any other dmcmc option); ``settings`` as ``DLG``; MCMC and integrator
+    steps from ``dlg_budget``."""
     from .. import samplers as samplers_mod
 
     per_step = samplers_mod.get(options["integrator"], **options.get("integrator_options", {})).evals_per_step or 1
-    steps, mcmc = dlg_budget(nfe, per_step)
-    smp = samplers_mod.get("dmcmc", noise_classifier=noise_classifier, mcmc_steps=mcmc, eta=DLG["eta"],
-                           burn_in_steps=DLG["burn_in_steps"], **options)
+    steps, mcmc = dlg_budget(nfe, per_step, settings["snapshots"], settings["burn_in_steps"],
+                             settings.get("init_steps"), settings.get("mcmc_steps"))
+    dmcmc_options = {k: v for k, v in settings.items() if k not in BUDGET_KEYS}
+    smp = samplers_mod.get("dmcmc", noise_classifier=noise_classifier, mcmc_steps=mcmc,
+                           **{**dmcmc_options, **options})
     return smp, steps
 
 
-def dlg_snapshots(model, smp, x_init: torch.Tensor, steps: int, **sample_options):
-    """``DLG["snapshots"]`` successive outputs of the persistent chains of ``smp`` (the first run starts
-    them from ``x_init``): ``(chains, snapshots, …)`` and the NFE per output, the chains' one-time
-    init pass and burn-in shared among their snapshots."""
+def dlg_snapshots(model, smp, x_init: torch.Tensor, steps: int, snapshots: int = DLG["snapshots"],
+                  **sample_options):
+    """``snapshots`` successive outputs of the persistent chains of ``smp`` (the first run starts them
+    from ``x_init``): ``(chains, snapshots, …)`` and the NFE per output, the chains' one-time init pass
+    and burn-in shared among their snapshots."""
     outputs, total = [], 0
-    for _ in range(DLG["snapshots"]):
+    for _ in range(snapshots):
         sol = sample(model, x_init=x_init, sampler=smp, steps=steps, **sample_options)
         outputs.append(sol.x)
         total += sol.nfe
-    return torch.stack(outputs, 1), total / DLG["snapshots"]
+    return torch.stack(outputs, 1), total / snapshots
 
 
 def _run_dlg(config: Config, problem: Problem, x_prior: torch.Tensor, nfe: int, seed: int):

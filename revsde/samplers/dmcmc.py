@@ -17,7 +17,8 @@ iteration is one network call, at ``x = μ + α_k x̃`` and ``t_k``, and one cla
   levels would all look like N(0, I) near t_max, and a chain there would freeze: ε ∝ α² ≈ 0).
 
 A run: start the chains (``init="integrator"``, the reference's: a rough pass of the integrator over the
-caller's grid from the prior, then ``x̃ += init_noise·z``; ``"prior"``: the prior draw; levels from
+caller's grid from the prior — or over that grid resampled to ``init_steps`` steps, as the reference runs
+its init pass with N = 20 whatever the outputs' N — then ``x̃ += init_noise·z``; ``"prior"``: the prior draw; levels from
 the classifier), ``burn_in_steps`` iterations at ``burn_in_eta``, then ``mcmc_steps`` at ``eta`` keeping
 per chain the iterate of the smallest level (``keep="min"``, the reference's) or the last one; then
 the integrator runs on a per-sample ``(N+1, B)`` grid from each kept level to the grid's end (the
@@ -101,7 +102,8 @@ class DMCMC(Sampler):
     def __init__(self, *, noise_classifier=None, integrator: str | Sampler | None = "mrs",
                  integrator_options: dict | None = None, levels=None, eta: float = 0.5, mcmc_steps: int = 10,
                  noise_level: str = "argmax", keep: str = "min", tweedie_final: bool = True,
-                 init: str = "integrator", init_noise: float = 0.5, burn_in_steps: int = 10,
+                 init: str = "integrator", init_steps: int | None = None, init_noise: float = 0.5,
+                 burn_in_steps: int = 10,
                  burn_in_eta: float | None = None, state: DMCMCState | dict | None = None):
         from . import REGISTRY, get
 
@@ -129,12 +131,16 @@ class DMCMC(Sampler):
         self.mcmc_steps = check_number(self.name, "mcmc_steps", mcmc_steps, minimum=0, integer=True)
         self.burn_in_steps = check_number(self.name, "burn_in_steps", burn_in_steps, minimum=0, integer=True)
         self.init_noise = check_number(self.name, "init_noise", init_noise, minimum=0)
+        self.init_steps = None if init_steps is None else check_number(self.name, "init_steps", init_steps,
+                                                                          minimum=1, integer=True)
         self.noise_level = check_choice(self.name, "noise_level", noise_level, NOISE_LEVELS)
         self.keep = check_choice(self.name, "keep", keep, KEEPS)
         self.tweedie_final = check_choice(self.name, "tweedie_final", tweedie_final, (True, False))
         self.init = check_choice(self.name, "init", init, INITS)
         if init == "integrator" and integrator is None:
             raise ValueError("sampler 'dmcmc' with init='integrator' needs an integrator; use init='prior'")
+        if init_steps is not None and init != "integrator":
+            raise ValueError(f"sampler 'dmcmc': init_steps sets the init pass of init='integrator' (got init={init!r})")
         if isinstance(state, dict):
             state = DMCMCState.from_state_dict(state)
         if not (state is None or isinstance(state, DMCMCState)):
@@ -171,7 +177,8 @@ class DMCMC(Sampler):
         if state is None:
             t_from = grid[0]
             if self.init == "integrator":  # a rough sample from the prior, then back up to a low level
-                x = yield from self._relay(self._integrator.run(sde, grid, x, mu, noise), ctx, "init")
+                init_grid = grid if self.init_steps is None else resample_grid(sde, grid, self.init_steps)
+                x = yield from self._relay(self._integrator.run(sde, init_grid, x, mu, noise), ctx, "init")
                 t_from = grid[-1]
             x_tilde = updates.to_y(x, mu) / bcast(sde.alpha(t_from), x)
             if self.init == "integrator":
@@ -286,6 +293,24 @@ def _generators(noise) -> list[torch.Generator] | None:
     if gens is None:
         return None
     return [gens] if isinstance(gens, torch.Generator) else list(gens)
+
+
+def resample_grid(sde, grid, steps: int) -> torch.Tensor:
+    """``grid`` (``(N+1,)`` or ``(N+1, B)``) with ``steps`` intervals instead of N, between the same ends and
+    with the same spacing profile: its half log-SNR λ (t if λ is not finite) interpolated linearly in the
+    step index, so a ``logsnr`` grid becomes the ``logsnr`` grid of ``steps`` steps."""
+    n = grid.shape[0] - 1
+    lam = sde.log_snr(grid)
+    finite = bool(torch.isfinite(lam).all())
+    value = lam if finite else grid
+    pos = torch.linspace(0, n, steps + 1, dtype=torch.float64, device=grid.device)
+    lo = pos.floor().long().clamp(max=max(n - 1, 0))
+    w = bcast((pos - lo).to(value.dtype), value[lo])
+    hi = (lo + 1).clamp(max=n)
+    out = value[lo] + w * (value[hi] - value[lo])
+    t = (sde.t_from_log_snr(out) if finite else out).to(grid.dtype).clone()
+    t[0], t[-1] = grid[0], grid[-1]
+    return t.contiguous()
 
 
 def integration_grid(sde, grid, t_start) -> torch.Tensor:
