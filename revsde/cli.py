@@ -202,7 +202,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "PESQ/ESTOI/SI-SDR/RTF of a speech model on the held-out test pairs vs NFE, SGMSE+'s "
                         "sampler (10-60 NFE) against the MR Sampler (5-20 NFE)")
     b.add_argument("--restore-task", default="denoise", metavar="NAME",
-                   help="with --task restore: denoise, deblur or inpaint (default: denoise)")
+                   help="with --task restore: denoise, deblur, motion_deblur or inpaint (default: denoise)")
     b.add_argument("--model", default="builtin", metavar="builtin|PATH",
                    help="with --task image, restore or speech: the model (image: a diffusers pipeline folder; "
                         "restore, speech: as in revsde restore / enhance) (default: builtin)")

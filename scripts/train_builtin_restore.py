@@ -34,17 +34,18 @@ from revsde.sde import MRSDE  # noqa: E402
 # ε = (x − μ)/σ_t near t = T almost exactly, which a velocity net gets for free.
 #
 # The SDE's stationary std λ (in /255) follows IR-SDE's configs where its value matters: a deblurring
-# model on λ = 50/255 (the denoiser's) learned to denoise but not to deblur (held-out 26.59 → 26.64 dB
-# at 5 NFE, worse at 10: the sampling noise it must remove dwarfs a mild blur), so deblur uses IR-SDE's
-# deblurring λ = 10/255, and 4000 steps to fit the session that retrained it. That run did not deblur
-# either (held-out full photos 26.59 → 26.22 dB at 5 NFE): blind deblurring of mild blur needs more
-# capacity or steps than nf 16 / 4000 steps. A third run with the data loss (L1 of x̂₀, 4000 steps,
-# 79 min on a shared core) learned a little: its one-step x̂₀ gains +1.1 dB on training-size patches
-# but only +0.31 dB on the held-out full photos at 1 NFE (+0.22 at 2), and sampling further trades PSNR
-# for sampled detail (25.58 dB at 5 NFE): too little to ship, so no deblurring model ships yet.
+# model on λ = 50/255 (the denoiser's) learned to denoise but not to deblur (the sampling noise it must
+# remove dwarfs a mild blur), so deblurring uses IR-SDE's deblurring λ = 10/255, and the data loss (L1 of
+# x̂₀), which teaches the restoration at every t where the ε-losses see it only through noise.
+# Blind deblurring of a mix of Gaussian and motion blur did not learn at this size on CPU: nf 16 / depth 3
+# for 4000 steps gained +0.31 dB on the held-out photos at 1 NFE, nf 24 / depth 4 was at +0.13 dB after
+# 2250 steps. Gaussian blur alone learns fast (+2.05 dB at step 750), so the built-in deblurrer is a
+# Gaussian deblurrer; motion_deblur is a task to train (its defaults: the larger net, more steps).
 DEFAULTS = {
     "denoise": {"steps": 5000, "nf": 16, "depth": 3, "lr": 1e-3, "prediction": "velocity", "sigma": 50},
-    "deblur": {"steps": 4000, "nf": 16, "depth": 3, "lr": 1e-3, "prediction": "velocity", "sigma": 10, "loss": "data"},
+    "deblur": {"steps": 2500, "nf": 16, "depth": 3, "lr": 1e-3, "prediction": "velocity", "sigma": 10, "loss": "data"},
+    "motion_deblur": {"steps": 10000, "nf": 24, "depth": 4, "lr": 1e-3, "prediction": "velocity", "sigma": 10,
+                      "loss": "data"},
     "inpaint": {"steps": 5000, "nf": 16, "depth": 3, "lr": 1e-3, "prediction": "velocity", "sigma": 50},
 }
 LOSS_NAMES = {"matching": "IR-SDE maximum-likelihood L1", "noise": "ε-MSE", "data": "L1 of the clean-image estimate x̂₀"}
@@ -104,6 +105,10 @@ def card(task: str, config: dict, result, evals: list[dict], command: str, weigh
               "distribution more closely and draw a sample of p(x0 | μ), with plausible texture that PSNR and SSIM "
               "count as error.", "",
               f"Evaluation took {sum(ev['seconds'] for ev in evals) / 60:.1f} min.", ""]
+    best = max(evals, key=lambda ev: ev["mean"]["psnr"])
+    lines[-2:-2] = [f"The highest mean PSNR is at **{best['nfe']} NFE** ({best['mean']['psnr']:.2f} dB, "
+                    f"{best['mean']['psnr'] - best['mean']['psnr_in']:+.2f} dB over the input): "
+                    f"`revsde restore … --task {task} --nfe {best['nfe']}`.", ""]
     return "\n".join(lines)
 
 

@@ -82,21 +82,26 @@ def test_noise_std_and_no_clipping():
 
 
 def test_blur_kernels_and_constant_images():
-    g = gen(0)
-    k = D.blur_kernels(64, g)
-    assert k.shape == (64, D.BLUR_KERNEL, D.BLUR_KERNEL)
-    torch.testing.assert_close(k.sum((1, 2)), torch.ones(64, dtype=k.dtype))
-    # every kernel is centred: blur moves no edge
-    r = torch.arange(D.BLUR_KERNEL, dtype=k.dtype) - D.BLUR_KERNEL // 2
-    assert float((k.sum(1) * r).sum(-1).abs().max()) < 1e-9 and float((k.sum(2) * r).sum(-1).abs().max()) < 1e-9
+    r = torch.arange(D.BLUR_KERNEL, dtype=torch.float64) - D.BLUR_KERNEL // 2
+    for kernels in (D.gaussian_blur_kernels, D.motion_blur_kernels):
+        k = kernels(64, gen(0))
+        assert k.shape == (64, D.BLUR_KERNEL, D.BLUR_KERNEL)
+        torch.testing.assert_close(k.sum((1, 2)), torch.ones(64, dtype=k.dtype))
+        # every kernel is centred: blur moves no edge
+        assert float((k.sum(1) * r).sum(-1).abs().max()) < 1e-9 and float((k.sum(2) * r).sum(-1).abs().max()) < 1e-9
+    # the Gaussian kernels' variance per axis is σ² with σ in [1.5, 2.5]
+    g = D.gaussian_blur_kernels(64, gen(0))
+    var = (g.sum(1) * r**2).sum(-1)
+    assert float(var.min()) > 1.5**2 - 0.01 and float(var.max()) < 2.5**2 + 0.05
     # a horizontal motion streak of length L has variance L²/12 along x (plus the splatting's)
     m = D.motion_kernel(torch.tensor([12.0], dtype=torch.float64), torch.tensor([0.0], dtype=torch.float64))[0]
     var_x = float((m.sum(0) * r**2).sum())
     assert abs(var_x - 12**2 / 12) < 1.0 and float((m.sum(1) * r**2).sum()) < 1e-9
     const = torch.full((2, 3, 30, 30), 0.25)
     torch.testing.assert_close(D.convolve(const, k[:2]), const)
-    mu = D.DEGRADATIONS["deblur"](const, gen(1))
-    assert abs(float((mu - const).std()) - 1 / 255) < 0.1 / 255
+    for task in ("deblur", "motion_deblur"):
+        mu = D.DEGRADATIONS[task](const, gen(1))
+        assert abs(float((mu - const).std()) - 1 / 255) < 0.1 / 255
 
 
 def test_inpaint_masks_cover_15_to_30_percent():
@@ -126,7 +131,7 @@ def test_patch_sampler_shapes_determinism_and_alignment(task):
 def test_patch_sampler_refuses_too_small_images():
     with pytest.raises(ValueError, match="at least"):
         D.PatchSampler([torch.rand(3, 20, 20)], patch=16, task="deblur")  # 16 + 2·10 margin
-    with pytest.raises(ValueError, match="denoise, deblur, inpaint"):
+    with pytest.raises(ValueError, match="denoise, deblur, motion_deblur, inpaint"):
         D.PatchSampler(tiny_images(), task="derain")
 
 
@@ -244,7 +249,7 @@ def test_the_lr_decays_and_the_loss_is_finite(tmp_path):
 
 
 def test_bad_settings_are_refused(tmp_path):
-    with pytest.raises(ValueError, match="denoise, deblur, inpaint"):
+    with pytest.raises(ValueError, match="denoise, deblur, motion_deblur, inpaint"):
         T.train_restore("derain", tmp_path, 1, net=TinyNet())
     with pytest.raises(ValueError, match="matching, noise"):
         T.train_restore("denoise", tmp_path, 1, loss="l2", net=TinyNet())

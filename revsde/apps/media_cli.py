@@ -52,7 +52,7 @@ def add_restore_parser(commands) -> None:
     r.add_argument("inputs", nargs="+", metavar="INPUT", help="image files, folders (searched recursively) or globs")
     r.add_argument("-o", "--output", required=True, metavar="OUT",
                    help="output folder: each image under its own (relative) name and format")
-    r.add_argument("--task", default="denoise", help="the degradation the model undoes: denoise, deblur, inpaint "
+    r.add_argument("--task", default="denoise", help="the degradation the model undoes: denoise, deblur, motion_deblur, inpaint "
                    "(default: denoise; chooses the built-in model)")
     r.add_argument("--model", default="builtin", metavar="builtin|PATH",
                    help="'builtin', a .safetensors exported by `revsde train`, or an official IR-SDE .pth "

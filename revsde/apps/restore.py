@@ -19,9 +19,10 @@ from .. import samplers as samplers_mod
 from ..solve import sample
 from .batch import BatchReport, expand_inputs, plan_outputs, run_batch
 from .images import SUFFIXES, ImageError, read_image, write_image
+from .restore_data import DEGRADATIONS
 
 
-TASKS = ("denoise", "deblur", "inpaint")
+TASKS = tuple(DEGRADATIONS)
 
 
 def builtin_path(task: str) -> Path:

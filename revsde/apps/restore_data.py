@@ -140,13 +140,15 @@ def motion_kernel(length: torch.Tensor, angle: torch.Tensor, size: int = BLUR_KE
     return k / k.sum(dim=(1, 2), keepdim=True)
 
 
-def blur_kernels(batch: int, generator: torch.Generator, size: int = BLUR_KERNEL) -> torch.Tensor:
-    """Per image, a Gaussian (σ ∈ [1.5, 2.5]) or a motion kernel (7–15 px), each with probability ½."""
-    use_motion = torch.rand(batch, generator=generator) < 0.5
-    sigma = _uniform(batch, 1.5, 2.5, generator)
+def gaussian_blur_kernels(batch: int, generator: torch.Generator, size: int = BLUR_KERNEL) -> torch.Tensor:
+    """Per image, an isotropic Gaussian kernel of σ ∈ [1.5, 2.5] px."""
+    return gaussian_kernel(_uniform(batch, 1.5, 2.5, generator), size)
+
+
+def motion_blur_kernels(batch: int, generator: torch.Generator, size: int = BLUR_KERNEL) -> torch.Tensor:
+    """Per image, a linear motion kernel of 7–15 px at a uniform angle."""
     length = _uniform(batch, 7.0, 15.0, generator)
-    angle = _uniform(batch, 0.0, math.pi, generator)
-    return torch.where(use_motion[:, None, None], motion_kernel(length, angle, size), gaussian_kernel(sigma, size))
+    return motion_kernel(length, _uniform(batch, 0.0, math.pi, generator), size)
 
 
 def convolve(x: torch.Tensor, kernels: torch.Tensor) -> torch.Tensor:
@@ -161,8 +163,13 @@ def convolve(x: torch.Tensor, kernels: torch.Tensor) -> torch.Tensor:
 
 
 def blur(x0: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-    """Gaussian or motion blur (one kernel per image), plus noise of std 1/255."""
-    return add_noise(convolve(x0, blur_kernels(x0.shape[0], generator)), generator, BLUR_NOISE_STD)
+    """Gaussian blur (one kernel per image), plus noise of std 1/255."""
+    return add_noise(convolve(x0, gaussian_blur_kernels(x0.shape[0], generator)), generator, BLUR_NOISE_STD)
+
+
+def motion_blur(x0: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """Linear motion blur (one kernel per image), plus noise of std 1/255."""
+    return add_noise(convolve(x0, motion_blur_kernels(x0.shape[0], generator)), generator, BLUR_NOISE_STD)
 
 
 def inpaint_mask(batch: int, height: int, width: int, generator: torch.Generator,
@@ -238,8 +245,10 @@ class Degradation:
 
 DEGRADATIONS: dict[str, Degradation] = {
     "denoise": Degradation("denoise", add_noise, "additive Gaussian noise of std 25/255, not clipped"),
-    "deblur": Degradation("deblur", blur, "Gaussian (σ 1.5–2.5) or motion (7–15 px) blur, plus noise of std 1/255",
+    "deblur": Degradation("deblur", blur, "Gaussian blur (σ 1.5–2.5 px), plus noise of std 1/255",
                           margin=BLUR_KERNEL // 2),
+    "motion_deblur": Degradation("motion_deblur", motion_blur, "linear motion blur (7–15 px, any angle), plus "
+                                                                "noise of std 1/255", margin=BLUR_KERNEL // 2),
     "inpaint": Degradation("inpaint", inpaint, "random strokes (2–5 px thick, 13–38 px long) and rectangles "
                                                "(6–19 px sides) over 15–30 % of the pixels, filled with "
                                                f"{INPAINT_FILL}"),
