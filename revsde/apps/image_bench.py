@@ -234,9 +234,10 @@ def sample_native(runner: NativeRunner, steps: int, seeds: list[int], dist: Dist
 
 def sample_dlg(runner: NativeRunner, target: int, seeds: list[int], dist: Dist, max_batch: int):
     """Denoising MCMC as Kim & Ye run it, on the built-in noise-level classifier: ``len(seeds)`` outputs
-    as ``snapshots`` successive snapshots (the configuration's ``dlg`` settings, else ``bench.DLG``) of persistent chains (``bench.dlg_snapshots``), chain
-    ``c`` seeded by ``seeds[c]`` (its prior draw as the pipeline's, then its own generator); the budget
-    split by ``bench.dlg_budget``. Returns the outputs in seed order and the NFE per output."""
+    as ``snapshots`` successive snapshots (the configuration's ``dlg`` settings, else ``bench.DLG``) of
+    persistent chains (``bench.dlg_snapshots``), chain ``c`` seeded by ``seeds[c]`` (its prior draw as the
+    pipeline's, then its own generator); the budget split by ``bench.dlg_budget``. Returns the outputs in
+    seed order and the NFE per output."""
     from .bench import DLG, dlg_sampler, dlg_snapshots
     from .train_noise_classifier import load_weights
 

@@ -17,9 +17,9 @@ iteration is one network call, at ``x = μ + α_k x̃`` and ``t_k``, and one cla
   levels would all look like N(0, I) near t_max, and a chain there would freeze: ε ∝ α² ≈ 0).
 
 A run: start the chains (``init="integrator"``, the reference's: a rough pass of the integrator over the
-caller's grid from the prior — or over that grid resampled to ``init_steps`` steps, as the reference runs
-its init pass with N = 20 whatever the outputs' N — then ``x̃ += init_noise·z``; ``"prior"``: the prior draw; levels from
-the classifier), ``burn_in_steps`` iterations at ``burn_in_eta``, then ``mcmc_steps`` at ``eta`` keeping
+caller's grid from the prior — or over that grid resampled to ``init_steps`` steps, as the reference
+runs its init pass with N = 20 whatever the outputs' N — then ``x̃ += init_noise·z``; ``"prior"``: the
+prior draw; levels from the classifier), ``burn_in_steps`` iterations at ``burn_in_eta``, then ``mcmc_steps`` at ``eta`` keeping
 per chain the iterate of the smallest level (``keep="min"``, the reference's) or the last one; then
 the integrator runs on a per-sample ``(N+1, B)`` grid from each kept level to the grid's end (the
 caller's grid moved to start there, its λ-spacing kept), and ``tweedie_final`` adds one call for x̂₀
@@ -103,8 +103,8 @@ class DMCMC(Sampler):
                  integrator_options: dict | None = None, levels=None, eta: float = 0.5, mcmc_steps: int = 10,
                  noise_level: str = "argmax", keep: str = "min", tweedie_final: bool = True,
                  init: str = "integrator", init_steps: int | None = None, init_noise: float = 0.5,
-                 burn_in_steps: int = 10,
-                 burn_in_eta: float | None = None, state: DMCMCState | dict | None = None):
+                 burn_in_steps: int = 10, burn_in_eta: float | None = None,
+                 state: DMCMCState | dict | None = None):
         from . import REGISTRY, get
 
         classifier = noise_classifier
@@ -140,7 +140,8 @@ class DMCMC(Sampler):
         if init == "integrator" and integrator is None:
             raise ValueError("sampler 'dmcmc' with init='integrator' needs an integrator; use init='prior'")
         if init_steps is not None and init != "integrator":
-            raise ValueError(f"sampler 'dmcmc': init_steps sets the init pass of init='integrator' (got init={init!r})")
+            raise ValueError(f"sampler 'dmcmc': init_steps sets the init pass of init='integrator' "
+                             f"(got init={init!r})")
         if isinstance(state, dict):
             state = DMCMCState.from_state_dict(state)
         if not (state is None or isinstance(state, DMCMCState)):
