@@ -100,15 +100,15 @@ def card(task: str, config: dict, result, evals: list[dict], command: str, weigh
         for row in ev["rows"] + [{"image": "**mean**", **ev["mean"]}]:
             lines.append(f"| {label} | {ev['nfe']} | {row['image']} | {row['psnr_in']:.2f} | {row['ssim_in']:.4f} | "
                          f"{row['psnr']:.2f} | {row['ssim']:.4f} |")
+    best = max(evals, key=lambda ev: ev["mean"]["psnr"])
     lines += ["", "mrs is the MR Sampler's default here: ODE, data prediction, order 2, log-SNR grid. Few steps "
               "land near the posterior mean E[x0 | μ] (smooth, highest PSNR/SSIM); more steps follow the learned "
               "distribution more closely and draw a sample of p(x0 | μ), with plausible texture that PSNR and SSIM "
               "count as error.", "",
+              f"The highest mean PSNR is at **{best['nfe']} NFE** ({best['mean']['psnr']:.2f} dB, "
+              f"{best['mean']['psnr'] - best['mean']['psnr_in']:+.2f} dB over the input): "
+              f"`revsde restore … --task {task} --nfe {best['nfe']}`.", "",
               f"Evaluation took {sum(ev['seconds'] for ev in evals) / 60:.1f} min.", ""]
-    best = max(evals, key=lambda ev: ev["mean"]["psnr"])
-    lines[-2:-2] = [f"The highest mean PSNR is at **{best['nfe']} NFE** ({best['mean']['psnr']:.2f} dB, "
-                    f"{best['mean']['psnr'] - best['mean']['psnr_in']:+.2f} dB over the input): "
-                    f"`revsde restore … --task {task} --nfe {best['nfe']}`.", ""]
     return "\n".join(lines)
 
 

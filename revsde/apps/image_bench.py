@@ -94,7 +94,9 @@ def revsde_configs() -> list[SchedulerConfig]:
 #: a 10-step init pass (Kim & Ye also run theirs with its own N = 20) re-noised to σ̃ = 1.5 and η = 2
 #: (the reference's 0.5 on [0, 1] data is 2 on our [−1, 1]) keep the chains' snapshots near the data
 #: (2000 independent chains: 0.67); 3 snapshots of 2 MCMC steps each with a sampled level and the last
-#: iterate kept decorrelate them enough: 0.67 / 0.82 / 0.72 against mrs 2 logsnr's 0.84 / 0.78 / 0.79.
+#: iterate kept decorrelate them enough. This bench at 10 NFE, 2000 samples, seeds from 0 / 10000 / 20000:
+#: DLG + mrs 3 logsnr 0.654 / 0.787 / 0.689 against 1.03 / 1.23 / 1.36 alone; DLG + mrs 2 logsnr 0.665 /
+#: 0.822 / 0.721 against 0.852 / 0.785 / 0.794.
 DLG_IMAGE = {"snapshots": 3, "burn_in_steps": 0, "mcmc_steps": 2, "init_steps": 10, "init_noise": 1.5,
              "eta": 2.0, "noise_level": "sample", "keep": "last"}
 

@@ -19,8 +19,8 @@ iteration is one network call, at ``x = μ + α_k x̃`` and ``t_k``, and one cla
 A run: start the chains (``init="integrator"``, the reference's: a rough pass of the integrator over the
 caller's grid from the prior — or over that grid resampled to ``init_steps`` steps, as the reference
 runs its init pass with N = 20 whatever the outputs' N — then ``x̃ += init_noise·z``; ``"prior"``: the
-prior draw; levels from the classifier), ``burn_in_steps`` iterations at ``burn_in_eta``, then ``mcmc_steps`` at ``eta`` keeping
-per chain the iterate of the smallest level (``keep="min"``, the reference's) or the last one; then
+prior draw; levels from the classifier), ``burn_in_steps`` iterations at ``burn_in_eta``, then
+``mcmc_steps`` at ``eta`` keeping per chain the iterate of the smallest level (``keep="min"``, the reference's) or the last one; then
 the integrator runs on a per-sample ``(N+1, B)`` grid from each kept level to the grid's end (the
 caller's grid moved to start there, its λ-spacing kept), and ``tweedie_final`` adds one call for x̂₀
 at the end. The instance *is* the chains: ``state`` (a ``DMCMCState``) holds them after a run, and the
@@ -305,10 +305,9 @@ def resample_grid(sde, grid, steps: int) -> torch.Tensor:
     finite = bool(torch.isfinite(lam).all())
     value = lam if finite else grid
     pos = torch.linspace(0, n, steps + 1, dtype=torch.float64, device=grid.device)
-    lo = pos.floor().long().clamp(max=max(n - 1, 0))
+    lo = pos.floor().long().clamp(max=n - 1)  # a grid has N ≥ 1 intervals; the last point uses lo = N − 1
     w = bcast((pos - lo).to(value.dtype), value[lo])
-    hi = (lo + 1).clamp(max=n)
-    out = value[lo] + w * (value[hi] - value[lo])
+    out = value[lo] + w * (value[lo + 1] - value[lo])
     t = (sde.t_from_log_snr(out) if finite else out).to(grid.dtype).clone()
     t[0], t[-1] = grid[0], grid[-1]
     return t.contiguous()
