@@ -229,7 +229,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "writes bench_speed.md and bench_speed.json")
     b.add_argument("--problems", default="vp,mr", help="comma-separated problems: vp, mr (default: vp,mr)")
     b.add_argument("--nfe", default=None, help="comma-separated target NFEs (default: 5,10,20,50,100; "
-                                               "with --task restore 2,3,5,10,20; with --task speech 5,10,20 for "
+                                               "with --task restore 2,3,5,10,20; with --task speech 2,3,5,10,20 for "
                                                "mrs and 10,20,30 for sgmse, whose even values it takes)")
     b.add_argument("--n", type=int, default=None,
                    help="samples per run (default: 10000 for gmm, 2000 for image)")

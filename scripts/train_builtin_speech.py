@@ -7,6 +7,8 @@ Training resumes from ``OUT/last.pt`` (rerun the same command after an interrupt
 its steps, the EMA weights go to ``revsde/weights/speech_enhance.safetensors`` and a model card
 ``speech_enhance.md`` beside them reports the data recipe, the settings, the wall time and the
 held-out PESQ / ESTOI / SI-SDR of the noisy inputs and of the enhancements (MR Sampler and SGMSE+'s).
+The MR Sampler setting with the best PESQ is stored in the weights (``train_speech.recommend``): it is
+what ``revsde enhance --model builtin`` runs when given no ``--nfe`` and no ``--option``.
 """
 from __future__ import annotations
 
@@ -29,23 +31,52 @@ from revsde.apps.speech_eval import METRICS, evaluate_speech  # noqa: E402
 
 # Chosen from measurements on this CPU (1 thread, batch 8 of 128-frame crops, 1.02 s): NCSN++ nf=16 with
 # five levels (1,2,2,2,2) and one BigGAN block per level (0.58 M parameters, ~0.6 s per forward+backward
-# of batch 4) runs ~0.5-0.8 steps/s on one shared core, so 20000 steps take several sessions (the run
-# resumes from its checkpoint); velocity prediction as for the restoration models (an ε-net must
+# of batch 4) runs ~0.5-0.8 steps/s on one shared core and ~1.2 on two, so the run takes several sessions
+# (it resumes from its checkpoint); velocity prediction as for the restoration models (an ε-net must
 # reproduce (x − y)/σ_t near t = 1 to a fraction of a percent).
 # The loss: SGMSE+'s ε-residual (4000 steps: SI-SDR +0.5 dB at step 2500 on 8 test pairs, PESQ below the
 # input) learns the enhancement ~4x more slowly per step than SGMSE's data-prediction MSE (+0.6 dB at
 # step 600, +0.7 dB at 770 with mrs at 5 NFE), which weights every noise level by its error on the clean
 # spectrogram; the score is the same Tweedie conversion either way, so every sampler runs unchanged.
-DEFAULTS = {"steps": 20000, "batch": 8, "frames": 128, "lr": 5e-4, "prediction": "velocity", "loss": "data",
+# The committed weights' run began with 20000 steps and was cut to 12000 at step 5364 to finish in a session
+# (the card shows the schedule it followed); at step 5000 the model's x̂₀ after one step was its best output.
+DEFAULTS = {"steps": 12000, "batch": 8, "frames": 128, "lr": 5e-4, "prediction": "velocity", "loss": "data",
             "corpus": 600}
 LOSS_NAMES = {"sgmse": "SGMSE+'s ½ Σ|σ_t s_θ + z|² (= ½ Σ|ε̂ − z|²)",
               "denoiser": "SGMSE's denoiser objective ½ Σ|D − μ_t|², D = x_t + σ_t² s_θ",
               "data": "SGMSE's data-prediction MSE ½ Σ|x̂₀ − x₀|² (x̂₀ from the score by Tweedie)"}
-EVALS = [("mrs", {}, 5), ("mrs", {}, 10), ("sgmse", {}, 60)]
+# the MR Sampler from 2 NFE (the step from t = 1 plus the final data prediction) and SGMSE+'s at 60
+EVALS = [("mrs", {}, 2), ("mrs", {}, 3), ("mrs", {"stochastic": True}, 3), ("mrs", {}, 5), ("mrs", {}, 10),
+         ("sgmse", {}, 60)]
+
+
+def label(ev: dict) -> str:
+    """``mrs ODE`` / ``mrs SDE`` (with a non-default order) or the sampler's name."""
+    if ev["sampler"] != "mrs":
+        return ev["sampler"]
+    opts = ev["options"]
+    return "mrs " + ("SDE" if opts.get("stochastic") else "ODE") + (f" order {opts['order']}" if "order" in opts else "")
+
+
+def best_mrs(evals: list[dict]) -> dict:
+    """The MR Sampler evaluation with the highest mean PESQ (the fewer NFE on a tie)."""
+    return max((ev for ev in evals if ev["sampler"] == "mrs"), key=lambda ev: (ev["mean"]["pesq"], -ev["nfe"]))
+
+
+def schedule(config: dict) -> str:
+    """The learning-rate schedule, with the totals a resumed run switched between (``lr_history``)."""
+    text = f"Adam lr {config['lr']:g} cosine to {config['lr_floor']:g}"
+    history = config.get("lr_history")
+    if not history:
+        return text
+    spans = ", ".join(f"over {total} steps from step {start}" for start, total in history)
+    return text + f" (the run was resumed with other totals; the cosine ran {spans})"
 
 
 def card(config: dict, evals: list[dict], command: str, n_params: int, threads: int) -> str:
     sde, net = config["sde"], config["net"]
+    rec = best_mrs(evals)
+    rec_flags = "".join(f" --option {k}={v}" for k, v in rec["options"].items())
     accents, variants = speech_data.split_voices("train")
     lines = [
         "# revsde built-in model: speech_enhance",
@@ -59,7 +90,9 @@ def card(config: dict, evals: list[dict], command: str, n_params: int, threads: 
         "## Use",
         "",
         "```",
-        "revsde enhance noisy.wav -o enhanced/                       # MR Sampler, 10 NFE",
+        f"revsde enhance noisy.wav -o enhanced/            # {label(rec)} at {rec['nfe']} NFE: the best row below, "
+        "stored in the weights as the default",
+        f"revsde enhance noisy.wav -o enhanced/ --nfe {rec['nfe']}{rec_flags}   # the same, spelled out",
         "revsde enhance noisy.wav -o enhanced/ --sampler sgmse --nfe 60   # SGMSE+'s sampler",
         "```",
         "",
@@ -76,17 +109,17 @@ def card(config: dict, evals: list[dict], command: str, n_params: int, threads: 
         f"crops of {config['frames']} frames ({(config['frames'] - 1) * 128 / 16000:.2f} s), batch {config['batch']}",
         f"- SDE: OUVE(θ={sde['theta']:g}, σ_min={sde['sigma_min']:g}, σ_max={sde['sigma_max']:g}), t ~ U[{config['t_eps']:g}, 1]",
         f"- loss: {LOSS_NAMES[config.get('loss', 'sgmse')]}; network output: {config['prediction']} prediction",
-        f"- {config['trained_steps']} steps, Adam lr {config['lr']:g} cosine to {config['lr_floor']:g}, no clipping, EMA "
+        f"- {config['trained_steps']} steps, {schedule(config)}, no clipping, EMA "
         f"{config['ema']} (exported)",
-        f"- wall time: {config['elapsed_s'] / 60:.1f} min on {threads} CPU thread(s) "
-        f"({platform.processor() or platform.machine()}, torch {torch.__version__}); "
-        f"{config['trained_steps'] / max(config['elapsed_s'], 1e-9):.2f} it/s",
+        f"- wall time: {config['elapsed_s'] / 60:.1f} min of training on this CPU "
+        f"({platform.processor() or platform.machine()}, torch {torch.__version__}; 1–2 threads as the "
+        f"sessions allowed), {config['trained_steps'] / max(config['elapsed_s'], 1e-9):.2f} it/s on average",
         "",
         "## Held-out results",
         "",
-        f"The {evals[0]['rows'].__len__()} test pairs of `speech_data.test_set()` (2–4 s, held-out voices, "
+        f"The {len(evals[0]['rows'])} test pairs of `speech_data.test_set()` (2–4 s, held-out voices, "
         "sentences and noises), each enhanced in one window. Mean ± std; PESQ wide-band, SI-SDR in dB; RTF = "
-        "wall time / audio duration on this CPU, one thread.",
+        f"wall time / audio duration on this CPU, {threads} thread(s).",
         "",
         "| sampler | NFE | PESQ | ESTOI | SI-SDR | RTF |",
         "|---|---:|---:|---:|---:|---:|",
@@ -95,13 +128,16 @@ def card(config: dict, evals: list[dict], command: str, n_params: int, threads: 
     lines.append("| noisy input | — | " + " | ".join(f"{m[k + '_in']:.3f} ± {s[k + '_in']:.3f}" for k in METRICS) + " | — |")
     for ev in evals:
         m, s = ev["mean"], ev["std"]
-        lines.append(f"| {ev['sampler']} | {ev['nfe']} | " + " | ".join(f"{m[k]:.3f} ± {s[k]:.3f}" for k in METRICS)
+        lines.append(f"| {label(ev)} | {ev['nfe']} | " + " | ".join(f"{m[k]:.3f} ± {s[k]:.3f}" for k in METRICS)
                      + f" | {ev['rtf']:.2f} |")
-    best = max(evals, key=lambda ev: ev["mean"]["pesq"])
-    gain = {k: best["mean"][k] - best["mean"][k + "_in"] for k in METRICS}
-    lines += ["", f"Best: {best['sampler']} at {best['nfe']} NFE, PESQ {gain['pesq']:+.3f}, ESTOI {gain['estoi']:+.3f}, "
-              f"SI-SDR {gain['si_sdr']:+.2f} dB over the noisy input.", ""]
-    return "\n".join(lines)
+    gain = {k: rec["mean"][k] - rec["mean"][k + "_in"] for k in METRICS}
+    lines += ["", f"Best MR Sampler setting: {label(rec)} at {rec['nfe']} NFE, PESQ {gain['pesq']:+.3f}, ESTOI "
+              f"{gain['estoi']:+.3f}, SI-SDR {gain['si_sdr']:+.2f} dB over the noisy input."]
+    for ev in evals:
+        if ev["sampler"] == "sgmse":
+            lines.append(f"Against SGMSE+'s sampler at {ev['nfe']} NFE: PESQ {rec['mean']['pesq'] - ev['mean']['pesq']:+.3f} "
+                         f"with {ev['nfe'] / rec['nfe']:.0f}× fewer network evaluations.")
+    return "\n".join(lines + [""])
 
 
 def main(argv=None) -> int:
@@ -115,7 +151,8 @@ def main(argv=None) -> int:
     parser.add_argument("--no-progress", dest="progress", action="store_false")
     args = parser.parse_args(argv)
 
-    command = "python scripts/train_builtin_speech.py " + shlex.join(sys.argv[1:] if argv is None else argv)
+    shown = [a for a in (sys.argv[1:] if argv is None else argv) if a != "--eval-only"]  # the training's command
+    command = "python scripts/train_builtin_speech.py " + shlex.join(shown)
     out_dir, weights = Path(args.out), Path(args.weights) / BUILTIN
     if not args.eval_only:
         result = train_speech.train_speech(out_dir, args.steps, batch=DEFAULTS["batch"], frames=DEFAULTS["frames"],
@@ -137,10 +174,13 @@ def main(argv=None) -> int:
         ev = evaluate_speech(speech, sampler=sampler, nfe=nfe, pairs=pairs, options=options, progress=args.progress)
         evals.append(ev)
         m = ev["mean"]
-        print(f"{sampler} NFE {ev['nfe']}: " + ", ".join(f"{k} {m[k + '_in']:.3f} -> {m[k]:.3f}" for k in METRICS)
+        print(f"{label(ev)} NFE {ev['nfe']}: " + ", ".join(f"{k} {m[k + '_in']:.3f} -> {m[k]:.3f}" for k in METRICS)
               + f", RTF {ev['rtf']:.2f}", flush=True)
     with atomic_output(out_dir / "eval.json") as f:
         f.write(json.dumps(evals, indent=1).encode())
+    rec = best_mrs(evals)
+    train_speech.recommend(weights, rec["nfe"], rec["options"])
+    print(f"recommended (revsde enhance's default for it): {label(rec)} at {rec['nfe']} NFE")
     n_params = sum(p.numel() for p in score.net.parameters())
     card_path = weights.with_suffix(".md")
     with atomic_output(card_path) as f:

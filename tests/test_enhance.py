@@ -297,6 +297,40 @@ def test_the_command_line_writes_what_enhance_array_returns(tiny_model, speech, 
     np.testing.assert_array_equal(written, ref * np.float32(gain) if gain < 1 else ref)
 
 
+def test_a_models_recommended_setting_is_the_default_and_anything_given_wins(tiny_model, tmp_path, capsys):
+    from revsde.apps.enhance import run_settings
+    from revsde.apps.train_speech import read_config, recommend
+
+    plain = E.load_speech_model(str(tiny_model))
+    assert plain.recommended is None and run_settings(plain)[:3] == ("mrs", 10, {})
+    assert run_settings(plain, "sgmse")[:3] == ("sgmse", 60, {})
+    path = tmp_path / "carded.safetensors"
+    path.write_bytes(tiny_model.read_bytes())
+    recommend(path, 3, {"stochastic": True})
+    assert read_config(path)["recommended"] == {"nfe": 3, "options": {"stochastic": True}}
+    speech = E.load_speech_model(str(path))
+    for name, tensor in plain.model.net.state_dict().items():  # the weights are untouched
+        assert torch.equal(speech.model.net.state_dict()[name], tensor)
+    assert run_settings(speech)[:3] == run_settings(speech, "mrs")[:3] == ("mrs", 3, {"stochastic": True})
+    assert run_settings(speech, nfe=5)[:3] == ("mrs", 5, {})  # given NFE: the plain sampler at that NFE
+    assert run_settings(speech, options={"order": 1})[:3] == ("mrs", 10, {"order": 1})
+    assert run_settings(speech, "sgmse")[:3] == ("sgmse", 60, {})
+    wave = speech_like(0.5, RATE, seed=4)
+    src = write(tmp_path / "in" / "x.wav", wave, RATE, "FLOAT")
+    assert run(src, "-o", tmp_path / "out", "--model", path) == 0
+    printed = capsys.readouterr().out
+    assert "sampler mrs, stochastic=True, NFE 3 per window (the model card's best MR Sampler setting)" in printed
+    written = sf.read(str(tmp_path / "out" / "x.wav"), dtype="float32", always_2d=True)[0].T
+    ref = enhance_array(Enhancer(speech, nfe=3, options={"stochastic": True}), wave, RATE)
+    np.testing.assert_array_equal(written, ref * np.float32(min(1.0, PEAK_LIMIT / float(np.abs(ref).max()))))
+    for bad, message in ((1, "integer >= 2"), (2.5, "integer >= 2"), (True, "integer >= 2")):
+        with pytest.raises(ValueError, match=message):
+            recommend(path, bad)
+    with pytest.raises(ValueError, match="must be a dict"):
+        recommend(path, 3, [("order", 1)])
+    assert read_config(path)["recommended"]["nfe"] == 3  # refused: the file is unchanged
+
+
 # --- SGMSE+'s sampler ---------------------------------------------------------------------------
 def test_sgmse_grid_is_sgmse_timesteps_then_zero():
     grid = sgmse_grid(30, 0.03)

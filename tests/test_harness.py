@@ -14,7 +14,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from revsde.apps.harness import Cache, Cell, Dist, file_fingerprint, fingerprint, run_cells, shard_seeds
+from revsde.apps.fingerprints import file_fingerprint, fingerprint
+from revsde.apps.harness import Cache, Cell, Dist, run_cells, shard_seeds
 from revsde.cli import main
 
 SETTINGS = {"task": "toy", "n_samples": 100, "seed": 0}

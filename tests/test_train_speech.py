@@ -212,6 +212,25 @@ def test_resume_reproduces_an_uninterrupted_run(tmp_path, corpus_root):
     assert all(math.isfinite(r["loss"]) for r in log)
 
 
+def test_resuming_with_another_total_continues_the_cosine_on_it_and_records_it(tmp_path, corpus_root):
+    from revsde.apps.trainer import cosine
+
+    _train(tmp_path, "run", corpus_root, steps=8, stop_at=2)
+    assert "lr_history" not in load_checkpoint(tmp_path / "run" / "last.pt")["config"]
+    _train(tmp_path, "run", corpus_root, steps=8, stop_at=3)  # the same total: nothing to record
+    assert "lr_history" not in load_checkpoint(tmp_path / "run" / "last.pt")["config"]
+    _train(tmp_path, "run", corpus_root, steps=6, stop_at=4)
+    _train(tmp_path, "run", corpus_root, steps=5)
+    state = load_checkpoint(tmp_path / "run" / "last.pt")
+    assert state["step"] == 5 and state["config"]["lr_history"] == [[0, 8], [3, 6], [4, 5]]
+    log = [json.loads(line) for line in (tmp_path / "run" / "train_log.jsonl").read_text().splitlines()]
+    lr, floor = 5e-4, 1e-6 / 5e-4
+    expected = [cosine(8, floor)(s) for s in (1, 2, 3)] + [cosine(6, floor)(4), cosine(5, floor)(5)]
+    assert [r["lr"] for r in log] == pytest.approx([lr * f for f in expected], rel=1e-12)
+    assert T.export_weights(state, tmp_path / "w.safetensors") and \
+        T.read_config(tmp_path / "w.safetensors")["lr_history"] == [[0, 8], [3, 6], [4, 5]]
+
+
 def test_the_data_generator_matters_for_resuming(tmp_path, corpus_root, monkeypatch):
     """Without the numpy state in the checkpoint the resumed run draws other crops and diverges: the
     resume test above would notice a missing ``extra``."""

@@ -366,7 +366,7 @@ def _floor(problem: Problem, n_samples: int, repeats: int, seed: int) -> dict:
 
 def gmm_settings(n_samples: int, repeats: int, seed: int) -> dict:
     """What a cached gmm cell depends on besides its own label, NFE and options (the cache refuses others)."""
-    from .harness import versions
+    from .fingerprints import versions
 
     return {"task": "gmm", "n_samples": n_samples, "repeats": repeats, "seed": seed, **versions("diffusers")}
 

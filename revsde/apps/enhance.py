@@ -51,10 +51,30 @@ class SpeechModel:
     model: ScoreModel
     spec: SpecConfig
     description: str
+    #: the MR Sampler setting its model card found best, ``{"nfe": N, "options": {...}}`` (None: no card)
+    recommended: dict | None = None
 
     @property
     def sample_rate(self) -> int:
         return self.spec.sample_rate
+
+
+DEFAULT_NFE = {"mrs": 10, "sgmse": 60}
+
+
+def run_settings(speech: SpeechModel, sampler: str | None = None, nfe: int | None = None,
+                 options: dict | None = None) -> tuple[str, int, dict, str]:
+    """``(sampler, nfe, options, origin)`` of a run. What the caller gives wins; with no sampler (or
+    ``mrs``), no NFE and no options, the model's ``recommended`` MR Sampler setting (its card's best);
+    otherwise 10 NFE (60 for ``sgmse``, its published setting). ``origin`` says which, for the log."""
+    options = dict(options or {})
+    rec = speech.recommended
+    if sampler in (None, "mrs") and nfe is None and not options and rec:
+        return "mrs", int(rec["nfe"]), dict(rec.get("options", {})), "the model card's best MR Sampler setting"
+    sampler = sampler or "mrs"
+    if nfe is None:
+        return sampler, DEFAULT_NFE.get(sampler, 10), options, "the default"
+    return sampler, nfe, options, "as given"
 
 
 @contextlib.contextmanager
@@ -89,7 +109,7 @@ def load_speech_model(model: str = "builtin", *, device=None, weights: str = "em
         net = config["net"]
         description = (f"{path.name}: NCSN++ nf {net.get('nf')} ch_mult {tuple(net.get('ch_mult', ()))}, "
                        f"{config['prediction']} prediction, {config['trained_steps']} steps")
-        return SpeechModel(score, spec, description)
+        return SpeechModel(score, spec, description, config.get("recommended"))
     if path.suffix != ".ckpt":
         raise ValueError(f"--model {path}: expected a revsde .safetensors export or an SGMSE+ .ckpt")
     from ..nets.sgmse import load_sgmse_checkpoint

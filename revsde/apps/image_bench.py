@@ -30,9 +30,9 @@ from pathlib import Path
 import torch
 
 from .files import write_report
+from .fingerprints import fingerprint, versions
+from .harness import Cache, Cell, Dist, markdown_table, plot_curves, run_cells, shard_seeds
 from .image_scores import FeatureSpace, digits_space, inception_space, score
-from .harness import (Cache, Cell, Dist, fingerprint, markdown_table, plot_curves, run_cells, shard_seeds,
-                      versions)
 from .pipeline_bench import SchedulerConfig, _CountCalls, steps_for_nfe
 
 STEM = "bench_image"

@@ -80,10 +80,11 @@ def add_enhance_parser(commands) -> None:
                    help="'builtin', a .safetensors exported by `revsde train speech`, or an official SGMSE+ .ckpt")
     e.add_argument("--weights", choices=["ema", "raw"], default="ema",
                    help="with an official .ckpt: its EMA weights (default, as SGMSE+'s inference) or the raw ones")
-    e.add_argument("--sampler", default="mrs", metavar="NAME",
+    e.add_argument("--sampler", default=None, metavar="NAME",
                    help="mrs (the MR Sampler, default), sgmse (SGMSE+'s PC sampler) or any fixed-step sampler")
     e.add_argument("--nfe", type=integer, default=None,
-                   help="network evaluations per window (default: 10; 60 with --sampler sgmse)")
+                   help="network evaluations per window (default: the MR Sampler setting the model's card found "
+                        "best when no --option is given, the built-in's included; else 10, and 60 with --sampler sgmse)")
     e.add_argument("--chunk-seconds", type=float, default=8.0, metavar="S",
                    help="window length (default: 8; rounded to whole 64-frame blocks)")
     e.add_argument("--overlap-seconds", type=float, default=0.5, metavar="S",
@@ -106,14 +107,15 @@ def _run_restore(args) -> int:
 
 
 def _run_enhance(args) -> int:
-    from .enhance import enhance_files, load_speech_model
+    from .enhance import enhance_files, load_speech_model, run_settings
 
     options, progress, device = _setup(args)
-    nfe = args.nfe if args.nfe is not None else (60 if args.sampler == "sgmse" else 10)
     speech = load_speech_model(args.model, device=device, weights=args.weights)
-    print(f"model: {speech.description}; {speech.sample_rate} Hz; sampler {args.sampler}, NFE {nfe} per window, "
-          f"seed {args.seed}")
-    report = enhance_files(args.inputs, args.output, speech, sampler=args.sampler, nfe=nfe, seed=args.seed,
+    sampler, nfe, options, origin = run_settings(speech, args.sampler, args.nfe, options)
+    shown = "".join(f", {k}={v}" for k, v in options.items())
+    print(f"model: {speech.description}; {speech.sample_rate} Hz; sampler {sampler}{shown}, NFE {nfe} per window "
+          f"({origin}), seed {args.seed}")
+    report = enhance_files(args.inputs, args.output, speech, sampler=sampler, nfe=nfe, seed=args.seed,
                            options=options, chunk_seconds=args.chunk_seconds, overlap_seconds=args.overlap_seconds,
                            skip_existing=args.skip_existing, device=device, progress=progress, log=print)
     print(report.summary())

@@ -92,7 +92,8 @@ def run_restore_bench(task: str = "denoise", model="builtin", nfes=(2, 3, 5, 10,
 
     Cells run through ``harness.run_cells``: cached in ``cache_path`` (``resume=False`` starts afresh),
     split across the ranks of ``dist``, ``log`` told how many came from the cache."""
-    from .harness import Cache, Cell, Dist, file_fingerprint, fingerprint, run_cells, versions
+    from .fingerprints import file_fingerprint, fingerprint, versions
+    from .harness import Cache, Cell, Dist, run_cells
     from .restore import builtin_path, load_restore_model
     from .restore_data import HELD_OUT, photos
     from .restore_eval import evaluate_restore

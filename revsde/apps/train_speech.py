@@ -172,6 +172,28 @@ def export_weights(checkpoint, path) -> Path:
     return export_ema(checkpoint, path, FORMAT, flat_keys=("prediction", "arch", "net", "sde", "trained_steps"))
 
 
+def recommend(path, nfe: int, options: dict | None = None) -> Path:
+    """Store in an exported file the MR Sampler setting its model card found best: ``revsde enhance``
+    then uses it when given no ``--nfe`` and no ``--option`` (``config["recommended"]``)."""
+    from safetensors import safe_open
+    from safetensors.torch import load_file, save
+
+    from .files import atomic_output
+
+    if isinstance(nfe, bool) or not isinstance(nfe, int) or nfe < 2:
+        raise ValueError(f"the recommended NFE must be an integer >= 2 (got {nfe!r})")
+    if not isinstance(options, (dict, type(None))):
+        raise ValueError(f"the recommended options must be a dict (got {options!r})")
+    config = {**read_config(path), "recommended": {"nfe": nfe, "options": dict(options or {})}}
+    with safe_open(str(path), framework="pt") as f:
+        meta = {**(f.metadata() or {}), "config": json.dumps(config, sort_keys=True)}
+    tensors = load_file(str(path))
+    path = Path(path)
+    with atomic_output(path) as f:
+        f.write(save(tensors, metadata=meta))
+    return path
+
+
 def read_config(path) -> dict:
     """The config stored in an exported ``.safetensors`` file (``ValueError`` if it is not ours)."""
     return read_export_config(path, FORMAT, "speech model")

@@ -109,6 +109,8 @@ def fit(net: torch.nn.Module, batch_loss: Callable[[], torch.Tensor], config: di
     learning rate decays from ``lr`` to ``lr_floor`` over ``steps`` (cosine). After each step the
     EMA moves with decay ``min(ema, (1+n)/(10+n))`` (torch-ema's warm-up, so short runs forget their
     random start). ``extra``: objects with ``state_dict``/``load_state_dict`` saved in the checkpoint.
+    A run resumed with another ``steps`` follows the cosine over the new total from where it stands;
+    the saved config then records ``lr_history``: ``[[from_step, total], ...]`` since step 0.
     """
     check_positive_ints(steps=steps, checkpoint_every=checkpoint_every, log_every=log_every)
     if not 0 <= ema < 1:
@@ -142,6 +144,11 @@ def fit(net: torch.nn.Module, batch_loss: Callable[[], torch.Tensor], config: di
             obj.load_state_dict(state["extra"][name])
         step, elapsed = int(state["step"]), float(state["elapsed_s"])
         truncate_log(log_path, step)
+        history = saved.get("lr_history") or [[0, saved.get("steps", steps)]]
+        if history[-1][1] != steps:  # resumed with another total: the cosine continues on the new one
+            history = history + [[step, steps]]
+        if len(history) > 1:
+            config = {**config, "lr_history": history}
     elif log_path.exists():
         log_path.unlink()
 

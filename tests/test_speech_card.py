@@ -1,0 +1,59 @@
+"""The built-in speech model's card and recommendation (``scripts/train_builtin_speech.py``): the best
+MR Sampler row is what the card recommends and what the weights store, the schedule states every total
+a resumed run followed, and the card's numbers are the evaluations'."""
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import pytest
+
+SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "train_builtin_speech.py"
+
+
+@pytest.fixture(scope="module")
+def script():
+    spec = importlib.util.spec_from_file_location("train_builtin_speech", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def evaluation(sampler, options, nfe, pesq, si_sdr):
+    mean = {"pesq_in": 1.1, "estoi_in": 0.6, "si_sdr_in": 4.0, "pesq": pesq, "estoi": 0.65, "si_sdr": si_sdr}
+    return {"sampler": sampler, "options": options, "nfe": nfe, "rows": [{}] * 24, "mean": mean,
+            "std": {k: 0.1 for k in mean}, "rtf": 0.5}
+
+
+CONFIG = {"sde": {"theta": 1.5, "sigma_min": 0.05, "sigma_max": 0.5}, "t_eps": 0.03, "corpus": 600, "frames": 128,
+          "batch": 8, "loss": "data", "prediction": "velocity", "trained_steps": 12000, "lr": 5e-4, "lr_floor": 1e-6,
+          "ema": 0.999, "elapsed_s": 36000.0,
+          "net": {"nf": 16, "ch_mult": [1, 2, 2, 2, 2], "num_res_blocks": 1, "attn_resolutions": [16]}}
+EVALS = [("mrs", {}, 2, 1.35, 8.7), ("mrs", {}, 3, 1.33, 8.2), ("mrs", {"stochastic": True}, 3, 1.36, 8.4),
+         ("mrs", {}, 5, 1.25, 7.0), ("sgmse", {}, 60, 1.20, 6.0)]
+
+
+def test_the_best_mrs_row_is_recommended_and_the_card_says_so(script):
+    evals = [evaluation(*e) for e in EVALS]
+    best = script.best_mrs(evals)
+    assert (best["nfe"], best["options"]) == (3, {"stochastic": True})
+    text = script.card(CONFIG, evals, "python scripts/train_builtin_speech.py --threads 2", 580_000, 2)
+    assert "# mrs SDE at 3 NFE" in text and "--nfe 3 --option stochastic=True" in text
+    assert "| mrs SDE | 3 | 1.360 ± 0.100 |" in text and "| sgmse | 60 | 1.200 ± 0.100 |" in text
+    assert "| noisy input | — | 1.100 ± 0.100 | 0.600 ± 0.100 | 4.000 ± 0.100 | — |" in text
+    assert "PESQ +0.260, ESTOI +0.050, SI-SDR +4.40 dB over the noisy input" in text
+    assert "Against SGMSE+'s sampler at 60 NFE: PESQ +0.160 with 20× fewer network evaluations." in text
+    assert "Adam lr 0.0005 cosine to 1e-06, no clipping" in text and "resumed" not in text
+    assert "24 test pairs" in text and "0.58 M parameters" in text and "this CPU, 2 thread(s)." in text
+
+
+def test_a_tie_goes_to_the_fewer_evaluations_and_sgmse_is_never_recommended(script):
+    evals = [evaluation("sgmse", {}, 60, 2.0, 9.0), evaluation("mrs", {}, 5, 1.3, 8.0),
+             evaluation("mrs", {}, 2, 1.3, 7.0)]
+    assert script.best_mrs(evals)["nfe"] == 2
+
+
+def test_the_schedule_names_every_total_of_a_resumed_run(script):
+    text = script.schedule({**CONFIG, "lr_history": [[0, 20000], [5054, 12500], [5364, 12000]]})
+    assert text == ("Adam lr 0.0005 cosine to 1e-06 (the run was resumed with other totals; the cosine ran over "
+                    "20000 steps from step 0, over 12500 steps from step 5054, over 12000 steps from step 5364)")
