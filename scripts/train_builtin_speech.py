@@ -38,9 +38,9 @@ from revsde.apps.speech_eval import METRICS, evaluate_speech  # noqa: E402
 # input) learns the enhancement ~4x more slowly per step than SGMSE's data-prediction MSE (+0.6 dB at
 # step 600, +0.7 dB at 770 with mrs at 5 NFE), which weights every noise level by its error on the clean
 # spectrogram; the score is the same Tweedie conversion either way, so every sampler runs unchanged.
-# The committed weights' run began with 20000 steps and was cut to 12000 at step 5364 to finish in a session
+# The committed weights' run began with 20000 steps and was cut to 11500 (via 12500, 12000) to finish in a session
 # (the card shows the schedule it followed); at step 5000 the model's x̂₀ after one step was its best output.
-DEFAULTS = {"steps": 12000, "batch": 8, "frames": 128, "lr": 5e-4, "prediction": "velocity", "loss": "data",
+DEFAULTS = {"steps": 11500, "batch": 8, "frames": 128, "lr": 5e-4, "prediction": "velocity", "loss": "data",
             "corpus": 600}
 LOSS_NAMES = {"sgmse": "SGMSE+'s ½ Σ|σ_t s_θ + z|² (= ½ Σ|ε̂ − z|²)",
               "denoiser": "SGMSE's denoiser objective ½ Σ|D − μ_t|², D = x_t + σ_t² s_θ",
