@@ -306,6 +306,7 @@ def draw_curves(axes, records: list[dict], panels: list[tuple[str, str]], *, tit
     in the last panel. ``hlines`` maps a name to a horizontal reference drawn in every panel, as
     ``{name: {metric: value, …}}``, black dashed unless the dict also gives ``color`` or ``linestyle``."""
     import matplotlib
+    import matplotlib.ticker
 
     labels = list(dict.fromkeys(r["label"] for r in records))
     colors = matplotlib.colormaps["tab20"]
@@ -323,6 +324,10 @@ def draw_curves(axes, records: list[dict], panels: list[tuple[str, str]], *, tit
                 ax.axhline(values[metric], color=values.get("color", "black"), linestyle=values.get("linestyle", "--"),
                            linewidth=1, label=name)
         ax.set_xscale("log")
+        nfes = sorted({r["nfe"] for r in records if r.get("nfe")})
+        if 0 < len(nfes) <= 8:  # label the NFEs run as plain numbers (a short log axis crowds 2×10⁰ 3×10⁰ …)
+            ax.set_xticks(nfes, [str(n) for n in nfes])
+            ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
         if logy:
             ax.set_yscale("log")
         ax.set_xlabel("NFE")
