@@ -200,7 +200,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "a diffusers folder; default with --quick); restore: PSNR/SSIM of an MR-diffusion restoration "
                         "model on the held-out photos vs NFE, against posterior sampling at 100 NFE; speech: "
                         "PESQ/ESTOI/SI-SDR/RTF of a speech model on the held-out test pairs vs NFE, SGMSE+'s "
-                        "sampler (10-60 NFE) against the MR Sampler (5-20 NFE)")
+                        "sampler (10-60 NFE) against the MR Sampler (2-20 NFE)")
     b.add_argument("--restore-task", default="denoise", metavar="NAME",
                    help="with --task restore: denoise, deblur, motion_deblur or inpaint (default: denoise)")
     b.add_argument("--model", default="builtin", metavar="builtin|PATH",

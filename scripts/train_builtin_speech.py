@@ -55,7 +55,8 @@ def label(ev: dict) -> str:
     if ev["sampler"] != "mrs":
         return ev["sampler"]
     opts = ev["options"]
-    return "mrs " + ("SDE" if opts.get("stochastic") else "ODE") + (f" order {opts['order']}" if "order" in opts else "")
+    order = f" order {opts['order']}" if "order" in opts else ""
+    return "mrs " + ("SDE" if opts.get("stochastic") else "ODE") + order
 
 
 def best_mrs(evals: list[dict]) -> dict:
@@ -135,8 +136,9 @@ def card(config: dict, evals: list[dict], command: str, n_params: int, threads: 
               f"{gain['estoi']:+.3f}, SI-SDR {gain['si_sdr']:+.2f} dB over the noisy input."]
     for ev in evals:
         if ev["sampler"] == "sgmse":
-            lines.append(f"Against SGMSE+'s sampler at {ev['nfe']} NFE: PESQ {rec['mean']['pesq'] - ev['mean']['pesq']:+.3f} "
-                         f"with {ev['nfe'] / rec['nfe']:.0f}× fewer network evaluations.")
+            lines.append(f"Against SGMSE+'s sampler at {ev['nfe']} NFE: PESQ "
+                         f"{rec['mean']['pesq'] - ev['mean']['pesq']:+.3f} with {ev['nfe'] / rec['nfe']:.0f}× fewer "
+                         "network evaluations.")
     return "\n".join(lines + [""])
 
 

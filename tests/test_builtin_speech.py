@@ -3,18 +3,13 @@ end to end through ``revsde enhance`` with that default, and improves held-out s
 a fast regression check of the card's numbers); without the weights the command says so."""
 from __future__ import annotations
 
-import os
-import shutil
-
 import numpy as np
 import pytest
 import soundfile as sf
 
 from revsde.apps import enhance as E
 from revsde.cli import main
-
-needs_espeak = pytest.mark.skipif(shutil.which("espeak-ng") is None and not os.environ.get("CI"),
-                                  reason="espeak-ng is not installed (CI installs it)")
+from test_speech_data import needs_espeak
 
 
 @pytest.fixture(scope="module")

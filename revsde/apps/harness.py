@@ -310,6 +310,7 @@ def draw_curves(axes, records: list[dict], panels: list[tuple[str, str]], *, tit
 
     labels = list(dict.fromkeys(r["label"] for r in records))
     colors = matplotlib.colormaps["tab20"]
+    nfes = sorted({r["nfe"] for r in records if r.get("nfe")})
     for ax, (metric, ylabel) in zip(axes, panels):
         for k, label in enumerate(labels):
             pts = sorted((r["nfe"], r[metric]) for r in records
@@ -324,7 +325,6 @@ def draw_curves(axes, records: list[dict], panels: list[tuple[str, str]], *, tit
                 ax.axhline(values[metric], color=values.get("color", "black"), linestyle=values.get("linestyle", "--"),
                            linewidth=1, label=name)
         ax.set_xscale("log")
-        nfes = sorted({r["nfe"] for r in records if r.get("nfe")})
         if 0 < len(nfes) <= 8:  # label the NFEs run as plain numbers (a short log axis crowds 2×10⁰ 3×10⁰ …)
             ax.set_xticks(nfes, [str(n) for n in nfes])
             ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())

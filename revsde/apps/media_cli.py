@@ -52,8 +52,9 @@ def add_restore_parser(commands) -> None:
     r.add_argument("inputs", nargs="+", metavar="INPUT", help="image files, folders (searched recursively) or globs")
     r.add_argument("-o", "--output", required=True, metavar="OUT",
                    help="output folder: each image under its own (relative) name and format")
-    r.add_argument("--task", default="denoise", help="the degradation the model undoes: denoise, deblur, motion_deblur, inpaint "
-                   "(default: denoise; chooses the built-in model)")
+    r.add_argument("--task", default="denoise",
+                   help="the degradation the model undoes: denoise, deblur, motion_deblur, inpaint "
+                        "(default: denoise; chooses the built-in model)")
     r.add_argument("--model", default="builtin", metavar="builtin|PATH",
                    help="'builtin', a .safetensors exported by `revsde train`, or an official IR-SDE .pth "
                         "(with --irsde-config)")
@@ -83,8 +84,9 @@ def add_enhance_parser(commands) -> None:
     e.add_argument("--sampler", default=None, metavar="NAME",
                    help="mrs (the MR Sampler, default), sgmse (SGMSE+'s PC sampler) or any fixed-step sampler")
     e.add_argument("--nfe", type=integer, default=None,
-                   help="network evaluations per window (default: the MR Sampler setting the model's card found "
-                        "best when no --option is given, the built-in's included; else 10, and 60 with --sampler sgmse)")
+                   help="network evaluations per window (default: the MR Sampler setting the model's card "
+                        "found best when no --option is given, the built-in's included; else 10, and 60 with "
+                        "--sampler sgmse)")
     e.add_argument("--chunk-seconds", type=float, default=8.0, metavar="S",
                    help="window length (default: 8; rounded to whole 64-frame blocks)")
     e.add_argument("--overlap-seconds", type=float, default=0.5, metavar="S",

@@ -20,7 +20,8 @@ A run: start the chains (``init="integrator"``, the reference's: a rough pass of
 caller's grid from the prior — or over that grid resampled to ``init_steps`` steps, as the reference
 runs its init pass with N = 20 whatever the outputs' N — then ``x̃ += init_noise·z``; ``"prior"``: the
 prior draw; levels from the classifier), ``burn_in_steps`` iterations at ``burn_in_eta``, then
-``mcmc_steps`` at ``eta`` keeping per chain the iterate of the smallest level (``keep="min"``, the reference's) or the last one; then
+``mcmc_steps`` at ``eta`` keeping per chain the iterate of the smallest level (``keep="min"``, the
+reference's) or the last one; then
 the integrator runs on a per-sample ``(N+1, B)`` grid from each kept level to the grid's end (the
 caller's grid moved to start there, its λ-spacing kept), and ``tweedie_final`` adds one call for x̂₀
 at the end. The instance *is* the chains: ``state`` (a ``DMCMCState``) holds them after a run, and the
