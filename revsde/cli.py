@@ -314,9 +314,9 @@ def _bench_gmm(args, common):
 
 
 def _bench_image(args, common):
-    from .apps import image_bench
+    from .apps import image_bench, image_configs
 
-    quick = image_bench.QUICK if args.quick else {}
+    quick = image_configs.QUICK if args.quick else {}
     nfes = _int_list(args.nfe, "--nfe") if args.nfe else list(quick.get("nfes", image_bench.NFES))
     labels = args.only or list(quick.get("labels", ())) or None
     if not args.diffusers:

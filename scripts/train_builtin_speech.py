@@ -42,6 +42,11 @@ from revsde.apps.speech_eval import METRICS, evaluate_speech  # noqa: E402
 # (the card shows the schedule it followed); at step 5000 the model's x̂₀ after one step was its best output.
 DEFAULTS = {"steps": 11500, "batch": 8, "frames": 128, "lr": 5e-4, "prediction": "velocity", "loss": "data",
             "corpus": 600}
+# Stage 2, a fine-tune of stage 1's EMA weights (fresh Adam, cosine from FINETUNE["lr"]) with half of each
+# batch at t ~ U[0.9, 1]: the 2-3 NFE settings the card recommends evaluate the network at t = 1, then
+# at t_eps (and 0.416), so their output rests on the prediction at t = 1, which a uniform t trains 10% of
+# the time. "steps" 0 skips the stage.
+FINETUNE = {"steps": 5000, "lr": 1e-4, "t_high": 0.5}
 LOSS_NAMES = {"sgmse": "SGMSE+'s ½ Σ|σ_t s_θ + z|² (= ½ Σ|ε̂ − z|²)",
               "denoiser": "SGMSE's denoiser objective ½ Σ|D − μ_t|², D = x_t + σ_t² s_θ",
               "data": "SGMSE's data-prediction MSE ½ Σ|x̂₀ − x₀|² (x̂₀ from the score by Tweedie)"}
@@ -72,6 +77,38 @@ def schedule(config: dict) -> str:
         return text
     spans = ", ".join(f"over {total} steps from step {start}" for start, total in history)
     return text + f" (the run was resumed with other totals; the cosine ran {spans})"
+
+
+def times(config: dict) -> str:
+    """How a stage drew its times: uniform, or with a fraction ``t_high`` near t = 1."""
+    uniform = f"t ~ U[{config['t_eps']:g}, 1]"
+    share = config.get("t_high") or 0.0
+    if not share:
+        return uniform
+    return (f"{share:.0%} of each batch at t ~ U[{train_speech.T_HIGH_FROM:g}, 1], the rest {uniform}")
+
+
+def stages(config: dict) -> list[str]:
+    """The card's lines on the training stages: the run itself and the runs it was fine-tuned from."""
+    chain = [config]
+    while chain[-1].get("init"):
+        chain.append({**config, **chain[-1]["init"]})  # a fine-tune's start keeps its own settings
+    lines = []
+    for k, stage in enumerate(reversed(chain), 1):
+        start = "" if k == 1 else f", a fine-tune of stage {k - 1}'s EMA weights with a fresh optimiser"
+        name = f"stage {k}" if len(chain) > 1 else "training"
+        lines.append(f"- {name}{start}: {stage['trained_steps']} steps, {times(stage)}, {schedule(stage)}, "
+                     f"no clipping, EMA {config['ema']}; {stage['elapsed_s'] / 60:.1f} min, "
+                     f"{stage['trained_steps'] / max(stage['elapsed_s'], 1e-9):.2f} it/s")
+    return lines
+
+
+def total_minutes(config: dict) -> float:
+    total, stage = 0.0, config
+    while stage:
+        total += stage["elapsed_s"]
+        stage = stage.get("init")
+    return total / 60
 
 
 def card(config: dict, evals: list[dict], command: str, n_params: int, threads: int) -> str:
@@ -108,13 +145,12 @@ def card(config: dict, evals: list[dict], command: str, n_params: int, threads: 
         "on), hum at 100/120 Hz and babble from held-out utterances.",
         f"- features: SGMSE+'s (n_fft 510, hop 128, Hann, `0.15·|c|^0.5`), each crop divided by max|noisy|; "
         f"crops of {config['frames']} frames ({(config['frames'] - 1) * 128 / 16000:.2f} s), batch {config['batch']}",
-        f"- SDE: OUVE(θ={sde['theta']:g}, σ_min={sde['sigma_min']:g}, σ_max={sde['sigma_max']:g}), t ~ U[{config['t_eps']:g}, 1]",
+        f"- SDE: OUVE(θ={sde['theta']:g}, σ_min={sde['sigma_min']:g}, σ_max={sde['sigma_max']:g})",
         f"- loss: {LOSS_NAMES[config.get('loss', 'sgmse')]}; network output: {config['prediction']} prediction",
-        f"- {config['trained_steps']} steps, {schedule(config)}, no clipping, EMA "
-        f"{config['ema']} (exported)",
-        f"- wall time: {config['elapsed_s'] / 60:.1f} min of training on this CPU "
+        *stages(config),
+        f"- wall time: {total_minutes(config):.1f} min of training on this CPU "
         f"({platform.processor() or platform.machine()}, torch {torch.__version__}; 1–2 threads as the "
-        f"sessions allowed), {config['trained_steps'] / max(config['elapsed_s'], 1e-9):.2f} it/s on average",
+        "sessions allowed)",
         "",
         "## Held-out results",
         "",
@@ -147,7 +183,11 @@ def main(argv=None) -> int:
     parser.add_argument("--steps", type=int, default=DEFAULTS["steps"])
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--checkpoint-every", type=int, default=250)
-    parser.add_argument("--out", default=str(ROOT / "out" / "train" / "speech"), help="folder holding last.pt")
+    parser.add_argument("--finetune-steps", type=int, default=FINETUNE["steps"],
+                        help="steps of stage 2, the fine-tune near t = 1 (0: export stage 1)")
+    parser.add_argument("--device", default="cpu", help="where to train: cpu or cuda[:N]")
+    parser.add_argument("--out", default=str(ROOT / "out" / "train" / "speech"),
+                        help="folder holding stage 1's last.pt (stage 2's is OUT_finetune)")
     parser.add_argument("--weights", default=str(ROOT / "revsde" / "weights"))
     parser.add_argument("--eval-only", action="store_true", help="skip training: evaluate the exported weights")
     parser.add_argument("--no-progress", dest="progress", action="store_false")
@@ -156,11 +196,18 @@ def main(argv=None) -> int:
     shown = [a for a in (sys.argv[1:] if argv is None else argv) if a != "--eval-only"]  # the training's command
     command = "python scripts/train_builtin_speech.py " + shlex.join(shown)
     out_dir, weights = Path(args.out), Path(args.weights) / BUILTIN
+    if args.finetune_steps < 0:
+        parser.error(f"--finetune-steps must be >= 0 (got {args.finetune_steps})")
+    common = dict(batch=DEFAULTS["batch"], frames=DEFAULTS["frames"], prediction=DEFAULTS["prediction"],
+                  loss=DEFAULTS["loss"], corpus_size=DEFAULTS["corpus"], threads=args.threads, device=args.device,
+                  checkpoint_every=args.checkpoint_every, progress=args.progress)
     if not args.eval_only:
-        result = train_speech.train_speech(out_dir, args.steps, batch=DEFAULTS["batch"], frames=DEFAULTS["frames"],
-                                           lr=DEFAULTS["lr"], prediction=DEFAULTS["prediction"], loss=DEFAULTS["loss"],
-                                           corpus_size=DEFAULTS["corpus"], threads=args.threads,
-                                           checkpoint_every=args.checkpoint_every, progress=args.progress)
+        result = train_speech.train_speech(out_dir, args.steps, lr=DEFAULTS["lr"], **common)
+        if not result.interrupted and args.finetune_steps:
+            print(f"stage 1 done ({result.step} steps); stage 2: fine-tune near t = 1")
+            result = train_speech.train_speech(out_dir.with_name(out_dir.name + "_finetune"), args.finetune_steps,
+                                               lr=FINETUNE["lr"], t_high=FINETUNE["t_high"],
+                                               init_from=result.checkpoint, **common)
         if result.interrupted:
             print(f"stopped at step {result.step}/{result.steps}; rerun the same command to resume")
             return 130

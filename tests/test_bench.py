@@ -50,7 +50,7 @@ def test_dlg_budget_spends_the_nfe_per_output(nfe, per_step):
 def test_dlg_budget_with_fixed_mcmc_steps_and_its_own_init_pass(nfe):
     """With ``mcmc_steps`` and ``init_steps`` fixed (the image settings), the integrator steps fill the
     rest of the budget: within ½ NFE of the target per output."""
-    from revsde.apps.image_bench import DLG_IMAGE as s
+    from revsde.apps.image_configs import DLG_IMAGE as s
 
     steps, mcmc = bench.dlg_budget(nfe, 1, s["snapshots"], s["burn_in_steps"], s["init_steps"], s["mcmc_steps"])
     once = (s["init_steps"] + s["burn_in_steps"]) / s["snapshots"]

@@ -57,3 +57,25 @@ def test_the_schedule_names_every_total_of_a_resumed_run(script):
     text = script.schedule({**CONFIG, "lr_history": [[0, 20000], [5054, 12500], [5364, 12000]]})
     assert text == ("Adam lr 0.0005 cosine to 1e-06 (the run was resumed with other totals; the cosine ran over "
                     "20000 steps from step 0, over 12500 steps from step 5054, over 12000 steps from step 5364)")
+
+
+def test_a_fine_tuned_model_s_card_lists_both_stages_and_their_total_time(script):
+    stage1 = {"from": "/x/out/train/speech/last.pt", "trained_steps": 11500, "elapsed_s": 19692.0, "loss": "data",
+              "batch": 8, "frames": 128, "lr": 5e-4, "lr_floor": 1e-6, "steps": 11500, "t_high": 0.0, "init": None,
+              "lr_history": [[0, 20000], [5640, 11500]]}
+    config = {**CONFIG, "trained_steps": 5000, "elapsed_s": 4000.0, "lr": 1e-4, "t_high": 0.5, "init": stage1}
+    lines = script.stages(config)
+    assert lines == [
+        "- stage 1: 11500 steps, t ~ U[0.03, 1], Adam lr 0.0005 cosine to 1e-06 (the run was resumed with other "
+        "totals; the cosine ran over 20000 steps from step 0, over 11500 steps from step 5640), no clipping, "
+        "EMA 0.999; 328.2 min, 0.58 it/s",
+        "- stage 2, a fine-tune of stage 1's EMA weights with a fresh optimiser: 5000 steps, 50% of each batch at "
+        "t ~ U[0.9, 1], the rest t ~ U[0.03, 1], Adam lr 0.0001 cosine to 1e-06, no clipping, EMA 0.999; "
+        "66.7 min, 1.25 it/s"]
+    assert script.total_minutes(config) == pytest.approx(23692 / 60)
+    evals = [evaluation(*e) for e in EVALS]
+    text = script.card(config, evals, "python scripts/train_builtin_speech.py --threads 2", 580_000, 2)
+    assert lines[0] in text and lines[1] in text and "wall time: 394.9 min of training" in text
+    # a single-stage model: one "training" line
+    assert script.stages(CONFIG) == ["- training: 12000 steps, t ~ U[0.03, 1], Adam lr 0.0005 cosine to 1e-06, "
+                                     "no clipping, EMA 0.999; 600.0 min, 0.33 it/s"]

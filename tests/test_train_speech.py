@@ -154,6 +154,53 @@ def test_loss_draws_times_in_t_eps_to_1_and_circular_complex_noise_of_unit_power
     assert abs(float(t.mean()) - (1 + 0.03) / 2) < 0.04  # uniform: std 0.28/√512 = 0.012
 
 
+def test_t_high_draws_that_fraction_near_1_and_zero_draws_as_before():
+    """``t_high = 0`` makes exactly the uniform draws (the stage-1 run's); ``t_high = p`` puts a fraction
+    ``p`` at U[0.9, 1], so P(t ≥ 0.9) = p + (1 − p)·0.1/0.97."""
+    plain = 0.03 + 0.97 * torch.rand(1000, generator=gen(3), dtype=torch.float64)
+    assert torch.equal(T.sample_times(1000, gen(3), 0.03, 1.0), plain)
+    assert torch.equal(T.sample_times(1000, gen(3), 0.03, 1.0, 0.0), plain)
+    n = 40000
+    t = T.sample_times(n, gen(4), 0.03, 1.0, 0.5)
+    assert t.dtype == torch.float64 and float(t.min()) >= 0.03 and float(t.max()) <= 1
+    expected = 0.5 + 0.5 * 0.1 / 0.97  # 0.5515; standard error 0.0025
+    assert abs(float((t >= 0.9).double().mean()) - expected) < 0.012
+    below = t[t < 0.9]  # only the uniform half lands here, uniformly
+    assert abs(float(below.mean()) - (0.03 + 0.9) / 2) < 0.01
+    assert torch.equal(T.sample_times(8, gen(5), 0.03, 1.0, 1.0) >= 0.9, torch.ones(8, dtype=torch.bool))
+
+
+@pytest.mark.parametrize("bad", [-0.1, 1.5, "half", True, float("nan")])
+def test_bad_t_high_is_refused(bad):
+    with pytest.raises(ValueError, match=r"t_high is the fraction of examples drawn near t = 1: a number in \[0, 1\]"):
+        T.check_t_high(bad)
+
+
+def test_the_loss_uses_t_high():
+    sde = OUVESDE()
+    x0, y = spectrograms()
+    model = ScoreModel(StandIn(), sde, prediction="velocity")
+    assert not torch.equal(T.sgmse_loss(model, x0, y, gen(5), 0.03, "data", 0.5),
+                           T.sgmse_loss(model, x0, y, gen(5), 0.03, "data"))
+    torch.testing.assert_close(T.sgmse_loss(model, x0, y, gen(5), 0.03, "data", 0.0),
+                               T.sgmse_loss(model, x0, y, gen(5), 0.03, "data"), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("device, message", [
+    ("mps", "device must be cpu or cuda"), ("gpu0", "device must be a torch device such as cpu, cuda"),
+    (3.5, "device must be a torch device")])
+def test_bad_devices_are_refused(device, message):
+    with pytest.raises(ValueError, match=message):
+        T.check_device(device)
+    assert T.check_device("cpu") == torch.device("cpu")
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a CUDA device")
+def test_cuda_without_a_gpu_says_so():
+    with pytest.raises(ValueError, match="sees no CUDA GPU; use device cpu"):
+        T.check_device("cuda")
+
+
 # --- the features -------------------------------------------------------------------------------
 def test_spectrogram_pair_normalises_each_example_by_its_noisy_peak():
     g = gen(2)
@@ -266,6 +313,75 @@ def test_bad_arguments_are_refused_before_any_work(tmp_path, kwargs, message):
     assert not (tmp_path / "corpus").exists() and not (tmp_path / "out").exists()
 
 
+def test_a_fine_tune_starts_from_the_ema_weights_and_records_where_they_came_from(tmp_path, corpus_root):
+    base = _train(tmp_path, "base", corpus_root, steps=2)
+    start = _train(tmp_path, "ft0", corpus_root, steps=3, init_from=base.checkpoint, t_high=0.5, stop_at=0)
+    base_state, first = load_checkpoint(base.checkpoint), load_checkpoint(start.checkpoint)
+    assert first["step"] == 0
+    for k, v in base_state["ema"].items():  # the net and its EMA begin at the base's EMA, not its raw weights
+        assert torch.equal(first["model"][k], v) and torch.equal(first["ema"][k], v)
+    assert any(not torch.equal(base_state["model"][k], v) for k, v in base_state["ema"].items())
+    init = first["config"]["init"]
+    assert init["from"] == base.checkpoint.as_posix() and init["trained_steps"] == 2 and init["lr"] == 5e-4
+    assert init["t_high"] == 0.0 and init["init"] is None and first["config"]["t_high"] == 0.5
+    # it resumes with the same settings, and only with them
+    done = _train(tmp_path, "ft0", corpus_root, steps=3, init_from=base.checkpoint, t_high=0.5)
+    assert done.step == 3 and not done.interrupted
+    for change in ({"init_from": None, "t_high": 0.5}, {"init_from": base.checkpoint, "t_high": 0.25}):
+        with pytest.raises(ValueError, match="was trained with other settings"):
+            _train(tmp_path, "ft0", corpus_root, steps=4, **change)
+    # an exported file starts a fine-tune too, and the export keeps the provenance
+    exported = T.export_weights(done.checkpoint, tmp_path / "ft.safetensors")
+    assert T.read_config(exported)["init"]["trained_steps"] == 2
+    again = _train(tmp_path, "ft1", corpus_root, steps=1, init_from=exported, stop_at=0)
+    ema = load_checkpoint(done.checkpoint)["ema"]
+    assert all(torch.equal(load_checkpoint(again.checkpoint)["model"][k], v) for k, v in ema.items())
+    assert load_checkpoint(again.checkpoint)["config"]["init"]["init"]["trained_steps"] == 2  # the chain
+
+
+def test_a_fine_tune_refuses_an_unfit_start(tmp_path, corpus_root):
+    base = _train(tmp_path, "base", corpus_root, steps=1)
+    with pytest.raises(ValueError, match=r"has other settings than this run \{'net'"):
+        _train(tmp_path, "ft", corpus_root, init_from=base.checkpoint, net_config={**TINY_NET, "nf": 16})
+    with pytest.raises(ValueError, match=r"other settings than this run \{'prediction': \('velocity', 'score'\)"):
+        _train(tmp_path, "ft", corpus_root, init_from=base.checkpoint, prediction="score")
+    with pytest.raises(ValueError, match="no such file"):
+        _train(tmp_path, "ft", corpus_root, init_from=tmp_path / "missing.pt")
+    (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")
+    with pytest.raises(ValueError, match="is not a training checkpoint"):
+        _train(tmp_path, "ft", corpus_root, init_from=tmp_path / "junk.pt")
+    state = load_checkpoint(base.checkpoint)
+    torch.save({**state, "config": {**state["config"], "format": "revsde.restore/1"}}, tmp_path / "restore.pt")
+    with pytest.raises(ValueError, match="is a 'revsde.restore/1' checkpoint, not a speech model"):
+        _train(tmp_path, "ft", corpus_root, init_from=tmp_path / "restore.pt")
+    assert not (tmp_path / "ft").exists()
+
+
+def test_checkpoints_from_before_t_high_and_init_resume(tmp_path, corpus_root):
+    """A run saved before ``t_high`` and ``init`` existed (the built-in's stage 1) resumes as t_high 0."""
+    _train(tmp_path, "old", corpus_root, steps=2, stop_at=1)
+    path = tmp_path / "old" / "last.pt"
+    state = load_checkpoint(path)
+    torch.save({**state, "config": {k: v for k, v in state["config"].items() if k not in ("t_high", "init")}}, path)
+    assert _train(tmp_path, "old", corpus_root, steps=2).step == 2
+    with pytest.raises(ValueError, match="was trained with other settings"):
+        _train(tmp_path, "old", corpus_root, steps=3, t_high=0.5)
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_training_on_cuda_resumes_and_exports(tmp_path, corpus_root):
+    full = _train(tmp_path, "gpu", corpus_root, steps=3, device="cuda", stop_at=2)
+    done = _train(tmp_path, "gpu", corpus_root, steps=3, device="cuda")
+    assert full.step == 2 and done.step == 3 and math.isfinite(done.loss)
+    cpu = _train(tmp_path, "cpu", corpus_root, steps=3)
+    a, b = load_checkpoint(done.checkpoint)["ema"], load_checkpoint(cpu.checkpoint)["ema"]
+    for k in a:  # the same examples and draws: the runs differ by float rounding only
+        torch.testing.assert_close(a[k], b[k], rtol=1e-3, atol=1e-4)
+    score, _, _ = T.load_weights(T.export_weights(done.checkpoint, tmp_path / "gpu.safetensors"))
+    assert next(score.net.parameters()).device.type == "cpu"
+
+
 # --- the command line and the export ------------------------------------------------------------
 def test_cli_trains_resumes_and_exports_a_loadable_model(tmp_path, corpus_root, capsys):
     out, export = tmp_path / "run", tmp_path / "speech.safetensors"
@@ -291,6 +407,13 @@ def test_cli_trains_resumes_and_exports_a_loadable_model(tmp_path, corpus_root, 
     state = score.net.state_dict()
     assert state.keys() == ema.keys() and all(torch.equal(state[k], v) for k, v in ema.items())
     assert T.read_config(export)["prediction"] == "score"
+    # --init-from and --t-high: a fine-tune of that run
+    ft = tmp_path / "ft"
+    with torch.random.fork_rng(devices=[]):
+        assert main([*args[:2], "-o", str(ft), *args[4:-2], "--steps", "1", "--init-from", str(out / "last.pt"),
+                     "--t-high", "0.5", "--device", "cpu"]) == 0
+    config = load_checkpoint(ft / "last.pt")["config"]
+    assert config["t_high"] == 0.5 and config["init"]["trained_steps"] == 3
 
 
 def test_cli_bad_arguments(tmp_path, capsys):
@@ -303,6 +426,13 @@ def test_cli_bad_arguments(tmp_path, capsys):
     with pytest.raises(SystemExit):  # argparse's choices
         main([*base, "--prediction", "eps"])
     assert "invalid choice: 'eps'" in capsys.readouterr().err
+    assert main([*base, "--t-high", "2"]) == 2
+    assert "t_high is the fraction of examples drawn near t = 1" in capsys.readouterr().err
+    assert main([*base, "--device", "tpu"]) == 2
+    assert "device must be" in capsys.readouterr().err
+    assert main([*base, "--init-from", str(tmp_path / "nothing.pt")]) == 2
+    assert "no such file" in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()
 
 
 def test_read_config_refuses_other_files(tmp_path):

@@ -78,6 +78,12 @@ def add_train_parser(commands) -> None:
                         "data: 1/2 sum|x0_hat - x0|^2 (SGMSE's data-prediction MSE)")
     s.add_argument("--corpus", type=int, default=600, metavar="N", help="training utterances spoken (default: 600)")
     s.add_argument("--corpus-root", default=None, metavar="DIR", help="the speech cache (default: out/speech)")
+    s.add_argument("--t-high", type=float, default=0.0, metavar="P",
+                   help="fraction of examples at t ~ U[0.9, 1], where few-NFE samplers start (default: 0, t uniform)")
+    s.add_argument("--init-from", default=None, metavar="FILE",
+                   help="fine-tune: start from a training checkpoint's EMA weights (last.pt) or an exported "
+                        ".safetensors with the same network, SDE and features; fresh optimiser and schedule")
+    s.add_argument("--device", default="cpu", help="where the network trains: cpu (default) or cuda[:N]")
     s.add_argument("--checkpoint-every", type=int, default=250, metavar="N", help="steps between checkpoints")
     _common(s)
     s.set_defaults(run=_run_speech)
@@ -122,7 +128,7 @@ def _run_speech(args) -> int:
                           prediction=args.prediction, loss=args.loss, net_config=net, corpus_size=args.corpus,
                           corpus_root=args.corpus_root, ema=args.ema, threads=args.threads,
                           checkpoint_every=args.checkpoint_every, seed=args.seed, progress=_progress(args),
-                          resume=args.resume)
+                          resume=args.resume, t_high=args.t_high, init_from=args.init_from, device=args.device)
     return _finish(result, args.export and (lambda ckpt: export_weights(ckpt, args.export)))
 
 

@@ -39,7 +39,15 @@ LOSSES = ("sgmse", "denoiser", "data")
 #: the built-in network: NCSN++ with SGMSE+'s block types at a CPU-sized width and depth
 SMALL_NET = {"nf": 16, "ch_mult": (1, 2, 2, 2, 2), "num_res_blocks": 1, "attn_resolutions": (16,),
              "image_size": 256, "time_scaling": "none"}
-RESUME_KEYS = ("loss", "prediction", "net", "batch", "frames", "lr", "ema", "seed", "sde", "spec", "corpus", "t_eps")
+RESUME_KEYS = ("loss", "prediction", "net", "batch", "frames", "lr", "ema", "seed", "sde", "spec", "corpus", "t_eps",
+               "t_high", "init")
+#: what checkpoints written before these settings existed trained with
+RESUME_DEFAULTS = {"t_high": 0.0, "init": None}
+#: ``t_high``'s examples have t ~ U[T_HIGH_FROM·t_max, t_max]
+T_HIGH_FROM = 0.9
+#: what ``init_from`` must share with the run it starts (the rest of its config is kept as provenance)
+INIT_MATCH = ("prediction", "arch", "net", "sde", "spec")
+INIT_KEPT = ("loss", "batch", "frames", "lr", "lr_floor", "steps", "lr_history", "t_high", "corpus", "init")
 
 
 def build_sde(config: dict | None = None) -> OUVESDE:
@@ -76,17 +84,36 @@ def spectrogram_pair(clean: torch.Tensor, noisy: torch.Tensor, spec: SpecConfig 
     return to_spec(clean / norm, spec), to_spec(noisy / norm, spec)
 
 
+def check_t_high(t_high: float) -> float:
+    if isinstance(t_high, bool) or not isinstance(t_high, (int, float)) or not 0 <= t_high <= 1:
+        raise ValueError(f"t_high is the fraction of examples drawn near t = 1: a number in [0, 1] (got {t_high!r})")
+    return float(t_high)
+
+
+def sample_times(b: int, generator: torch.Generator, t_eps: float, t_max: float, t_high: float = 0.0) -> torch.Tensor:
+    """``b`` float64 times ``~ U[t_eps, t_max]``; with ``t_high > 0`` each is drawn instead, with that
+    probability, from ``U[T_HIGH_FROM·t_max, t_max]``, where the few-NFE samplers take their first and
+    largest step (``t_high = 0`` draws exactly what a run without it drew)."""
+    t = t_eps + (t_max - t_eps) * torch.rand(b, generator=generator, dtype=torch.float64)
+    if t_high > 0:
+        near = torch.rand(b, generator=generator, dtype=torch.float64) < t_high
+        high = t_max * (T_HIGH_FROM + (1 - T_HIGH_FROM) * torch.rand(b, generator=generator, dtype=torch.float64))
+        t = torch.where(near, high, t)
+    return t
+
+
 def sgmse_loss(model: ScoreModel, x0: torch.Tensor, y: torch.Tensor, generator: torch.Generator,
-               t_eps: float, loss: str = "sgmse") -> torch.Tensor:
-    """The training loss at ``t ~ U[t_eps, 1]``, mean over the batch of a per-example sum:
-    ``sgmse`` ``½ Σ |σ_t s_θ + z|²`` (= ``½ Σ |ε̂ − z|²``), ``denoiser`` ``½ Σ |D − μ_t|²``
-    (``D = x_t + σ_t² s_θ``), ``data`` ``½ Σ |x̂_0 − x_0|²``."""
+               t_eps: float, loss: str = "sgmse", t_high: float = 0.0) -> torch.Tensor:
+    """The training loss at ``t ~ U[t_eps, 1]`` (``t_high``: see ``sample_times``), mean over the batch
+    of a per-example sum: ``sgmse`` ``½ Σ |σ_t s_θ + z|²`` (= ``½ Σ |ε̂ − z|²``), ``denoiser``
+    ``½ Σ |D − μ_t|²`` (``D = x_t + σ_t² s_θ``), ``data`` ``½ Σ |x̂_0 − x_0|²``. The noise is drawn
+    from ``generator`` (a CPU one) and moved to the data's device."""
     if loss not in LOSSES:
         raise ValueError(f"loss must be one of {', '.join(LOSSES)} (got {loss!r})")
     sde = model.sde
     b = x0.shape[0]
-    t = t_eps + (sde.t_max - t_eps) * torch.rand(b, generator=generator, dtype=torch.float64)
-    z = torch.randn(x0.shape, generator=generator, dtype=x0.dtype)  # complex: E|z|² = 1
+    t = sample_times(b, generator, t_eps, sde.t_max, t_high).to(x0.device)
+    z = torch.randn(x0.shape, generator=generator, dtype=x0.dtype).to(x0.device)  # complex: E|z|² = 1
     mean, std = sde.marginal(x0, t, y)
     x_t = mean + std * z
     pred = model(x_t, t, y)
@@ -118,12 +145,18 @@ def train_speech(out_dir="out/train/speech", steps: int = 10000, *, batch: int =
                  corpus_size: int = 600, corpus_root=None, ema: float = 0.999, threads: int | None = 1,
                  checkpoint_every: int = 250, log_every: int = 50, seed: int = 0, progress: bool = True,
                  resume: bool = True, stop_at: int | None = None, net: nn.Module | None = None,
-                 corpus=None, sde: OUVESDE | None = None, spec: SpecConfig = SGMSE_16K) -> TrainResult:
+                 corpus=None, sde: OUVESDE | None = None, spec: SpecConfig = SGMSE_16K, t_high: float = 0.0,
+                 init_from=None, device: str | torch.device = "cpu") -> TrainResult:
     """Train (or resume) the speech model for ``steps`` steps in total; see the module docstring.
 
     ``net_config`` are ``NCSNpp`` arguments (default ``SMALL_NET``); ``net`` replaces the network
     (any module called ``net(x, time, mu=y)``). ``corpus`` replaces the espeak-ng training corpus of
-    ``corpus_size`` utterances (synthesised into ``corpus_root`` on first use).
+    ``corpus_size`` utterances (synthesised into ``corpus_root`` on first use). ``t_high``: the
+    fraction of examples trained near t = 1 (``sample_times``). ``init_from``: a training checkpoint
+    (its EMA weights) or an exported ``.safetensors`` to start from, i.e. a fine-tune with a fresh
+    optimiser and schedule; it must share ``INIT_MATCH`` with this run, and its settings are kept in
+    the config under ``init``. ``device``: where the network trains (the data and the random draws
+    are made on the CPU, so a run's examples are the same on every device).
     """
     from .speech_data import SpeechPairs, crop_length, load_corpus
 
@@ -134,6 +167,8 @@ def train_speech(out_dir="out/train/speech", steps: int = 10000, *, batch: int =
         raise ValueError(f"loss must be one of {', '.join(LOSSES)} (got {loss!r})")
     if frames % spec.pad_multiple:
         raise ValueError(f"frames must be a multiple of {spec.pad_multiple} (the network's size step; got {frames})")
+    t_high = check_t_high(t_high)
+    device = check_device(device)
     if threads is not None:
         torch.set_num_threads(int(threads))
     sde = build_sde() if sde is None else sde
@@ -148,7 +183,11 @@ def train_speech(out_dir="out/train/speech", steps: int = 10000, *, batch: int =
               "net": {k: list(v) if isinstance(v, tuple) else v for k, v in net_config.items()},
               "batch": batch, "frames": frames, "lr": lr, "lr_floor": lr_floor, "ema": ema, "seed": seed,
               "steps": steps, "sde": sde.config(), "t_eps": sde.t_min, "spec": asdict(spec),
-              "corpus": corpus_size if corpus is None else f"custom:{len(corpus)}"}
+              "corpus": corpus_size if corpus is None else f"custom:{len(corpus)}", "t_high": t_high, "init": None}
+    if init_from is not None:
+        weights, config["init"] = load_init(init_from, config)
+        net.load_state_dict(weights)  # a resumed run then replaces them with its checkpoint's
+    net.to(device)
 
     corpus = load_corpus("train", corpus_size, corpus_root, progress=progress) if corpus is None else corpus
     pairs = SpeechPairs(corpus, crop_length(frames, spec.hop_length), batch, seed=seed, output="torch")
@@ -157,13 +196,62 @@ def train_speech(out_dir="out/train/speech", steps: int = 10000, *, batch: int =
 
     def batch_loss():
         clean, noisy = next(pairs)
-        x0, y = spectrogram_pair(clean, noisy, spec)
-        return sgmse_loss(model, x0, y, generator, sde.t_min, loss)
+        x0, y = spectrogram_pair(clean.to(device), noisy.to(device), spec)
+        return sgmse_loss(model, x0, y, generator, sde.t_min, loss, t_high)
 
     return fit(net, batch_loss, config, out_dir, steps, generator=generator, lr=lr, lr_floor=lr_floor, ema=ema,
                optimizer="adam", clip=None, checkpoint_every=checkpoint_every, log_every=log_every,
-               progress=progress, resume=resume, resume_keys=RESUME_KEYS, stop_at=stop_at,
-               extra={"pairs": _NumpyRng(pairs.rng)}, desc="train speech")
+               progress=progress, resume=resume, resume_keys=RESUME_KEYS, config_defaults=RESUME_DEFAULTS,
+               stop_at=stop_at, extra={"pairs": _NumpyRng(pairs.rng)}, desc="train speech")
+
+
+def check_device(device) -> torch.device:
+    """``device`` as a ``torch.device``; ``ValueError`` if it is not one or this machine lacks it."""
+    try:
+        device = torch.device(device)
+    except (RuntimeError, TypeError) as err:
+        raise ValueError(f"device must be a torch device such as cpu, cuda or cuda:1 (got {device!r})") from err
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"device {device} was asked for but this torch ({torch.__version__}) sees no CUDA GPU; "
+                             "use device cpu")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise ValueError(f"device {device}: this machine has {torch.cuda.device_count()} CUDA GPU(s)")
+    elif device.type != "cpu":
+        raise ValueError(f"device must be cpu or cuda[:N] (got {device}): the OUVE marginals are float64")
+    return device
+
+
+def load_init(path, config: dict) -> tuple[dict, dict]:
+    """``(weights, provenance)`` of the model a fine-tune starts from: a training checkpoint's EMA
+    weights or an exported file's; ``ValueError`` unless it matches ``config`` on ``INIT_MATCH``."""
+    from .trainer import load_checkpoint
+
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"init_from {path}: no such file (a training checkpoint last.pt or an exported .safetensors)")
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        base = read_config(path)
+        weights = load_file(str(path))
+    else:
+        try:
+            state = load_checkpoint(path)
+            base = {**RESUME_DEFAULTS, **state["config"], "trained_steps": int(state["step"]),
+                    "elapsed_s": float(state["elapsed_s"])}
+            weights = state["ema"]
+        except Exception as err:  # noqa: BLE001 - any unreadable file gets the same message
+            raise ValueError(f"init_from {path} is not a training checkpoint (a last.pt) or a .safetensors: {err}") from err
+        if base.get("format") != FORMAT:
+            raise ValueError(f"init_from {path} is a {base.get('format')!r} checkpoint, not a speech model ({FORMAT})")
+    mine = {**config, "arch": config.get("arch", "NCSNpp")}
+    diff = {k: (base.get(k), mine.get(k)) for k in INIT_MATCH if base.get(k) != mine.get(k)}
+    if diff:
+        raise ValueError(f"init_from {path} has other settings than this run {diff} (it, this run)")
+    provenance = {"from": path.as_posix(), "trained_steps": int(base["trained_steps"]),
+                  "elapsed_s": round(float(base["elapsed_s"]), 1), **{k: base[k] for k in INIT_KEPT if k in base}}
+    return weights, provenance
 
 
 # --- export / load -------------------------------------------------------------------------------

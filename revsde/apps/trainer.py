@@ -135,7 +135,7 @@ def fit(net: torch.nn.Module, batch_loss: Callable[[], torch.Tensor], config: di
             raise ValueError(f"{ckpt_path} was trained with other settings {diff} (checkpoint, now); use "
                              "another output folder or resume=False (--no-resume) to start afresh")
         net.load_state_dict(state["model"])
-        ema_state = state["ema"]
+        ema_state = {k: v.to(ema_state[k].device) for k, v in state["ema"].items()}  # onto the net's device
         opt.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         generator.set_state(state["rng"]["generator"])
