@@ -51,8 +51,8 @@ LOSS_NAMES = {"sgmse": "SGMSE+'s ½ Σ|σ_t s_θ + z|² (= ½ Σ|ε̂ − z|²)"
               "denoiser": "SGMSE's denoiser objective ½ Σ|D − μ_t|², D = x_t + σ_t² s_θ",
               "data": "SGMSE's data-prediction MSE ½ Σ|x̂₀ − x₀|² (x̂₀ from the score by Tweedie)"}
 # the MR Sampler from 2 NFE (the step from t = 1 plus the final data prediction) and SGMSE+'s at 60
-EVALS = [("mrs", {}, 2), ("mrs", {}, 3), ("mrs", {"stochastic": True}, 3), ("mrs", {}, 5), ("mrs", {}, 10),
-         ("sgmse", {}, 60)]
+EVALS = [("mrs", {}, 2), ("mrs", {"stochastic": True}, 2), ("mrs", {}, 3), ("mrs", {"stochastic": True}, 3),
+         ("mrs", {}, 5), ("mrs", {}, 10), ("sgmse", {}, 60)]
 
 
 def label(ev: dict) -> str:
