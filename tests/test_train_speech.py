@@ -339,6 +339,15 @@ def test_a_fine_tune_starts_from_the_ema_weights_and_records_where_they_came_fro
     assert load_checkpoint(again.checkpoint)["config"]["init"]["init"]["trained_steps"] == 2  # the chain
 
 
+def test_steps_text_counts_every_stage():
+    assert T.steps_text({"trained_steps": 11500, "init": None}) == "11500 steps"
+    assert T.steps_text({"trained_steps": 11500}) == "11500 steps"
+    tuned = {"trained_steps": 5000, "init": {"trained_steps": 11500, "init": None}}
+    assert T.steps_text(tuned) == "16500 steps (11500, then a 5000-step fine-tune)"
+    twice = {"trained_steps": 100, "init": tuned}
+    assert T.steps_text(twice) == "16600 steps (11500, then a 5000-step fine-tune, then a 100-step fine-tune)"
+
+
 def test_a_fine_tune_refuses_an_unfit_start(tmp_path, corpus_root):
     base = _train(tmp_path, "base", corpus_root, steps=1)
     with pytest.raises(ValueError, match=r"has other settings than this run \{'net'"):

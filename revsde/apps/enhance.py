@@ -101,14 +101,14 @@ def load_speech_model(model: str = "builtin", *, device=None, weights: str = "em
         if not path.is_file():
             raise ValueError(f"--model {model!r} is neither 'builtin' nor a file")
     if path.suffix == ".safetensors":
-        from .train_speech import load_weights
+        from .train_speech import load_weights, steps_text
 
         with _model_file(path):
             score, spec, config = load_weights(path)
         score.net.to(device)
         net = config["net"]
         description = (f"{path.name}: NCSN++ nf {net.get('nf')} ch_mult {tuple(net.get('ch_mult', ()))}, "
-                       f"{config['prediction']} prediction, {config['trained_steps']} steps")
+                       f"{config['prediction']} prediction, {steps_text(config)}")
         return SpeechModel(score, spec, description, config.get("recommended"))
     if path.suffix != ".ckpt":
         raise ValueError(f"--model {path}: expected a revsde .safetensors export or an SGMSE+ .ckpt")

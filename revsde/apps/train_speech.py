@@ -282,6 +282,19 @@ def recommend(path, nfe: int, options: dict | None = None) -> Path:
     return path
 
 
+def steps_text(config: dict) -> str:
+    """The training steps of an exported model's config, fine-tunes included:
+    ``"16500 steps (11500, then a 5000-step fine-tune)"`` or ``"11500 steps"``."""
+    chain, stage = [], config
+    while stage:
+        chain.append(int(stage["trained_steps"]))
+        stage = stage.get("init")
+    if len(chain) == 1:
+        return f"{chain[0]} steps"
+    first, *tunes = reversed(chain)
+    return f"{sum(chain)} steps ({first}, then " + ", then ".join(f"a {n}-step fine-tune" for n in tunes) + ")"
+
+
 def read_config(path) -> dict:
     """The config stored in an exported ``.safetensors`` file (``ValueError`` if it is not ours)."""
     return read_export_config(path, FORMAT, "speech model")
