@@ -85,16 +85,14 @@ def times(config: dict) -> str:
     share = config.get("t_high") or 0.0
     if not share:
         return uniform
-    return (f"{share:.0%} of each batch at t ~ U[{train_speech.T_HIGH_FROM:g}, 1], the rest {uniform}")
+    return f"{share:.0%} of each batch at t ~ U[{train_speech.T_HIGH_FROM:g}, 1], the rest {uniform}"
 
 
 def stages(config: dict) -> list[str]:
     """The card's lines on the training stages: the run itself and the runs it was fine-tuned from."""
-    chain = [config]
-    while chain[-1].get("init"):
-        chain.append({**config, **chain[-1]["init"]})  # a fine-tune's start keeps its own settings
+    chain = train_speech.training_stages(config)
     lines = []
-    for k, stage in enumerate(reversed(chain), 1):
+    for k, stage in enumerate(chain, 1):
         start = "" if k == 1 else f", a fine-tune of stage {k - 1}'s EMA weights with a fresh optimiser"
         name = f"stage {k}" if len(chain) > 1 else "training"
         lines.append(f"- {name}{start}: {stage['trained_steps']} steps, {times(stage)}, {schedule(stage)}, "
@@ -104,11 +102,7 @@ def stages(config: dict) -> list[str]:
 
 
 def total_minutes(config: dict) -> float:
-    total, stage = 0.0, config
-    while stage:
-        total += stage["elapsed_s"]
-        stage = stage.get("init")
-    return total / 60
+    return sum(stage["elapsed_s"] for stage in train_speech.training_stages(config)) / 60
 
 
 def card(config: dict, evals: list[dict], command: str, n_params: int, threads: int) -> str:

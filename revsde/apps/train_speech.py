@@ -31,7 +31,7 @@ from ..audio.features import SGMSE_16K, SpecConfig, to_spec
 from ..model import ScoreModel
 from ..nets.ncsnpp import NCSNpp
 from ..sde.ouve import OUVESDE
-from .trainer import TrainResult, check_positive_ints, export_ema, fit, read_export_config
+from .trainer import TrainResult, check_positive_ints, checkpoint_config, export_ema, fit, read_export_config
 
 FORMAT = "revsde.speech/1"
 PREDICTIONS = ("score", "noise", "data", "velocity")
@@ -206,19 +206,15 @@ def train_speech(out_dir="out/train/speech", steps: int = 10000, *, batch: int =
 
 
 def check_device(device) -> torch.device:
-    """``device`` as a ``torch.device``; ``ValueError`` if it is not one or this machine lacks it."""
-    try:
-        device = torch.device(device)
-    except (RuntimeError, TypeError) as err:
-        raise ValueError(f"device must be a torch device such as cpu, cuda or cuda:1 (got {device!r})") from err
-    if device.type == "cuda":
-        if not torch.cuda.is_available():
-            raise ValueError(f"device {device} was asked for but this torch ({torch.__version__}) sees no CUDA GPU; "
-                             "use device cpu")
-        if device.index is not None and device.index >= torch.cuda.device_count():
-            raise ValueError(f"device {device}: this machine has {torch.cuda.device_count()} CUDA GPU(s)")
-    elif device.type != "cpu":
+    """``device`` as a ``torch.device`` (``sample._device``'s checks: a device name this torch can
+    use), and one training can run on: cpu or an existing ``cuda[:N]``."""
+    from .sample import _device
+
+    device = _device(device)
+    if device.type not in ("cpu", "cuda"):
         raise ValueError(f"device must be cpu or cuda[:N] (got {device}): the OUVE marginals are float64")
+    if device.index is not None and device.type == "cuda" and device.index >= torch.cuda.device_count():
+        raise ValueError(f"device {device}: this machine has {torch.cuda.device_count()} CUDA GPU(s)")
     return device
 
 
@@ -238,15 +234,12 @@ def load_init(path, config: dict) -> tuple[dict, dict]:
     else:
         try:
             state = load_checkpoint(path)
-            base = {**RESUME_DEFAULTS, **state["config"], "trained_steps": int(state["step"]),
-                    "elapsed_s": float(state["elapsed_s"])}
-            weights = state["ema"]
+            base, weights = checkpoint_config(state, RESUME_DEFAULTS), state["ema"]
         except Exception as err:  # noqa: BLE001 - any unreadable file gets the same message
             raise ValueError(f"init_from {path} is not a training checkpoint (a last.pt) or a .safetensors: {err}") from err
         if base.get("format") != FORMAT:
             raise ValueError(f"init_from {path} is a {base.get('format')!r} checkpoint, not a speech model ({FORMAT})")
-    mine = {**config, "arch": config.get("arch", "NCSNpp")}
-    diff = {k: (base.get(k), mine.get(k)) for k in INIT_MATCH if base.get(k) != mine.get(k)}
+    diff = {k: (base.get(k), config.get(k)) for k in INIT_MATCH if base.get(k) != config.get(k)}
     if diff:
         raise ValueError(f"init_from {path} has other settings than this run {diff} (it, this run)")
     provenance = {"from": path.as_posix(), "trained_steps": int(base["trained_steps"]),
@@ -282,17 +275,23 @@ def recommend(path, nfe: int, options: dict | None = None) -> Path:
     return path
 
 
+def training_stages(config: dict) -> list[dict]:
+    """The runs behind a model's config, first run first: the ``init`` chain of its fine-tunes, each
+    stage's own settings over the config's (a start keeps only ``INIT_KEPT`` of its own)."""
+    chain = [config]
+    while chain[-1].get("init"):
+        chain.append({**config, **chain[-1]["init"]})
+    return chain[::-1]
+
+
 def steps_text(config: dict) -> str:
     """The training steps of an exported model's config, fine-tunes included:
     ``"16500 steps (11500, then a 5000-step fine-tune)"`` or ``"11500 steps"``."""
-    chain, stage = [], config
-    while stage:
-        chain.append(int(stage["trained_steps"]))
-        stage = stage.get("init")
-    if len(chain) == 1:
-        return f"{chain[0]} steps"
-    first, *tunes = reversed(chain)
-    return f"{sum(chain)} steps ({first}, then " + ", then ".join(f"a {n}-step fine-tune" for n in tunes) + ")"
+    first, *tunes = [int(stage["trained_steps"]) for stage in training_stages(config)]
+    if not tunes:
+        return f"{first} steps"
+    return (f"{first + sum(tunes)} steps ({first}, then "
+            + ", then ".join(f"a {n}-step fine-tune" for n in tunes) + ")")
 
 
 def read_config(path) -> dict:

@@ -203,6 +203,12 @@ def fit(net: torch.nn.Module, batch_loss: Callable[[], torch.Tensor], config: di
     return TrainResult(ckpt_path, step, steps, elapsed, last_loss, interrupted or step < steps)
 
 
+def checkpoint_config(state: dict, defaults: dict | None = None) -> dict:
+    """A checkpoint's training config with ``trained_steps`` and ``elapsed_s``, as an export stores it."""
+    return {**(defaults or {}), **state["config"], "trained_steps": int(state["step"]),
+            "elapsed_s": float(state["elapsed_s"])}
+
+
 def export_ema(checkpoint, path, fmt: str, *, defaults: dict | None = None, flat_keys: tuple = ()) -> Path:
     """Write a checkpoint's (path or dict) EMA weights to ``path`` as safetensors. The metadata holds
     ``format`` = ``fmt``, ``config`` as JSON (the training config plus ``trained_steps`` and
@@ -210,8 +216,7 @@ def export_ema(checkpoint, path, fmt: str, *, defaults: dict | None = None, flat
     from safetensors.torch import save
 
     state = load_checkpoint(checkpoint) if not isinstance(checkpoint, dict) else checkpoint
-    config = {**(defaults or {}), **state["config"], "trained_steps": int(state["step"]),
-              "elapsed_s": float(state["elapsed_s"])}
+    config = checkpoint_config(state, defaults)
     tensors = {k: v.detach().contiguous().clone() for k, v in state["ema"].items()}
     meta = {"format": fmt, "config": json.dumps(config, sort_keys=True)}
     meta.update({k: json.dumps(config[k]) if isinstance(config[k], (dict, list)) else str(config[k])
