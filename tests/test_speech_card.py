@@ -79,3 +79,21 @@ def test_a_fine_tuned_model_s_card_lists_both_stages_and_their_total_time(script
     # a single-stage model: one "training" line
     assert script.stages(CONFIG) == ["- training: 12000 steps, t ~ U[0.03, 1], Adam lr 0.0005 cosine to 1e-06, "
                                      "no clipping, EMA 0.999; 600.0 min, 0.33 it/s"]
+
+
+def test_a_stage_with_another_noise_mix_says_so_and_the_card_describes_the_added_noise(script):
+    stage1 = {"from": "a", "trained_steps": 100, "elapsed_s": 60.0, "lr": 5e-4, "lr_floor": 1e-6, "steps": 100,
+              "t_high": 0.0, "init": None}  # saved before noises existed: the default mix
+    stage2 = {"from": "b", "trained_steps": 50, "elapsed_s": 30.0, "lr": 1e-4, "lr_floor": 1e-6, "steps": 50,
+              "t_high": 0.5, "noises": list(script.speech_data.TRAIN_NOISES), "init": stage1}
+    config = {**CONFIG, "trained_steps": 40, "elapsed_s": 20.0, "lr": 1e-4, "t_high": 0.5,
+              "noises": [*script.speech_data.TRAIN_NOISES, "tones"], "init": stage2}
+    lines = script.stages(config)
+    assert ["noises" in line for line in lines] == [False, False, True]
+    assert "t ~ U[0.03, 1], noises: the default mix and tones, Adam lr 0.0001" in lines[2]
+    text = script.card(config, [evaluation(*e) for e in EVALS], "python scripts/train_builtin_speech.py", 580_000, 2)
+    assert ("Stage 3 adds `tones` (whistles, beeps and buzzers: pure tones at 150 Hz–4 kHz or harmonic buzzes on a "
+            "150–600 Hz fundamental; no training noise has a fundamental between 60 and 150 Hz") in text
+    assert "tones" not in script.card(CONFIG, [evaluation(*e) for e in EVALS], "x", 580_000, 2)
+    only = {**CONFIG, "noises": ["white", "hum"]}
+    assert script.stages(only)[0].startswith("- training: 12000 steps, t ~ U[0.03, 1], noises: white, hum, Adam")

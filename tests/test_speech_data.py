@@ -129,6 +129,35 @@ def test_hum_peaks_at_its_fundamental(split):
         assert min(abs(peak - f0) for f0 in N.HUM_F0[split]) <= 1.0, (split, peak)
 
 
+def test_tones_are_an_extra_for_training_with_no_fundamental_near_the_test_hum():
+    """``tones`` may join a training mix but is in neither the default mix nor the test set, and no tone
+    or buzz puts power between the training hum (60 Hz) and 150 Hz, where the test hum (100/120) lives."""
+    assert "tones" in N.EXTRA_TRAIN_NOISES and not set(N.EXTRA_TRAIN_NOISES) & set(N.TEST_NOISES)
+    pairs = D.SpeechPairs(fake_corpus([20000] * 3), length=4000, batch=2, noises=("white", "tones"))
+    assert pairs.noises == ("white", "tones") and next(pairs)[1].shape == (2, 4000)
+    band_share = []
+    for seed in range(20):
+        x = N.make_noise("tones", 2 * SR, np.random.default_rng(seed))
+        f, p = signal.welch(x, SR, nperseg=4096)
+        band_share.append(p[(f > 61) & (f < 140)].sum() / p.sum())
+    assert max(band_share) < 0.02, band_share
+    hum = N.make_noise("hum", 2 * SR, np.random.default_rng(0), N.NoiseContext("test"))
+    f, p = signal.welch(hum, SR, nperseg=4096)
+    assert p[(f > 61) & (f < 140)].sum() / p.sum() > 0.5  # the band the check above watches is the test hum's
+
+
+def test_tones_are_tonal_and_some_beep():
+    """Most of a tones noise's power sits in a few narrow peaks above 150 Hz; a gated one switches off."""
+    peaky, gated = 0, 0
+    for seed in range(12):
+        x = N.make_noise("tones", SR, np.random.default_rng(seed))
+        p = np.abs(np.fft.rfft(x)) ** 2
+        peaky += np.sort(p)[-200:].sum() / p.sum() > 0.9  # 200 of 8001 1-Hz bins
+        frames = np.sqrt(np.mean(x[:SR // 160 * 160].reshape(-1, 160) ** 2, axis=1))  # 10 ms frames
+        gated += frames.min() < 0.2 * np.median(frames)
+    assert peaky == 12 and 1 <= gated < 12
+
+
 def test_babble_leaves_out_the_clean_utterance():
     pool = [np.full(4000, 1000.0), np.ones(4000)]  # utterance 0 is the clean one: only 1 may talk
     x = N.make_noise("babble", 3000, np.random.default_rng(0), N.NoiseContext(pool=pool, pool_power=[1.0, 1.0],

@@ -366,15 +366,59 @@ def test_a_fine_tune_refuses_an_unfit_start(tmp_path, corpus_root):
     assert not (tmp_path / "ft").exists()
 
 
-def test_checkpoints_from_before_t_high_and_init_resume(tmp_path, corpus_root):
-    """A run saved before ``t_high`` and ``init`` existed (the built-in's stage 1) resumes as t_high 0."""
+def test_checkpoints_from_before_t_high_init_and_noises_resume(tmp_path, corpus_root):
+    """A run saved before ``t_high``, ``init`` and ``noises`` existed (the built-in's stage 1) resumes as
+    t_high 0 on the default mix, and a fine-tune of it reads its stage as such."""
     _train(tmp_path, "old", corpus_root, steps=2, stop_at=1)
     path = tmp_path / "old" / "last.pt"
     state = load_checkpoint(path)
-    torch.save({**state, "config": {k: v for k, v in state["config"].items() if k not in ("t_high", "init")}}, path)
+    old = {k: v for k, v in state["config"].items() if k not in ("t_high", "init", "noises")}
+    torch.save({**state, "config": old}, path)
     assert _train(tmp_path, "old", corpus_root, steps=2).step == 2
-    with pytest.raises(ValueError, match="was trained with other settings"):
-        _train(tmp_path, "old", corpus_root, steps=3, t_high=0.5)
+    for change in ({"t_high": 0.5}, {"noises": ("white", "tones")}):
+        with pytest.raises(ValueError, match="was trained with other settings"):
+            _train(tmp_path, "old", corpus_root, steps=3, **change)
+    state = load_checkpoint(path)  # the resumed run saved today's config: make it old again
+    torch.save({**state, "config": {k: v for k, v in state["config"].items() if k in old}}, path)
+    tuned = _train(tmp_path, "ft", corpus_root, steps=1, init_from=path, noises=("white", "tones"))
+    config = load_checkpoint(tuned.checkpoint)["config"]
+    assert "noises" not in config["init"]  # the start's config as it was saved
+    first, second = T.training_stages(config)
+    assert first["noises"] == list(T.DEFAULT_NOISES) and first["t_high"] == 0.0
+    assert second["noises"] == ["white", "tones"]
+
+
+def test_the_noise_mix_is_recorded_and_resumes_only_unchanged(tmp_path, corpus_root):
+    from revsde.apps.speech_noise import TRAIN_NOISES
+
+    assert T.DEFAULT_NOISES == TRAIN_NOISES
+    run = _train(tmp_path, "run", corpus_root, steps=2, stop_at=1, noises="white, tones")
+    assert load_checkpoint(run.checkpoint)["config"]["noises"] == ["white", "tones"]
+    with pytest.raises(ValueError, match="was trained with other settings {'noises'"):
+        _train(tmp_path, "run", corpus_root, steps=2)
+    assert _train(tmp_path, "run", corpus_root, steps=2, noises=("white", "tones")).step == 2
+
+
+@pytest.mark.parametrize("noises, message", [
+    (("white", "engine"), "noises 'engine' is held out for the test set"),
+    ("rain", "noises 'rain' is unknown: give distinct names from white, pink, brown, babble, hum, bursts, hvac, tones"),
+    (("white", "white"), "noises repeats a kind"),
+    ((), "noises is empty"),
+])
+def test_bad_noise_mixes_are_refused(tmp_path, noises, message):
+    with pytest.raises(ValueError, match=message):
+        T.train_speech(tmp_path / "out", 1, noises=noises, corpus_root=tmp_path / "corpus", progress=False,
+                       threads=None)
+    assert not (tmp_path / "corpus").exists() and not (tmp_path / "out").exists()
+
+
+def test_a_finished_run_s_checkpoint_is_left_as_it_was(tmp_path, corpus_root):
+    """Rerunning a finished stage (the built-in's script does, before its next stage) saves nothing."""
+    done = _train(tmp_path, "run", corpus_root, steps=2)
+    before = (done.checkpoint.read_bytes(), done.checkpoint.stat().st_mtime_ns)
+    again = _train(tmp_path, "run", corpus_root, steps=2)
+    assert again.step == 2 and not again.interrupted
+    assert (done.checkpoint.read_bytes(), done.checkpoint.stat().st_mtime_ns) == before
 
 
 @pytest.mark.cuda
@@ -420,9 +464,9 @@ def test_cli_trains_resumes_and_exports_a_loadable_model(tmp_path, corpus_root, 
     ft = tmp_path / "ft"
     with torch.random.fork_rng(devices=[]):
         assert main([*args[:2], "-o", str(ft), *args[4:-2], "--steps", "1", "--init-from", str(out / "last.pt"),
-                     "--t-high", "0.5", "--device", "cpu"]) == 0
+                     "--t-high", "0.5", "--device", "cpu", "--noises", "white,tones"]) == 0
     config = load_checkpoint(ft / "last.pt")["config"]
-    assert config["t_high"] == 0.5 and config["init"]["trained_steps"] == 3
+    assert config["t_high"] == 0.5 and config["init"]["trained_steps"] == 3 and config["noises"] == ["white", "tones"]
 
 
 def test_cli_bad_arguments(tmp_path, capsys):
@@ -439,6 +483,8 @@ def test_cli_bad_arguments(tmp_path, capsys):
     assert "t_high is the fraction of examples drawn near t = 1" in capsys.readouterr().err
     assert main([*base, "--device", "tpu"]) == 2
     assert "unknown device 'tpu'; e.g. cpu, cuda, cuda:1" in capsys.readouterr().err
+    assert main([*base, "--noises", "white,engine"]) == 2
+    assert "noises 'engine' is held out for the test set" in capsys.readouterr().err
     assert main([*base, "--init-from", str(tmp_path / "nothing.pt")]) == 2
     assert "no such file" in capsys.readouterr().err
     assert not (tmp_path / "run").exists()

@@ -56,14 +56,14 @@ import numpy as np
 
 from revsde.apps.speech_espeak import (ACCENTS, HELD_OUT_ACCENTS, HELD_OUT_VARIANTS, VARIANTS, EspeakNotFoundError,
                                        Utterance, espeak, find_espeak, render, split_voices, utterance_specs)
-from revsde.apps.speech_noise import (NOISES, SAMPLE_RATE, SNR_DB, TEST_NOISES, TRAIN_NOISES, NoiseContext,
-                                      active_power, make_noise, mix, snr)
+from revsde.apps.speech_noise import (EXTRA_TRAIN_NOISES, NOISES, SAMPLE_RATE, SNR_DB, TEST_NOISES, TRAIN_NOISES,
+                                      NoiseContext, active_power, make_noise, mix, snr)
 from revsde.apps.speech_text import sentences
 
 __all__ = ["load_corpus", "synthesize_corpus", "SpeechCorpus", "test_set", "NoisyPair", "SpeechPairs", "crop_length",
            "espeak", "render", "Utterance", "utterance_specs", "split_voices", "EspeakNotFoundError", "sentences",
            "make_noise", "mix", "snr", "active_power", "ACCENTS", "VARIANTS", "HELD_OUT_ACCENTS",
-           "HELD_OUT_VARIANTS", "TRAIN_NOISES", "TEST_NOISES", "SNR_DB"]
+           "HELD_OUT_VARIANTS", "TRAIN_NOISES", "TEST_NOISES", "EXTRA_TRAIN_NOISES", "SNR_DB"]
 
 CORPUS_VERSION = 1
 DEFAULT_ROOT = Path("out") / "speech"
@@ -247,7 +247,8 @@ class SpeechPairs:
 
     Each crop picks an utterance uniformly; a longer one is cut at a uniform position, a shorter one is
     zero-padded symmetrically (``pad // 2`` before, the rest after), clean and noisy alike, as SGMSE
-    does. The noise kind is uniform over ``noises``, the SNR uniform over ``snr_db`` relative to the
+    does. The noise kind is uniform over ``noises`` (for the train split: ``TRAIN_NOISES``, the default
+    mix, and ``EXTRA_TRAIN_NOISES``), the SNR uniform over ``snr_db`` relative to the
     *whole utterance's* active level; noise is generated fresh for every crop (babble from the corpus's
     other utterances). All randomness comes from ``self.rng`` (a ``numpy.random.Generator`` seeded
     ``seed``; save ``rng.bit_generator.state`` to resume).
@@ -260,7 +261,7 @@ class SpeechPairs:
         unknown = [k for k in noises if k not in NOISES]
         if unknown or not noises:
             raise ValueError(f"unknown noise {unknown or noises!r}; available: {', '.join(NOISES)}")
-        held_out = [k for k in noises if k not in TRAIN_NOISES]
+        held_out = [k for k in noises if k not in TRAIN_NOISES + EXTRA_TRAIN_NOISES]
         if corpus.split == "train" and held_out:
             raise ValueError(f"noise {', '.join(held_out)} is held out for the test split")
         if output not in OUTPUTS:

@@ -16,12 +16,19 @@ Every generator returns float64 noise of unit RMS; all its randomness comes from
   decays (low-passed noise and a 40–90 Hz thump, τ 40–150 ms) — over a pink floor 30 dB down;
 - ``hvac``: a recorded-like fan/air-conditioning noise: low-passed white plus pink, a resonance, weak
   blade-pass tones, and a slow level modulation of 10–40 %;
+- ``tones`` (an extra for training, not in the default mix or the test set): tonal interference —
+  1–3 whistles, beeps or buzzers, each a pure tone (150 Hz–4 kHz) or a harmonic buzz (fundamental
+  150–600 Hz, harmonics to 4 kHz), log-uniform, with a slow ±0.3 % drift, a third of them switching
+  on and off (an alarm's 2–8 Hz beeping), over a pink floor 30 dB down. No fundamental lies in
+  61–149 Hz, so the test hum (100/120 Hz) stays unseen;
 - ``engine`` (test only): a firing-pulse train at 25–60 Hz with slowly varying speed, each pulse a short
   low-passed decay, plus brown rumble.
 
 The split (``TRAIN_NOISES``, ``TEST_NOISES``, ``HUM_F0``): the test hum's fundamental (100/120 Hz, a
 rectifier buzz) is never a training one (50/60 Hz), ``engine`` is never trained on, and test babble
 is made of held-out voices saying held-out sentences. Noise streams themselves are seeded apart.
+``EXTRA_TRAIN_NOISES`` (``tones``) may join a training mix (``SpeechPairs(noises=...)``); the default
+mix and the test set do not use them, so the committed held-out numbers stay comparable.
 
 SNR is ``10 log10(P_speech / P_noise)`` with ``P_speech`` the *active* speech power: the mean square
 over the 20 ms frames whose energy is within ``ACTIVE_DB`` = 40 dB of the loudest frame (so pauses and
@@ -45,6 +52,9 @@ HUM_F0 = {"train": (50.0, 60.0), "test": (100.0, 120.0)}
 BABBLE_TALKERS = (3, 7)
 TRAIN_NOISES = ("white", "pink", "brown", "babble", "hum", "bursts", "hvac")
 TEST_NOISES = TRAIN_NOISES + ("engine",)
+EXTRA_TRAIN_NOISES = ("tones",)
+TONE_HZ = (150.0, 4000.0)
+BUZZ_F0_HZ = (150.0, 600.0)
 _WARMUP_S = 0.1  # discarded start of recursively filtered noise (the filter's transient)
 
 
@@ -149,6 +159,36 @@ def hum(n, rng, ctx):
     return _unit(x * (1 + 0.05 * _slow(n, rng, sr, 1.0)))
 
 
+def _gate(n: int, rng: np.random.Generator, sample_rate: int) -> np.ndarray:
+    """An alarm's on/off envelope: 2–8 Hz, duty 30–70 %, 5 ms ramps, a random phase."""
+    rate, duty = rng.uniform(2, 8), rng.uniform(0.3, 0.7)
+    cycle = (np.arange(n) / sample_rate * rate + rng.uniform()) % 1.0
+    ramp = 0.005 * rate  # 5 ms in cycles
+    return np.clip(np.minimum(cycle, duty - cycle) / ramp + 0.5, 0.0, 1.0)
+
+
+def tones(n, rng, ctx):
+    sr = ctx.sample_rate
+    top = min(TONE_HZ[1], 0.45 * sr)
+    x = np.zeros(n)
+    for _ in range(int(rng.integers(1, 4))):
+        buzz = rng.uniform() < 0.5
+        lo, hi = (BUZZ_F0_HZ[0], min(BUZZ_F0_HZ[1], top)) if buzz else (TONE_HZ[0], top)
+        f0 = float(np.exp(rng.uniform(np.log(lo), np.log(hi))))
+        phase = 2 * np.pi * np.cumsum(f0 * (1 + 0.003 * _slow(n, rng, sr, 0.5))) / sr
+        k = np.arange(1, max(1, int(top // f0)) + 1) if buzz else np.ones(1)
+        amp = rng.uniform(0.2, 1.0, k.size) / k ** rng.uniform(0.5, 1.5)
+        part = np.sum(amp[:, None] * np.sin(k[:, None] * phase + rng.uniform(0, 2 * np.pi, (k.size, 1))), axis=0)
+        if rng.uniform() < 1 / 3:
+            part = part * _gate(n, rng, sr)
+        level = np.sqrt(np.mean(part * part))
+        if level > 0:
+            x += part / level * 10 ** (rng.uniform(-6, 0) / 20)
+    level = np.sqrt(np.mean(x * x))
+    floor = colored(n, rng, 1.0, sr) * (level if level > 0 else 1.0) * 10 ** (-30 / 20)
+    return _unit(x + floor)
+
+
 def bursts(n, rng, ctx):
     sr = ctx.sample_rate
     x = np.zeros(n)
@@ -239,6 +279,7 @@ NOISES: dict[str, NoiseKind] = {kind.name: kind for kind in (
     NoiseKind("hum", hum, "mains hum: fundamental (50/60 Hz train, 100/120 Hz test), harmonics, drift"),
     NoiseKind("bursts", bursts, "clicks, short noise bursts and door-slam decays over a pink floor"),
     NoiseKind("hvac", hvac, "fan/air-conditioning: coloured noise, resonance, blade tones, slow modulation"),
+    NoiseKind("tones", tones, "whistles, beeps and buzzers: 1–3 tones or harmonic buzzes (training extra)"),
     NoiseKind("engine", engine, "engine: 25–60 Hz firing pulses and brown rumble (test only)"),
 )}
 

@@ -43,7 +43,7 @@ def add_train_parser(commands) -> None:
     """Register ``revsde train restore …`` and ``revsde train speech …`` on the CLI's subparsers."""
     from .restore_data import DEGRADATIONS
     from .train import LOSSES, PREDICTIONS
-    from .train_speech import LOSSES as SPEECH_LOSSES, PREDICTIONS as SPEECH_PREDICTIONS
+    from .train_speech import DEFAULT_NOISES as SPEECH_NOISES, LOSSES as SPEECH_LOSSES, PREDICTIONS as SPEECH_PREDICTIONS
 
     p = commands.add_parser("train", help="train the small built-in models", description=TRAIN_DESCRIPTION,
                             formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -83,6 +83,9 @@ def add_train_parser(commands) -> None:
     s.add_argument("--init-from", default=None, metavar="FILE",
                    help="fine-tune: start from a training checkpoint's EMA weights (last.pt) or an exported "
                         ".safetensors with the same network, SDE and features; fresh optimiser and schedule")
+    s.add_argument("--noises", default=",".join(SPEECH_NOISES), metavar="KIND,...",
+                   help=f"the noise kinds of the training mix, each as often (default: {','.join(SPEECH_NOISES)}; "
+                        "add tones for whistles, beeps and buzzers; the test-only engine is refused)")
     s.add_argument("--device", default="cpu", help="where the network trains: cpu (default) or cuda[:N]")
     s.add_argument("--checkpoint-every", type=int, default=250, metavar="N", help="steps between checkpoints")
     _common(s)
@@ -128,7 +131,8 @@ def _run_speech(args) -> int:
                           prediction=args.prediction, loss=args.loss, net_config=net, corpus_size=args.corpus,
                           corpus_root=args.corpus_root, ema=args.ema, threads=args.threads,
                           checkpoint_every=args.checkpoint_every, seed=args.seed, progress=_progress(args),
-                          resume=args.resume, t_high=args.t_high, init_from=args.init_from, device=args.device)
+                          resume=args.resume, t_high=args.t_high, init_from=args.init_from, device=args.device,
+                          noises=args.noises)
     return _finish(result, args.export and (lambda ckpt: export_weights(ckpt, args.export)))
 
 

@@ -40,14 +40,16 @@ LOSSES = ("sgmse", "denoiser", "data")
 SMALL_NET = {"nf": 16, "ch_mult": (1, 2, 2, 2, 2), "num_res_blocks": 1, "attn_resolutions": (16,),
              "image_size": 256, "time_scaling": "none"}
 RESUME_KEYS = ("loss", "prediction", "net", "batch", "frames", "lr", "ema", "seed", "sde", "spec", "corpus", "t_eps",
-               "t_high", "init")
+               "t_high", "init", "noises")
+#: the default training mix of noises (``speech_noise.TRAIN_NOISES``)
+DEFAULT_NOISES = ("white", "pink", "brown", "babble", "hum", "bursts", "hvac")
 #: what checkpoints written before these settings existed trained with
-RESUME_DEFAULTS = {"t_high": 0.0, "init": None}
+RESUME_DEFAULTS = {"t_high": 0.0, "init": None, "noises": list(DEFAULT_NOISES)}
 #: ``t_high``'s examples have t ~ U[T_HIGH_FROM·t_max, t_max]
 T_HIGH_FROM = 0.9
 #: what ``init_from`` must share with the run it starts (the rest of its config is kept as provenance)
 INIT_MATCH = ("prediction", "arch", "net", "sde", "spec")
-INIT_KEPT = ("loss", "batch", "frames", "lr", "lr_floor", "steps", "lr_history", "t_high", "corpus", "init")
+INIT_KEPT = ("loss", "batch", "frames", "lr", "lr_floor", "steps", "lr_history", "t_high", "corpus", "noises", "init")
 
 
 def build_sde(config: dict | None = None) -> OUVESDE:
@@ -146,7 +148,7 @@ def train_speech(out_dir="out/train/speech", steps: int = 10000, *, batch: int =
                  checkpoint_every: int = 250, log_every: int = 50, seed: int = 0, progress: bool = True,
                  resume: bool = True, stop_at: int | None = None, net: nn.Module | None = None,
                  corpus=None, sde: OUVESDE | None = None, spec: SpecConfig = SGMSE_16K, t_high: float = 0.0,
-                 init_from=None, device: str | torch.device = "cpu") -> TrainResult:
+                 init_from=None, device: str | torch.device = "cpu", noises=DEFAULT_NOISES) -> TrainResult:
     """Train (or resume) the speech model for ``steps`` steps in total; see the module docstring.
 
     ``net_config`` are ``NCSNpp`` arguments (default ``SMALL_NET``); ``net`` replaces the network
@@ -156,7 +158,9 @@ def train_speech(out_dir="out/train/speech", steps: int = 10000, *, batch: int =
     (its EMA weights) or an exported ``.safetensors`` to start from, i.e. a fine-tune with a fresh
     optimiser and schedule; it must share ``INIT_MATCH`` with this run, and its settings are kept in
     the config under ``init``. ``device``: where the network trains (the data and the random draws
-    are made on the CPU, so a run's examples are the same on every device).
+    are made on the CPU, so a run's examples are the same on every device). ``noises``: the noise
+    kinds of the training mixtures, each as often (names or a comma-separated string; the default mix
+    ``DEFAULT_NOISES`` and ``speech_noise.EXTRA_TRAIN_NOISES`` may be used, the test-only ones not).
     """
     from .speech_data import SpeechPairs, crop_length, load_corpus
 
@@ -168,6 +172,7 @@ def train_speech(out_dir="out/train/speech", steps: int = 10000, *, batch: int =
     if frames % spec.pad_multiple:
         raise ValueError(f"frames must be a multiple of {spec.pad_multiple} (the network's size step; got {frames})")
     t_high = check_t_high(t_high)
+    noises = check_noises(noises)
     device = check_device(device)
     if threads is not None:
         torch.set_num_threads(int(threads))
@@ -183,14 +188,15 @@ def train_speech(out_dir="out/train/speech", steps: int = 10000, *, batch: int =
               "net": {k: list(v) if isinstance(v, tuple) else v for k, v in net_config.items()},
               "batch": batch, "frames": frames, "lr": lr, "lr_floor": lr_floor, "ema": ema, "seed": seed,
               "steps": steps, "sde": sde.config(), "t_eps": sde.t_min, "spec": asdict(spec),
-              "corpus": corpus_size if corpus is None else f"custom:{len(corpus)}", "t_high": t_high, "init": None}
+              "corpus": corpus_size if corpus is None else f"custom:{len(corpus)}", "t_high": t_high, "init": None,
+              "noises": list(noises)}
     if init_from is not None:
         weights, config["init"] = load_init(init_from, config)
         net.load_state_dict(weights)  # a resumed run then replaces them with its checkpoint's
     net.to(device)
 
     corpus = load_corpus("train", corpus_size, corpus_root, progress=progress) if corpus is None else corpus
-    pairs = SpeechPairs(corpus, crop_length(frames, spec.hop_length), batch, seed=seed, output="torch")
+    pairs = SpeechPairs(corpus, crop_length(frames, spec.hop_length), batch, noises=noises, seed=seed, output="torch")
     generator = torch.Generator().manual_seed(seed)
     model = score_model(net, sde, prediction)
 
@@ -203,6 +209,21 @@ def train_speech(out_dir="out/train/speech", steps: int = 10000, *, batch: int =
                optimizer="adam", clip=None, checkpoint_every=checkpoint_every, log_every=log_every,
                progress=progress, resume=resume, resume_keys=RESUME_KEYS, config_defaults=RESUME_DEFAULTS,
                stop_at=stop_at, extra={"pairs": _NumpyRng(pairs.rng)}, desc="train speech")
+
+
+def check_noises(noises) -> tuple[str, ...]:
+    """The training noise kinds as a tuple: known, trainable (no test-only kind), no repeats."""
+    from .speech_noise import EXTRA_TRAIN_NOISES, NOISES, TRAIN_NOISES
+
+    names = tuple(k.strip() for k in noises.split(",")) if isinstance(noises, str) else tuple(noises)
+    allowed = TRAIN_NOISES + EXTRA_TRAIN_NOISES
+    bad = [k for k in names if k not in allowed]
+    if not names or bad or len(set(names)) != len(names):
+        problem = (f"{', '.join(map(repr, bad))} " + ("is held out for the test set" if all(k in NOISES for k in bad)
+                                                      else "is unknown") if bad
+                   else "repeats a kind" if names else "is empty")
+        raise ValueError(f"noises {problem}: give distinct names from {', '.join(allowed)} (got {noises!r})")
+    return names
 
 
 def check_device(device) -> torch.device:
@@ -234,7 +255,7 @@ def load_init(path, config: dict) -> tuple[dict, dict]:
     else:
         try:
             state = load_checkpoint(path)
-            base, weights = checkpoint_config(state, RESUME_DEFAULTS), state["ema"]
+            base, weights = checkpoint_config(state), state["ema"]  # as saved: training_stages fills the gaps
         except Exception as err:  # noqa: BLE001 - any unreadable file gets the same message
             raise ValueError(f"init_from {path} is not a training checkpoint (a last.pt) or a .safetensors: {err}") from err
         if base.get("format") != FORMAT:
@@ -277,10 +298,11 @@ def recommend(path, nfe: int, options: dict | None = None) -> Path:
 
 def training_stages(config: dict) -> list[dict]:
     """The runs behind a model's config, first run first: the ``init`` chain of its fine-tunes, each
-    stage's own settings over the config's (a start keeps only ``INIT_KEPT`` of its own)."""
+    stage's own settings over the config's (a start keeps only ``INIT_KEPT`` of its own; one trained
+    before a setting existed had its ``RESUME_DEFAULTS`` value)."""
     chain = [config]
     while chain[-1].get("init"):
-        chain.append({**config, **chain[-1]["init"]})
+        chain.append({**config, **RESUME_DEFAULTS, **chain[-1]["init"]})
     return chain[::-1]
 
 

@@ -166,6 +166,7 @@ def fit(net: torch.nn.Module, batch_loss: Callable[[], torch.Tensor], config: di
     window, last_loss, interrupted = [], None, False
     net.train()
     out_dir.mkdir(parents=True, exist_ok=True)
+    start = step
     with stop_requests() as stop:
         t_run, logged = time.perf_counter(), (step, elapsed)  # (step, elapsed) at the last log line
         while step < end:
@@ -198,7 +199,8 @@ def fit(net: torch.nn.Module, batch_loss: Callable[[], torch.Tensor], config: di
                 break
             if step % checkpoint_every == 0 and step < end:
                 checkpoint()
-        checkpoint()
+        if step > start or not ckpt_path.exists():  # a finished run's checkpoint stays as it was saved
+            checkpoint()
     bar.close()
     return TrainResult(ckpt_path, step, steps, elapsed, last_loss, interrupted or step < steps)
 
