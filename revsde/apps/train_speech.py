@@ -218,12 +218,16 @@ def check_noises(noises) -> tuple[str, ...]:
     names = tuple(k.strip() for k in noises.split(",")) if isinstance(noises, str) else tuple(noises)
     allowed = TRAIN_NOISES + EXTRA_TRAIN_NOISES
     bad = [k for k in names if k not in allowed]
-    if not names or bad or len(set(names)) != len(names):
-        problem = (f"{', '.join(map(repr, bad))} " + ("is held out for the test set" if all(k in NOISES for k in bad)
-                                                      else "is unknown") if bad
-                   else "repeats a kind" if names else "is empty")
-        raise ValueError(f"noises {problem}: give distinct names from {', '.join(allowed)} (got {noises!r})")
-    return names
+    if bad:
+        why = "is held out for the test set" if all(k in NOISES for k in bad) else "is unknown"
+        problem = f"{', '.join(map(repr, bad))} {why}"
+    elif not names:
+        problem = "is empty"
+    elif len(set(names)) != len(names):
+        problem = "repeats a kind"
+    else:
+        return names
+    raise ValueError(f"noises {problem}: give distinct names from {', '.join(allowed)} (got {noises!r})")
 
 
 def check_device(device) -> torch.device:
