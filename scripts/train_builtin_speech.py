@@ -6,8 +6,12 @@
 Training resumes from ``OUT/last.pt`` (rerun the same command after an interruption). When it reaches
 its steps, the EMA weights go to ``revsde/weights/speech_enhance.safetensors`` and a model card
 ``speech_enhance.md`` beside them reports the data recipe, the settings, the wall time and the
-held-out PESQ / ESTOI / SI-SDR of the noisy inputs and of the enhancements (MR Sampler and SGMSE+'s).
-The MR Sampler setting with the best PESQ is stored in the weights (``train_speech.recommend``): it is
+held-out PESQ / ESTOI / SI-SDR of the noisy inputs and of the enhancements (MR Sampler and SGMSE+'s),
+and, for each noise a stage added to the default mix (stage 3's ``tones``), the recommended setting on
+the test utterances mixed with that noise instead (``speech_data.test_set(noise=...)``). Training runs in
+three stages (``DEFAULTS``, ``FINETUNE``, ``TONES`` below), each resuming from its own checkpoint;
+``--eval-only`` re-evaluates the exported weights and ``--card-only`` rewrites the card from the saved
+evaluations. The MR Sampler setting with the best PESQ is stored in the weights (``train_speech.recommend``): it is
 what ``revsde enhance --model builtin`` runs when given no ``--nfe`` and no ``--option``.
 """
 from __future__ import annotations
@@ -128,21 +132,44 @@ def noise_words(kind: str) -> str:
             "stays unseen)")
 
 
-def extras_text(config: dict) -> str:
-    """The card's words on the noises a stage added to the default mix (``EXTRA_TRAIN_NOISES``)."""
+def added_noises(config: dict) -> dict[str, int]:
+    """The noise kinds some stage added to the default mix, each with the first stage (1, 2, ...) that did."""
     first = {}
     for number, stage in enumerate(train_speech.training_stages(config), 1):
         for kind in stage.get("noises") or ():
             if kind not in speech_data.TRAIN_NOISES:
                 first.setdefault(kind, number)
-    return "".join(f" Stage {number} adds {noise_words(kind)}." for kind, number in first.items())
+    return first
+
+
+def extras_text(config: dict) -> str:
+    """The card's words on the noises a stage added to the default mix (``EXTRA_TRAIN_NOISES``)."""
+    return "".join(f" Stage {number} adds {noise_words(kind)}." for kind, number in added_noises(config).items())
+
+
+def added_noise_results(config: dict, by_noise: dict) -> list[str]:
+    """The card's lines on the test utterances mixed with each added noise (``test_set(noise=...)``)."""
+    lines = []
+    for kind, number in added_noises(config).items():
+        if kind in by_noise:
+            ev = by_noise[kind]
+            m = ev["mean"]
+            lines.append(f"With `{kind}` (a training noise of stage {number}) in place of each test pair's noise, the "
+                         f"same utterances at the same SNRs (`speech_data.test_set(noise=\"{kind}\")`), "
+                         f"{label(ev)} at {ev['nfe']} NFE: "
+                         + ", ".join(f"{NAMES[k]} {m[k + '_in']:.3f} → {m[k]:.3f}" for k in METRICS) + ".")
+    return lines
 
 
 def total_minutes(config: dict) -> float:
     return sum(stage["elapsed_s"] for stage in train_speech.training_stages(config)) / 60
 
 
-def card(config: dict, evals: list[dict], command: str, n_params: int, threads: int) -> str:
+NAMES = {"pesq": "PESQ", "estoi": "ESTOI", "si_sdr": "SI-SDR (dB)"}
+
+
+def card(config: dict, evals: list[dict], command: str, n_params: int, threads: int,
+         by_noise: dict | None = None) -> str:
     sde, net = config["sde"], config["net"]
     rec = best_mrs(evals)
     rec_flags = "".join(f" --option {k}={v}" for k, v in rec["options"].items())
@@ -206,7 +233,8 @@ def card(config: dict, evals: list[dict], command: str, n_params: int, threads: 
             lines.append(f"Against SGMSE+'s sampler at {ev['nfe']} NFE: PESQ "
                          f"{rec['mean']['pesq'] - ev['mean']['pesq']:+.3f} with {ev['nfe'] / rec['nfe']:.0f}× fewer "
                          "network evaluations.")
-    return "\n".join(lines + [""])
+    extra = added_noise_results(config, by_noise or {})
+    return "\n".join(lines + ([""] + extra if extra else []) + [""])
 
 
 def main(argv=None) -> int:
@@ -223,10 +251,13 @@ def main(argv=None) -> int:
                         help="folder holding stage 1's last.pt (stage 2's is OUT_finetune, stage 3's OUT_tones)")
     parser.add_argument("--weights", default=str(ROOT / "revsde" / "weights"))
     parser.add_argument("--eval-only", action="store_true", help="skip training: evaluate the exported weights")
+    parser.add_argument("--card-only", action="store_true",
+                        help="skip training and evaluation: rewrite the card from OUT/eval.json (and eval_noises.json)")
     parser.add_argument("--no-progress", dest="progress", action="store_false")
     args = parser.parse_args(argv)
 
-    shown = [a for a in (sys.argv[1:] if argv is None else argv) if a != "--eval-only"]  # the training's command
+    shown = [a for a in (sys.argv[1:] if argv is None else argv)
+             if a not in ("--eval-only", "--card-only")]  # the training's command
     command = "python scripts/train_builtin_speech.py " + shlex.join(shown)
     out_dir, weights = Path(args.out), Path(args.weights) / BUILTIN
     for name in ("finetune_steps", "tones_steps"):
@@ -235,7 +266,7 @@ def main(argv=None) -> int:
     common = dict(batch=DEFAULTS["batch"], frames=DEFAULTS["frames"], prediction=DEFAULTS["prediction"],
                   loss=DEFAULTS["loss"], corpus_size=DEFAULTS["corpus"], threads=args.threads, device=args.device,
                   checkpoint_every=args.checkpoint_every, progress=args.progress)
-    if not args.eval_only:
+    if not (args.eval_only or args.card_only):
         result = train_speech.train_speech(out_dir, args.steps, lr=DEFAULTS["lr"], **common)
         if not result.interrupted and args.finetune_steps:
             print(f"stage 1 done ({result.step} steps); stage 2: fine-tune near t = 1")
@@ -255,6 +286,16 @@ def main(argv=None) -> int:
 
     torch.set_num_threads(args.threads)
     score, spec, config = train_speech.load_weights(weights)
+    n_params = sum(p.numel() for p in score.net.parameters())
+    card_path = weights.with_suffix(".md")
+    if args.card_only:
+        evals = json.loads((out_dir / "eval.json").read_text())
+        noises_path = out_dir / "eval_noises.json"
+        by_noise = json.loads(noises_path.read_text()) if noises_path.exists() else {}
+        with atomic_output(card_path) as f:
+            f.write(card(config, evals, command, n_params, args.threads, by_noise).encode())
+        print(f"wrote {card_path}")
+        return 0
     speech = SpeechModel(score, spec, weights.name)
     pairs = speech_data.test_set()
     evals = []
@@ -269,10 +310,16 @@ def main(argv=None) -> int:
     rec = best_mrs(evals)
     train_speech.recommend(weights, rec["nfe"], rec["options"])
     print(f"recommended (revsde enhance's default for it): {label(rec)} at {rec['nfe']} NFE")
-    n_params = sum(p.numel() for p in score.net.parameters())
-    card_path = weights.with_suffix(".md")
+    by_noise = {}
+    for kind in added_noises(config):  # the noises the test set never uses, on its utterances at its SNRs
+        by_noise[kind] = evaluate_speech(speech, sampler="mrs", nfe=rec["nfe"], options=rec["options"],
+                                         pairs=speech_data.test_set(noise=kind), progress=args.progress)
+        m = by_noise[kind]["mean"]
+        print(f"{kind}: " + ", ".join(f"{k} {m[k + '_in']:.3f} -> {m[k]:.3f}" for k in METRICS), flush=True)
+    with atomic_output(out_dir / "eval_noises.json") as f:
+        f.write(json.dumps(by_noise, indent=1).encode())
     with atomic_output(card_path) as f:
-        f.write(card(config, evals, command, n_params, args.threads).encode())
+        f.write(card(config, evals, command, n_params, args.threads, by_noise).encode())
     print(f"wrote {card_path}")
     return 0
 

@@ -97,3 +97,30 @@ def test_a_stage_with_another_noise_mix_says_so_and_the_card_describes_the_added
     assert "tones" not in script.card(CONFIG, [evaluation(*e) for e in EVALS], "x", 580_000, 2)
     only = {**CONFIG, "noises": ["white", "hum"]}
     assert script.stages(only)[0].startswith("- training: 12000 steps, t ~ U[0.03, 1], noises: white, hum, Adam")
+
+
+def test_the_card_reports_an_added_noise_on_the_test_utterances(script):
+    config = {**CONFIG, "noises": [*script.speech_data.TRAIN_NOISES, "tones"]}
+    evals = [evaluation(*e) for e in EVALS]
+    tones = {**evaluation("mrs", {"stochastic": True}, 2, 1.68, 8.76)}
+    text = script.card(config, evals, "x", 580_000, 2, {"tones": tones})
+    assert ("With `tones` (a training noise of stage 1) in place of each test pair's noise, the same utterances at "
+            "the same SNRs (`speech_data.test_set(noise=\"tones\")`), mrs SDE at 2 NFE: PESQ 1.100 → 1.680, ESTOI "
+            "0.600 → 0.650, SI-SDR (dB) 4.000 → 8.760.") in text
+    assert "With `" not in script.card(CONFIG, evals, "x", 580_000, 2, {"tones": tones})  # not trained on it
+
+
+def test_card_only_rewrites_the_card_from_the_saved_evaluations(script, tmp_path):
+    import json
+    import shutil
+
+    weights = tmp_path / "weights"
+    weights.mkdir()
+    shutil.copy(SCRIPT.parents[1] / "revsde" / "weights" / f"{script.BUILTIN}", weights / script.BUILTIN)
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "eval.json").write_text(json.dumps([evaluation(*e) for e in EVALS]))
+    assert script.main(["--threads", "2", "--out", str(out), "--weights", str(weights), "--card-only"]) == 0
+    text = (weights / script.BUILTIN).with_suffix(".md").read_text()
+    assert "| mrs SDE | 3 | 1.360 ± 0.100 | 0.650 ± 0.100 | 8.400 ± 0.100 | 0.50 |" in text
+    assert "command: `python scripts/train_builtin_speech.py --threads 2 --out" in text and "--card-only" not in text

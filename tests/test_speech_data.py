@@ -312,3 +312,17 @@ def test_test_set_is_fixed_and_held_out(tmp_path):
         assert abs(measured - p.snr_db) < 0.1
         assert p.utterance.accent in E.HELD_OUT_ACCENTS and p.utterance.variant in E.HELD_OUT_VARIANTS
         assert p.utterance.text not in train_text
+
+
+@needs_espeak
+def test_test_set_with_one_noise_keeps_its_utterances_and_snrs(tmp_path):
+    pairs = D.test_set(tmp_path, n=3)
+    tones = D.test_set(tmp_path, n=3, noise="tones")
+    assert [p.noise for p in tones] == ["tones"] * 3
+    for p, q in zip(pairs, tones):
+        np.testing.assert_array_equal(p.clean, q.clean)
+        assert p.snr_db == q.snr_db and p.utterance == q.utterance and not np.array_equal(p.noisy, q.noisy)
+        measured = 10 * np.log10(reference_active_power(q.clean) / np.mean((q.noisy - q.clean.astype(np.float64)) ** 2))
+        assert abs(measured - q.snr_db) < 0.1
+    with pytest.raises(ValueError, match="unknown noise 'rain'"):
+        D.test_set(tmp_path, n=3, noise="rain")

@@ -28,7 +28,7 @@ Public API::
     load_corpus(split, n, root=None, *, seed=0, workers=2, progress=True, executable=None,
                 timeout=30.0) -> SpeechCorpus                # the first n utterances, synthesised if missing
     synthesize_corpus(split, n, root=None, *, seed=0, workers=2, progress=True, ...) -> Path
-    test_set(root=None, *, n=TEST_PAIRS, progress=False, executable=None) -> list[NoisyPair]
+    test_set(root=None, *, n=TEST_PAIRS, progress=False, executable=None, noise=None) -> list[NoisyPair]
     SpeechPairs(corpus, length=16256, batch=8, *, noises=TRAIN_NOISES, snr_db=(-5, 15), seed=0,
                 output="numpy")                               # iterator of (clean, noisy), each (batch, length)
     SpeechPairs.pair() -> (clean, noisy)                      # one crop, each (length,) float32
@@ -213,12 +213,17 @@ def _fit_length(x: np.ndarray, seconds: tuple[float, float], sample_rate: int) -
 
 
 def test_set(root=None, *, n: int = TEST_PAIRS, progress: bool = False, executable: str | None = None,
-             timeout: float = 30.0) -> list[NoisyPair]:
-    """The fixed held-out test pairs (the first ``n`` of ``TEST_PAIRS``), spoken into the cache first."""
+             timeout: float = 30.0, noise: str | None = None) -> list[NoisyPair]:
+    """The fixed held-out test pairs (the first ``n`` of ``TEST_PAIRS``), spoken into the cache first.
+
+    ``noise``: every pair mixed with this kind instead (the same utterances, SNRs and noise seeds), to
+    measure one noise on its own, e.g. ``tones``, which the test set proper never uses."""
     if not (isinstance(n, int) and 1 <= n <= TEST_PAIRS):
         raise ValueError(f"n must be in 1..{TEST_PAIRS} (got {n!r})")
+    if noise is not None and noise not in NOISES:
+        raise ValueError(f"unknown noise {noise!r}; available: {', '.join(NOISES)}")
     # noise kinds in turn, shifted by 3 every round so that each meets three voice variants and both accents
-    kinds = [TEST_NOISES[(i + 3 * (i // len(TEST_NOISES))) % len(TEST_NOISES)] for i in range(n)]
+    kinds = [noise or TEST_NOISES[(i + 3 * (i // len(TEST_NOISES))) % len(TEST_NOISES)] for i in range(n)]
     size = TEST_PAIRS + TEST_BABBLE if "babble" in kinds else n
     corpus = load_corpus("test", size, root, seed=TEST_SEED, progress=progress, executable=executable,
                          timeout=timeout)
