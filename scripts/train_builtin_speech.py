@@ -289,6 +289,8 @@ def main(argv=None) -> int:
     n_params = sum(p.numel() for p in score.net.parameters())
     card_path = weights.with_suffix(".md")
     if args.card_only:
+        if not (out_dir / "eval.json").is_file():
+            parser.error(f"--card-only needs the saved evaluations {out_dir / 'eval.json'}: run --eval-only first")
         evals = json.loads((out_dir / "eval.json").read_text())
         noises_path = out_dir / "eval_noises.json"
         by_noise = json.loads(noises_path.read_text()) if noises_path.exists() else {}

@@ -110,7 +110,7 @@ def test_the_card_reports_an_added_noise_on_the_test_utterances(script):
     assert "With `" not in script.card(CONFIG, evals, "x", 580_000, 2, {"tones": tones})  # not trained on it
 
 
-def test_card_only_rewrites_the_card_from_the_saved_evaluations(script, tmp_path):
+def test_card_only_rewrites_the_card_from_the_saved_evaluations(script, tmp_path, capsys):
     import json
     import shutil
 
@@ -124,3 +124,7 @@ def test_card_only_rewrites_the_card_from_the_saved_evaluations(script, tmp_path
     text = (weights / script.BUILTIN).with_suffix(".md").read_text()
     assert "| mrs SDE | 3 | 1.360 ± 0.100 | 0.650 ± 0.100 | 8.400 ± 0.100 | 0.50 |" in text
     assert "command: `python scripts/train_builtin_speech.py --threads 2 --out" in text and "--card-only" not in text
+    (out / "eval.json").unlink()
+    with pytest.raises(SystemExit):
+        script.main(["--out", str(out), "--weights", str(weights), "--card-only"])
+    assert "--card-only needs the saved evaluations" in capsys.readouterr().err

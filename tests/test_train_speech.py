@@ -419,6 +419,9 @@ def test_a_finished_run_s_checkpoint_is_left_as_it_was(tmp_path, corpus_root):
     again = _train(tmp_path, "run", corpus_root, steps=2)
     assert again.step == 2 and not again.interrupted
     assert (done.checkpoint.read_bytes(), done.checkpoint.stat().st_mtime_ns) == before
+    fresh = _train(tmp_path, "run", corpus_root, steps=2, lr=1e-3, resume=False, stop_at=0)  # afresh: saved
+    state = load_checkpoint(fresh.checkpoint)
+    assert state["step"] == 0 and state["config"]["lr"] == 1e-3
 
 
 @pytest.mark.cuda

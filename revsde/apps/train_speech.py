@@ -41,7 +41,8 @@ SMALL_NET = {"nf": 16, "ch_mult": (1, 2, 2, 2, 2), "num_res_blocks": 1, "attn_re
              "image_size": 256, "time_scaling": "none"}
 RESUME_KEYS = ("loss", "prediction", "net", "batch", "frames", "lr", "ema", "seed", "sde", "spec", "corpus", "t_eps",
                "t_high", "init", "noises")
-#: the default training mix of noises (``speech_noise.TRAIN_NOISES``)
+#: the default training mix of noises: ``speech_noise.TRAIN_NOISES``, spelled out so that importing this
+#: module (the CLI does) does not import scipy.signal; a test keeps the two equal
 DEFAULT_NOISES = ("white", "pink", "brown", "babble", "hum", "bursts", "hvac")
 #: what checkpoints written before these settings existed trained with
 RESUME_DEFAULTS = {"t_high": 0.0, "init": None, "noises": list(DEFAULT_NOISES)}

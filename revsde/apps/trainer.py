@@ -127,7 +127,8 @@ def fit(net: torch.nn.Module, batch_loss: Callable[[], torch.Tensor], config: di
     out_dir = Path(out_dir)
     ckpt_path, log_path = out_dir / "last.pt", out_dir / "train_log.jsonl"
     step, elapsed = 0, 0.0
-    if resume and ckpt_path.exists():
+    resumed = resume and ckpt_path.exists()
+    if resumed:
         state = load_checkpoint(ckpt_path)
         saved = {**(config_defaults or {}), **state["config"]}
         diff = {k: (saved.get(k), config.get(k)) for k in resume_keys if saved.get(k) != config.get(k)}
@@ -199,7 +200,7 @@ def fit(net: torch.nn.Module, batch_loss: Callable[[], torch.Tensor], config: di
                 break
             if step % checkpoint_every == 0 and step < end:
                 checkpoint()
-        if step > start or not ckpt_path.exists():  # a finished run's checkpoint stays as it was saved
+        if step > start or not resumed:  # a resumed run that trained no step leaves its checkpoint as saved
             checkpoint()
     bar.close()
     return TrainResult(ckpt_path, step, steps, elapsed, last_loss, interrupted or step < steps)
