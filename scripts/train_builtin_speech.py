@@ -56,9 +56,17 @@ FINETUNE = {"steps": 5000, "lr": 1e-4, "t_high": 0.5}
 # 100/120 Hz hum by only +0.7 dB SI-SDR (it had learned hum as energy below ~80 Hz, where the 50/60 Hz
 # training hum lives), against +4.5 to +8.6 dB for the other stationary noises.
 TONES = {"steps": 4000, "lr": 1e-4, "t_high": 0.5, "noises": speech_data.TRAIN_NOISES + ("tones",)}
+# Stage 4, CRP (Lay et al. 2023): a fine-tune of stage 3's EMA weights through the recommended run itself,
+# the MR Sampler's SDE at 2 NFE unrolled from the prior, on −SI-SDR of its output. Stages 1-3 train the
+# network's prediction at each t on its own, in the compressed domain that weighs quiet bins like loud
+# ones; SI-SDR weighs what the metric weighs. 300 steps at lr 5e-5 (a scratch run) took the held-out SI-SDR
+# from 9.64 to 11.30 dB and PESQ from 1.493 to 1.557 (data objective, the same 300 steps: see below).
+CRP = {"steps": 2500, "lr": 5e-5, "noises": TONES["noises"], "crp": dict(train_speech.CRP_DEFAULT)}
 LOSS_NAMES = {"sgmse": "SGMSE+'s ½ Σ|σ_t s_θ + z|² (= ½ Σ|ε̂ − z|²)",
               "denoiser": "SGMSE's denoiser objective ½ Σ|D − μ_t|², D = x_t + σ_t² s_θ",
-              "data": "SGMSE's data-prediction MSE ½ Σ|x̂₀ − x₀|² (x̂₀ from the score by Tweedie)"}
+              "data": "SGMSE's data-prediction MSE ½ Σ|x̂₀ − x₀|² (x̂₀ from the score by Tweedie)",
+              "crp": "CRP: the enhancer's run unrolled from the prior, its output against the clean crop"}
+CRP_OBJECTIVE_NAMES = {"sisdr": "−SI-SDR of the waveforms", "data": "½ Σ|x̂ − x₀|² on the spectrograms"}
 # the MR Sampler from 2 NFE (the step from t = 1 plus the final data prediction) and SGMSE+'s at 60
 EVALS = [("mrs", {}, 2), ("mrs", {"stochastic": True}, 2), ("mrs", {}, 3), ("mrs", {"stochastic": True}, 3),
          ("mrs", {}, 5), ("mrs", {}, 10), ("sgmse", {}, 60)]
@@ -89,7 +97,14 @@ def schedule(config: dict) -> str:
 
 
 def times(config: dict) -> str:
-    """How a stage drew its times: uniform, or with a fraction ``t_high`` near t = 1."""
+    """How a stage drew its times: uniform, or with a fraction ``t_high`` near t = 1 (a ``crp`` stage:
+    the run it trained through)."""
+    crp = config.get("crp")
+    if config.get("loss") == "crp" and crp:
+        opts = {"sampler": crp["sampler"], "nfe": crp["nfe"], "options": crp["options"]}
+        run = label(opts) if crp["sampler"] == "mrs" else crp["sampler"]
+        return (f"loss through {run} at {crp['nfe']} NFE unrolled from the prior (CRP), "
+                f"{CRP_OBJECTIVE_NAMES[crp['objective']]}")
     uniform = f"t ~ U[{config['t_eps']:g}, 1]"
     share = config.get("t_high") or 0.0
     if not share:
@@ -204,7 +219,8 @@ def card(config: dict, evals: list[dict], command: str, n_params: int, threads: 
         f"- features: SGMSE+'s (n_fft 510, hop 128, Hann, `0.15·|c|^0.5`), each crop divided by max|noisy|; "
         f"crops of {config['frames']} frames ({(config['frames'] - 1) * 128 / 16000:.2f} s), batch {config['batch']}",
         f"- SDE: OUVE(θ={sde['theta']:g}, σ_min={sde['sigma_min']:g}, σ_max={sde['sigma_max']:g})",
-        f"- loss: {LOSS_NAMES[config.get('loss', 'sgmse')]}; network output: {config['prediction']} prediction",
+        f"- loss: {LOSS_NAMES[train_speech.training_stages(config)[0].get('loss', 'sgmse')]}; network output: "
+        f"{config['prediction']} prediction",
         *stages(config),
         f"- wall time: {total_minutes(config):.1f} min of training on this CPU "
         f"({platform.processor() or platform.machine()}, torch {torch.__version__}; 1–2 threads as the "
@@ -246,9 +262,12 @@ def main(argv=None) -> int:
                         help="steps of stage 2, the fine-tune near t = 1 (0: export stage 1)")
     parser.add_argument("--tones-steps", type=int, default=TONES["steps"],
                         help="steps of stage 3, the fine-tune with tonal noise added (0: export stage 2)")
+    parser.add_argument("--crp-steps", type=int, default=CRP["steps"],
+                        help="steps of stage 4, the fine-tune through the sampler (CRP; 0: export stage 3)")
     parser.add_argument("--device", default="cpu", help="where to train: cpu or cuda[:N]")
     parser.add_argument("--out", default=str(ROOT / "out" / "train" / "speech"),
-                        help="folder holding stage 1's last.pt (stage 2's is OUT_finetune, stage 3's OUT_tones)")
+                        help="folder holding stage 1's last.pt (stage 2's is OUT_finetune, stage 3's OUT_tones, "
+                             "stage 4's OUT_crp)")
     parser.add_argument("--weights", default=str(ROOT / "revsde" / "weights"))
     parser.add_argument("--eval-only", action="store_true", help="skip training: evaluate the exported weights")
     parser.add_argument("--card-only", action="store_true",
@@ -260,7 +279,7 @@ def main(argv=None) -> int:
              if a not in ("--eval-only", "--card-only")]  # the training's command
     command = "python scripts/train_builtin_speech.py " + shlex.join(shown)
     out_dir, weights = Path(args.out), Path(args.weights) / BUILTIN
-    for name in ("finetune_steps", "tones_steps"):
+    for name in ("finetune_steps", "tones_steps", "crp_steps"):
         if getattr(args, name) < 0:
             parser.error(f"--{name.replace('_', '-')} must be >= 0 (got {getattr(args, name)})")
     common = dict(batch=DEFAULTS["batch"], frames=DEFAULTS["frames"], prediction=DEFAULTS["prediction"],
@@ -278,6 +297,11 @@ def main(argv=None) -> int:
                 result = train_speech.train_speech(out_dir.with_name(out_dir.name + "_tones"), args.tones_steps,
                                                    lr=TONES["lr"], t_high=TONES["t_high"], noises=TONES["noises"],
                                                    init_from=result.checkpoint, **common)
+                if not result.interrupted and args.crp_steps:
+                    print(f"stage 3 done ({result.step} steps); stage 4: fine-tune through the sampler (CRP)")
+                    result = train_speech.train_speech(
+                        out_dir.with_name(out_dir.name + "_crp"), args.crp_steps, lr=CRP["lr"], noises=CRP["noises"],
+                        init_from=result.checkpoint, **{**common, "loss": "crp"}, crp=CRP["crp"])
         if result.interrupted:
             print(f"stopped at step {result.step}/{result.steps}; rerun the same command to resume")
             return 130

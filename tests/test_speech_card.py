@@ -128,3 +128,21 @@ def test_card_only_rewrites_the_card_from_the_saved_evaluations(script, tmp_path
     with pytest.raises(SystemExit):
         script.main(["--out", str(out), "--weights", str(weights), "--card-only"])
     assert "--card-only needs the saved evaluations" in capsys.readouterr().err
+
+
+def test_a_crp_stage_names_the_run_it_trained_through_and_the_loss_line_stays_stage_1_s(script):
+    stage1 = {"from": "a", "trained_steps": 100, "elapsed_s": 60.0, "loss": "data", "lr": 5e-4, "lr_floor": 1e-6,
+              "steps": 100, "t_high": 0.0, "init": None}
+    crp = {"sampler": "mrs", "nfe": 2, "options": {"stochastic": True}, "objective": "sisdr"}
+    config = {**CONFIG, "loss": "crp", "crp": crp, "trained_steps": 30, "elapsed_s": 45.0, "lr": 5e-5,
+              "init": stage1}
+    lines = script.stages(config)
+    assert lines[1] == ("- stage 2, a fine-tune of stage 1's EMA weights with a fresh optimiser: 30 steps, loss "
+                        "through mrs SDE at 2 NFE unrolled from the prior (CRP), −SI-SDR of the waveforms, Adam lr "
+                        "5e-05 cosine to 1e-06, no clipping, EMA 0.999; 0.8 min, 0.67 it/s")
+    assert "t ~ U" in lines[0]
+    data = {**config, "crp": {**crp, "objective": "data", "sampler": "sgmse", "nfe": 60, "options": {}}}
+    assert "loss through sgmse at 60 NFE unrolled from the prior (CRP), ½ Σ|x̂ − x₀|² on the spectrograms" in \
+        script.stages(data)[1]
+    text = script.card(config, [evaluation(*e) for e in EVALS], "x", 580_000, 2)
+    assert "- loss: SGMSE's data-prediction MSE ½ Σ|x̂₀ − x₀|²" in text  # the base training's loss

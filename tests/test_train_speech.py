@@ -438,6 +438,115 @@ def test_training_on_cuda_resumes_and_exports(tmp_path, corpus_root):
     assert next(score.net.parameters()).device.type == "cpu"
 
 
+# --- CRP: the loss through the sampler -------------------------------------------------------------
+def test_si_sdr_db_is_the_metric():
+    from revsde.metrics.speech import si_sdr
+
+    g = gen(4)
+    ref = torch.randn(3, 2000, generator=g, dtype=torch.float64)
+    est = 0.7 * ref + 0.3 * torch.randn(3, 2000, generator=g, dtype=torch.float64)
+    got = T.si_sdr_db(ref, est, eps=0.0)
+    expected = torch.tensor([si_sdr(r.numpy(), e.numpy()) for r, e in zip(ref, est)], dtype=torch.float64)
+    torch.testing.assert_close(got, expected, rtol=1e-10, atol=0)
+    assert torch.isfinite(T.si_sdr_db(torch.zeros(1, 10), torch.ones(1, 10))).all()  # a silent crop
+
+
+def test_waveform_inverts_the_features_with_finite_gradients_at_zero():
+    wave = 0.3 * torch.randn(2, 63 * 128, generator=gen(1), dtype=torch.float64)
+    spec = to_spec(wave, SGMSE_16K)
+    assert spec.shape[-1] == 64
+    torch.testing.assert_close(T.waveform(spec, SGMSE_16K), wave, rtol=0, atol=1e-10)
+    torch.testing.assert_close(T.waveform(spec, SGMSE_16K), from_spec(spec, wave.shape[1], SGMSE_16K), rtol=0, atol=1e-12)
+    x = spec.clone()
+    x[..., 3, 5] = 0  # the decompression's angle has no gradient here; c·|c| does
+    x.requires_grad_(True)
+    T.waveform(x, SGMSE_16K).pow(2).sum().backward()
+    assert torch.isfinite(torch.view_as_real(x.grad)).all()
+
+
+def _crp_setup(seed=0):
+    torch.manual_seed(seed)
+    net = T.SpeechNet(T.build_net(TINY_NET)).double()
+    model = T.score_model(net, T.build_sde(), "velocity")
+    g = gen(seed)
+    clean = 0.2 * torch.randn(2, 63 * 128, generator=g, dtype=torch.float64)
+    noisy = clean + 0.1 * torch.randn(2, 63 * 128, generator=g, dtype=torch.float64)
+    x0, y = T.spectrogram_pair(clean, noisy)
+    return net, model, x0, y
+
+
+@pytest.mark.parametrize("objective", ["sisdr", "data"])
+def test_crp_loss_scores_the_enhancer_s_own_output_and_trains_every_call(objective):
+    """The loss is the objective on exactly what ``revsde enhance`` would output from the same noise (the
+    MR Sampler's SDE step from t = 1, then the final data prediction), and its gradient flows through
+    both network calls."""
+    from revsde.metrics.speech import si_sdr
+
+    net, model, x0, y = _crp_setup()
+    crp = T.check_crp({"objective": objective})
+    enhancer = T.crp_enhancer(model, SGMSE_16K, crp, "cpu")
+    loss = T.crp_loss(enhancer, x0, y, gen(3), objective, SGMSE_16K)
+    assert enhancer.nfe == 2
+    with torch.no_grad():
+        x_hat = enhancer.spectrogram(y, gen(3))
+    if objective == "sisdr":
+        clean, out = T.waveform(x0, SGMSE_16K), T.waveform(x_hat, SGMSE_16K)
+        expected = -sum(si_sdr(c.numpy(), o.numpy()) for c, o in zip(clean, out)) / 2
+    else:
+        expected = float((0.5 * (x_hat - x0).abs().pow(2).sum((1, 2, 3))).mean())
+    assert loss.item() == pytest.approx(expected, rel=1e-9)
+    # the gradient is the run's: the first call's input depends on nothing trainable, but the second
+    # call's does; cutting the state between them (the first call's output held fixed) changes it
+    loss.backward()
+    params = [p for p in net.parameters() if p.grad is not None]
+    full = [p.grad.clone() for p in params]
+    assert sum(float(g.abs().sum()) for g in full) > 0
+    net.zero_grad()
+
+    class Detached(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.calls = 0
+
+        def forward(self, x, time, mu=None):
+            self.calls += 1
+            out = net(x, time, mu=mu)
+            return out.detach() if self.calls == 1 else out
+
+    cut = T.crp_enhancer(T.score_model(Detached(), model.sde, "velocity"), SGMSE_16K, crp, "cpu")
+    T.crp_loss(cut, x0, y, gen(3), objective, SGMSE_16K).backward()
+    assert any(not torch.allclose(p.grad, f) for p, f in zip(params, full))
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"loss": "data", "crp": {}}, "crp settings are for loss='crp'"),
+    ({"loss": "crp", "crp": {"objective": "l1"}}, "the crp objective must be one of sisdr, data"),
+    ({"loss": "crp", "crp": {"steps": 3}}, "crp has unknown setting"),
+    ({"loss": "crp", "crp": {"nfe": 1}}, "--nfe must be an integer >= 2"),
+    ({"loss": "crp", "crp": {"sampler": "nope"}}, "unknown sampler 'nope'"),
+    ({"loss": "crp", "crp": {"options": {"order": 9}}}, "order"),
+])
+def test_bad_crp_settings_are_refused_before_any_work(tmp_path, kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        T.train_speech(tmp_path / "out", 1, corpus_root=tmp_path / "corpus", progress=False, threads=None, **kwargs)
+    assert not (tmp_path / "corpus").exists() and not (tmp_path / "out").exists()
+
+
+def test_a_crp_fine_tune_records_its_run_and_resumes_only_unchanged(tmp_path, corpus_root):
+    base = _train(tmp_path, "base", corpus_root, steps=1)
+    crp = {"objective": "data", "nfe": 3}
+    part = _train(tmp_path, "crp", corpus_root, steps=2, stop_at=1, loss="crp", crp=crp, init_from=base.checkpoint)
+    config = load_checkpoint(part.checkpoint)["config"]
+    assert config["loss"] == "crp" and config["init"]["loss"] == "sgmse"
+    assert config["crp"] == {"sampler": "mrs", "nfe": 3, "options": {"stochastic": True}, "objective": "data"}
+    with pytest.raises(ValueError, match="was trained with other settings {'crp'"):
+        _train(tmp_path, "crp", corpus_root, steps=2, loss="crp", init_from=base.checkpoint)
+    done = _train(tmp_path, "crp", corpus_root, steps=2, loss="crp", crp=crp, init_from=base.checkpoint)
+    assert done.step == 2 and math.isfinite(done.loss)
+    first, second = T.training_stages(config)
+    assert first["crp"] is None and second["crp"]["nfe"] == 3
+
+
 # --- the command line and the export ------------------------------------------------------------
 def test_cli_trains_resumes_and_exports_a_loadable_model(tmp_path, corpus_root, capsys):
     out, export = tmp_path / "run", tmp_path / "speech.safetensors"
@@ -470,6 +579,15 @@ def test_cli_trains_resumes_and_exports_a_loadable_model(tmp_path, corpus_root, 
                      "--t-high", "0.5", "--device", "cpu", "--noises", "white,tones"]) == 0
     config = load_checkpoint(ft / "last.pt")["config"]
     assert config["t_high"] == 0.5 and config["init"]["trained_steps"] == 3 and config["noises"] == ["white", "tones"]
+    # --loss crp and its run
+    crp = tmp_path / "crp"
+    with torch.random.fork_rng(devices=[]):
+        assert main([*args[:2], "-o", str(crp), *args[4:-2], "--steps", "1", "--init-from", str(out / "last.pt"),
+                     "--loss", "crp", "--crp-nfe", "3", "--crp-objective", "data", "--crp-option", "order=1",
+                     "--crp-option", "stochastic=False"]) == 0
+    config = load_checkpoint(crp / "last.pt")["config"]
+    assert config["crp"] == {"sampler": "mrs", "nfe": 3, "options": {"order": 1, "stochastic": False},
+                             "objective": "data"}
 
 
 def test_cli_bad_arguments(tmp_path, capsys):
@@ -488,6 +606,10 @@ def test_cli_bad_arguments(tmp_path, capsys):
     assert "unknown device 'tpu'; e.g. cpu, cuda, cuda:1" in capsys.readouterr().err
     assert main([*base, "--noises", "white,engine"]) == 2
     assert "noises 'engine' is held out for the test set" in capsys.readouterr().err
+    assert main([*base, "--crp-nfe", "3"]) == 2
+    assert "--crp-nfe is for --loss crp (got --loss sgmse)" in capsys.readouterr().err
+    assert main([*base, "--loss", "crp", "--crp-option", "order=1", "--crp-option", "order=2"]) == 2
+    assert "--crp-option 'order' given twice" in capsys.readouterr().err
     assert main([*base, "--init-from", str(tmp_path / "nothing.pt")]) == 2
     assert "no such file" in capsys.readouterr().err
     assert not (tmp_path / "run").exists()

@@ -174,14 +174,19 @@ class Enhancer:
     def spectrogram(self, y: torch.Tensor, generators: list[torch.Generator]) -> torch.Tensor:
         """Sample the clean spectrogram ``[B, 1, F, T]`` given the noisy one ``y`` (frames padded)."""
         with torch.no_grad():
-            sol = sample(self.model, y.shape, mu=y, sampler=self.sampler, steps=None if self.grid is not None else self.steps,
-                         grid=self.grid, generator=generators, device=self.device, progress=self.progress)
-            self.nfe += sol.nfe
-            if not self.final_denoise:
-                return sol.x
-            t_eps = torch.full((y.shape[0],), self.model.sde.t_min, dtype=torch.float64, device=self.device)
-            self.nfe += 1
-            return self.model(sol.x, t_eps, y).data
+            return self.unrolled(y, generators)
+
+    def unrolled(self, y: torch.Tensor, generator) -> torch.Tensor:
+        """``spectrogram`` with autograd on: the whole sampling run is differentiable in the network's
+        weights (``train_speech``'s ``crp`` loss trains through it). ``generator``: one, or one per item."""
+        sol = sample(self.model, y.shape, mu=y, sampler=self.sampler, steps=None if self.grid is not None else self.steps,
+                     grid=self.grid, generator=generator, device=self.device, progress=self.progress)
+        self.nfe += sol.nfe
+        if not self.final_denoise:
+            return sol.x
+        t_eps = torch.full((y.shape[0],), self.model.sde.t_min, dtype=torch.float64, device=self.device)
+        self.nfe += 1
+        return self.model(sol.x, t_eps, y).data
 
     def window(self, wave: np.ndarray, index: int) -> np.ndarray:
         """Enhance a ``(C, n)`` window of normalised samples at the model's rate (channels batched)."""

@@ -43,7 +43,9 @@ def add_train_parser(commands) -> None:
     """Register ``revsde train restore …`` and ``revsde train speech …`` on the CLI's subparsers."""
     from .restore_data import DEGRADATIONS
     from .train import LOSSES, PREDICTIONS
-    from .train_speech import DEFAULT_NOISES as SPEECH_NOISES, LOSSES as SPEECH_LOSSES, PREDICTIONS as SPEECH_PREDICTIONS
+    from ..cli import parse_option
+    from .train_speech import CRP_OBJECTIVES, DEFAULT_NOISES as SPEECH_NOISES, LOSSES as SPEECH_LOSSES, \
+        PREDICTIONS as SPEECH_PREDICTIONS
 
     p = commands.add_parser("train", help="train the small built-in models", description=TRAIN_DESCRIPTION,
                             formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -75,7 +77,17 @@ def add_train_parser(commands) -> None:
                    help="what the net outputs: velocity (default), score (SGMSE+'s), noise or data")
     s.add_argument("--loss", choices=list(SPEECH_LOSSES), default="sgmse",
                    help="sgmse: SGMSE+'s 1/2 sum|sigma*s + z|^2 (default); denoiser: 1/2 sum|D - mu_t|^2; "
-                        "data: 1/2 sum|x0_hat - x0|^2 (SGMSE's data-prediction MSE)")
+                        "data: 1/2 sum|x0_hat - x0|^2 (SGMSE's data-prediction MSE); crp: through the sampler "
+                        "(Lay et al. 2023's CRP fine-tune: the --crp-* run unrolled from the prior, its output "
+                        "against the clean crop; use with --init-from)")
+    s.add_argument("--crp-sampler", default=None, metavar="NAME",
+                   help="with --loss crp: the sampler trained through, as revsde enhance's --sampler (default: mrs)")
+    s.add_argument("--crp-nfe", type=int, default=None, metavar="N",
+                   help="with --loss crp: its NFE, as revsde enhance's --nfe (default: 2)")
+    s.add_argument("--crp-option", type=parse_option, action="append", default=None, metavar="NAME=VALUE",
+                   help="with --loss crp: a sampler option, repeatable (default: stochastic=True)")
+    s.add_argument("--crp-objective", choices=list(CRP_OBJECTIVES), default=None,
+                   help="with --loss crp: sisdr (-SI-SDR of the waveforms, default) or data (1/2 sum|x_hat - x0|^2)")
     s.add_argument("--corpus", type=int, default=600, metavar="N", help="training utterances spoken (default: 600)")
     s.add_argument("--corpus-root", default=None, metavar="DIR", help="the speech cache (default: out/speech)")
     s.add_argument("--t-high", type=float, default=0.0, metavar="P",
@@ -127,12 +139,23 @@ def _run_speech(args) -> int:
     except ValueError:
         raise ValueError(f"--ch-mult must be comma-separated integers (got {args.ch_mult!r})") from None
     net = {**SMALL_NET, "nf": args.nf, "ch_mult": ch_mult, "num_res_blocks": args.res_blocks}
+    crp = {k: v for k, v in (("sampler", args.crp_sampler), ("nfe", args.crp_nfe), ("objective", args.crp_objective))
+           if v is not None}
+    if args.crp_option is not None:
+        crp["options"] = {}
+        for key, value in args.crp_option:
+            if key in crp["options"]:
+                raise ValueError(f"--crp-option {key!r} given twice")
+            crp["options"][key] = value
+    if crp and args.loss != "crp":
+        flag = {"sampler": "--crp-sampler", "nfe": "--crp-nfe", "objective": "--crp-objective", "options": "--crp-option"}
+        raise ValueError(f"{flag[next(iter(crp))]} is for --loss crp (got --loss {args.loss})")
     result = train_speech(args.output, args.steps, batch=args.batch, frames=args.frames, lr=args.lr,
                           prediction=args.prediction, loss=args.loss, net_config=net, corpus_size=args.corpus,
                           corpus_root=args.corpus_root, ema=args.ema, threads=args.threads,
                           checkpoint_every=args.checkpoint_every, seed=args.seed, progress=_progress(args),
                           resume=args.resume, t_high=args.t_high, init_from=args.init_from, device=args.device,
-                          noises=args.noises)
+                          noises=args.noises, crp=crp if args.loss == "crp" else None)
     return _finish(result, args.export and (lambda ckpt: export_weights(ckpt, args.export)))
 
 

@@ -8,7 +8,11 @@ SDE: OUVE (θ 1.5, σ_min 0.05, σ_max 0.5). Per example ``t ~ U[t_eps, 1]`` and
 Loss (``LOSSES``): ``sgmse`` is SGMSE+'s ``½ Σ |σ_t s_θ(x_t, y, t) + z|²`` per example (mean over the
 batch), i.e. ``½ Σ |ε̂ − z|²`` with ``ε̂ = −σ_t s_θ``; ``denoiser`` is SGMSE's denoiser objective
 ``½ Σ |D − μ_t|²`` with ``D = x_t + σ_t² s_θ`` (weighting 1); ``data`` is SGMSE's data-prediction MSE
-``½ Σ |x̂_0 − x_0|²`` (without its optional L1 and PESQ terms), ``x̂_0`` read from the same score.
+``½ Σ |x̂_0 − x_0|²`` (without its optional L1 and PESQ terms), ``x̂_0`` read from the same score;
+``crp`` trains through the sampler instead (Lay et al. 2023's second stage, "correcting the reverse
+process"): ``revsde enhance``'s whole run (``CRP_DEFAULT``: the MR Sampler's SDE at 2 NFE, the step from
+t = 1 and the final data prediction) is unrolled from the prior with autograd on and its output compared
+with the clean crop, by ``−SI-SDR`` of the waveforms (``sisdr``) or ``½ Σ |x̂ − x_0|²`` (``data``).
 Whatever the loss, the network may output the score (SGMSE+'s choice, with its ``÷t`` output
 scaling), or noise / data / velocity, converted exactly by ``Prediction``, so every model samples alike.
 
@@ -35,22 +39,27 @@ from .trainer import TrainResult, check_positive_ints, checkpoint_config, export
 
 FORMAT = "revsde.speech/1"
 PREDICTIONS = ("score", "noise", "data", "velocity")
-LOSSES = ("sgmse", "denoiser", "data")
+LOSSES = ("sgmse", "denoiser", "data", "crp")
+#: what the ``crp`` loss compares: the output's waveform by SI-SDR, or its spectrogram by squared error
+CRP_OBJECTIVES = ("sisdr", "data")
+#: the ``crp`` loss's run: ``revsde enhance``'s sampler, NFE (final data prediction included) and options
+CRP_DEFAULT = {"sampler": "mrs", "nfe": 2, "options": {"stochastic": True}, "objective": "sisdr"}
 #: the built-in network: NCSN++ with SGMSE+'s block types at a CPU-sized width and depth
 SMALL_NET = {"nf": 16, "ch_mult": (1, 2, 2, 2, 2), "num_res_blocks": 1, "attn_resolutions": (16,),
              "image_size": 256, "time_scaling": "none"}
 RESUME_KEYS = ("loss", "prediction", "net", "batch", "frames", "lr", "ema", "seed", "sde", "spec", "corpus", "t_eps",
-               "t_high", "init", "noises")
+               "t_high", "init", "noises", "crp")
 #: the default training mix of noises: ``speech_noise.TRAIN_NOISES``, spelled out so that importing this
 #: module (the CLI does) does not import scipy.signal; a test keeps the two equal
 DEFAULT_NOISES = ("white", "pink", "brown", "babble", "hum", "bursts", "hvac")
 #: what checkpoints written before these settings existed trained with
-RESUME_DEFAULTS = {"t_high": 0.0, "init": None, "noises": list(DEFAULT_NOISES)}
+RESUME_DEFAULTS = {"t_high": 0.0, "init": None, "noises": list(DEFAULT_NOISES), "crp": None}
 #: ``t_high``'s examples have t ~ U[T_HIGH_FROM·t_max, t_max]
 T_HIGH_FROM = 0.9
 #: what ``init_from`` must share with the run it starts (the rest of its config is kept as provenance)
 INIT_MATCH = ("prediction", "arch", "net", "sde", "spec")
-INIT_KEPT = ("loss", "batch", "frames", "lr", "lr_floor", "steps", "lr_history", "t_high", "corpus", "noises", "init")
+INIT_KEPT = ("loss", "batch", "frames", "lr", "lr_floor", "steps", "lr_history", "t_high", "corpus", "noises", "crp",
+             "init")
 
 
 def build_sde(config: dict | None = None) -> OUVESDE:
@@ -129,6 +138,65 @@ def sgmse_loss(model: ScoreModel, x0: torch.Tensor, y: torch.Tensor, generator: 
     return 0.5 * err.abs().pow(2).reshape(b, -1).sum(1).mean()
 
 
+def si_sdr_db(ref: torch.Tensor, est: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
+    """SI-SDR in dB per row of ``(B, N)`` waveforms, differentiable (``metrics.speech.si_sdr``'s formula,
+    ``eps`` keeping a silent row finite)."""
+    alpha = (est * ref).sum(-1, keepdim=True) / (ref.pow(2).sum(-1, keepdim=True) + eps)
+    target = alpha * ref
+    return 10 * torch.log10(target.pow(2).sum(-1) + eps) - 10 * torch.log10((target - est).pow(2).sum(-1) + eps)
+
+
+def waveform(x: torch.Tensor, spec: SpecConfig) -> torch.Tensor:
+    """``(B, N)`` waveforms of compressed spectrograms ``[B, 1, F, T]`` (``N = (T − 1)·hop``, a training
+    crop's length), with a decompression whose gradient stays finite at ``c = 0`` (``c·|c|^(1/α − 1)``
+    for SGMSE+'s α ≤ 1 instead of ``|c|^(1/α) e^{j∠c}``)."""
+    from ..audio.features import decompress, istft
+
+    c = x[:, 0]
+    if spec.transform == "exponent" and spec.spec_abs_exponent <= 1:
+        c = c / spec.spec_factor
+        c = c * c.abs() ** (1 / spec.spec_abs_exponent - 1)
+    else:
+        c = decompress(c, spec)
+    return istft(c, (x.shape[-1] - 1) * spec.hop_length, spec)
+
+
+def check_crp(crp: dict | None) -> dict:
+    """The ``crp`` loss's settings: ``CRP_DEFAULT`` updated with ``crp``'s (sampler, nfe, options, objective)."""
+    if crp is not None and not isinstance(crp, dict):
+        raise ValueError(f"crp must be a dict with keys {', '.join(CRP_DEFAULT)} (got {crp!r})")
+    unknown = sorted(set(crp or {}) - set(CRP_DEFAULT))
+    if unknown:
+        raise ValueError(f"crp has unknown setting(s) {', '.join(unknown)}: valid are {', '.join(CRP_DEFAULT)}")
+    crp = {**CRP_DEFAULT, **(crp or {})}
+    if crp["objective"] not in CRP_OBJECTIVES:
+        raise ValueError(f"the crp objective must be one of {', '.join(CRP_OBJECTIVES)} (got {crp['objective']!r})")
+    if not isinstance(crp["options"], dict):
+        raise ValueError(f"the crp sampler options must be a dict (got {crp['options']!r})")
+    return {**crp, "options": dict(crp["options"])}
+
+
+def crp_enhancer(model: ScoreModel, spec: SpecConfig, crp: dict, device):
+    """The ``Enhancer`` the ``crp`` loss unrolls (its checks name a bad sampler, NFE or option)."""
+    from .enhance import Enhancer, SpeechModel
+
+    return Enhancer(SpeechModel(model, spec, "training"), sampler=crp["sampler"], nfe=crp["nfe"],
+                    options=crp["options"], device=device)
+
+
+def crp_loss(enhancer, x0: torch.Tensor, y: torch.Tensor, generator: torch.Generator, objective: str,
+             spec: SpecConfig) -> torch.Tensor:
+    """The ``crp`` loss: the enhancer's run from the prior at ``y`` (noise from ``generator``), with
+    gradients through every network call, against the clean ``x0``: mean over the batch of ``−SI-SDR``
+    (dB) of the waveforms (``sisdr``) or of ``½ Σ |x̂ − x_0|²`` (``data``)."""
+    if objective not in CRP_OBJECTIVES:
+        raise ValueError(f"the crp objective must be one of {', '.join(CRP_OBJECTIVES)} (got {objective!r})")
+    x_hat = enhancer.unrolled(y, generator)
+    if objective == "data":
+        return 0.5 * (x_hat - x0).abs().pow(2).reshape(x0.shape[0], -1).sum(1).mean()
+    return -si_sdr_db(waveform(x0, spec), waveform(x_hat, spec)).mean()
+
+
 class _NumpyRng:
     """A numpy Generator's state for a checkpoint (``state_dict`` / ``load_state_dict``)."""
 
@@ -149,7 +217,8 @@ def train_speech(out_dir="out/train/speech", steps: int = 10000, *, batch: int =
                  checkpoint_every: int = 250, log_every: int = 50, seed: int = 0, progress: bool = True,
                  resume: bool = True, stop_at: int | None = None, net: nn.Module | None = None,
                  corpus=None, sde: OUVESDE | None = None, spec: SpecConfig = SGMSE_16K, t_high: float = 0.0,
-                 init_from=None, device: str | torch.device = "cpu", noises=DEFAULT_NOISES) -> TrainResult:
+                 init_from=None, device: str | torch.device = "cpu", noises=DEFAULT_NOISES,
+                 crp: dict | None = None) -> TrainResult:
     """Train (or resume) the speech model for ``steps`` steps in total; see the module docstring.
 
     ``net_config`` are ``NCSNpp`` arguments (default ``SMALL_NET``); ``net`` replaces the network
@@ -162,6 +231,8 @@ def train_speech(out_dir="out/train/speech", steps: int = 10000, *, batch: int =
     are made on the CPU, so a run's examples are the same on every device). ``noises``: the noise
     kinds of the training mixtures, each as often (names or a comma-separated string; the default mix
     ``DEFAULT_NOISES`` and ``speech_noise.EXTRA_TRAIN_NOISES`` may be used, the test-only ones not).
+    ``crp``: the ``crp`` loss's settings over ``CRP_DEFAULT`` (only with ``loss="crp"``, which trains
+    through the sampler: meant as a fine-tune, ``init_from`` a model trained with another loss).
     """
     from .speech_data import SpeechPairs, crop_length, load_corpus
 
@@ -174,6 +245,9 @@ def train_speech(out_dir="out/train/speech", steps: int = 10000, *, batch: int =
         raise ValueError(f"frames must be a multiple of {spec.pad_multiple} (the network's size step; got {frames})")
     t_high = check_t_high(t_high)
     noises = check_noises(noises)
+    if loss != "crp" and crp is not None:
+        raise ValueError(f"crp settings are for loss='crp' (got loss={loss!r})")
+    crp = check_crp(crp) if loss == "crp" else None
     device = check_device(device)
     if threads is not None:
         torch.set_num_threads(int(threads))
@@ -190,20 +264,23 @@ def train_speech(out_dir="out/train/speech", steps: int = 10000, *, batch: int =
               "batch": batch, "frames": frames, "lr": lr, "lr_floor": lr_floor, "ema": ema, "seed": seed,
               "steps": steps, "sde": sde.config(), "t_eps": sde.t_min, "spec": asdict(spec),
               "corpus": corpus_size if corpus is None else f"custom:{len(corpus)}", "t_high": t_high, "init": None,
-              "noises": list(noises)}
+              "noises": list(noises), "crp": crp}
     if init_from is not None:
         weights, config["init"] = load_init(init_from, config)
         net.load_state_dict(weights)  # a resumed run then replaces them with its checkpoint's
     net.to(device)
+    model = score_model(net, sde, prediction)
+    enhancer = crp_enhancer(model, spec, crp, device) if crp else None  # checks its settings before any work
 
     corpus = load_corpus("train", corpus_size, corpus_root, progress=progress) if corpus is None else corpus
     pairs = SpeechPairs(corpus, crop_length(frames, spec.hop_length), batch, noises=noises, seed=seed, output="torch")
     generator = torch.Generator().manual_seed(seed)
-    model = score_model(net, sde, prediction)
 
     def batch_loss():
         clean, noisy = next(pairs)
         x0, y = spectrogram_pair(clean.to(device), noisy.to(device), spec)
+        if enhancer is not None:
+            return crp_loss(enhancer, x0, y, generator, crp["objective"], spec)
         return sgmse_loss(model, x0, y, generator, sde.t_min, loss, t_high)
 
     return fit(net, batch_loss, config, out_dir, steps, generator=generator, lr=lr, lr_floor=lr_floor, ema=ema,
