@@ -378,10 +378,16 @@ def _run_sample(args) -> int:
 
 def options_of(args) -> dict:
     """The repeated ``--option NAME=VALUE`` as a dict; a name given twice is an error."""
+    return option_dict(args.option)
+
+
+def option_dict(pairs, what: str = "sampler option") -> dict:
+    """``(NAME, VALUE)`` pairs of a repeated ``NAME=VALUE`` flag as a dict; ``ValueError`` naming ``what``
+    for a name given twice."""
     options = {}
-    for key, value in args.option:
+    for key, value in pairs:
         if key in options:
-            raise ValueError(f"sampler option {key!r} given twice")
+            raise ValueError(f"{what} {key!r} given twice")
         options[key] = value
     return options
 

@@ -9,7 +9,8 @@ its steps, the EMA weights go to ``revsde/weights/speech_enhance.safetensors`` a
 held-out PESQ / ESTOI / SI-SDR of the noisy inputs and of the enhancements (MR Sampler and SGMSE+'s),
 and, for each noise a stage added to the default mix (stage 3's ``tones``), the recommended setting on
 the test utterances mixed with that noise instead (``speech_data.test_set(noise=...)``). Training runs in
-three stages (``DEFAULTS``, ``FINETUNE``, ``TONES`` below), each resuming from its own checkpoint;
+four stages (``DEFAULTS``, then ``FINE_TUNES`` below: ``FINETUNE``, ``TONES``, ``CRP``), each resuming from its
+own checkpoint;
 ``--eval-only`` re-evaluates the exported weights and ``--card-only`` rewrites the card from the saved
 evaluations. The MR Sampler setting with the best PESQ is stored in the weights (``train_speech.recommend``): it is
 what ``revsde enhance --model builtin`` runs when given no ``--nfe`` and no ``--option``.
@@ -61,7 +62,11 @@ TONES = {"steps": 4000, "lr": 1e-4, "t_high": 0.5, "noises": speech_data.TRAIN_N
 # network's prediction at each t on its own, in the compressed domain that weighs quiet bins like loud
 # ones; SI-SDR weighs what the metric weighs. In 300-step trial runs at lr 5e-5 the held-out SI-SDR went
 # from 9.64 to 11.30 dB and PESQ from 1.493 to 1.557 (the data objective instead: 10.92 dB, 1.559).
-CRP = {"steps": 4000, "lr": 5e-5, "noises": TONES["noises"], "crp": dict(train_speech.CRP_DEFAULT)}
+CRP = {"steps": 4000, "lr": 5e-5, "noises": TONES["noises"], "loss": "crp", "crp": dict(train_speech.CRP_DEFAULT)}
+# the fine-tunes in order: OUT_<name> holds each one's last.pt, --<name>-steps its steps (0 ends the chain)
+FINE_TUNES = [(name, what, {k: v for k, v in stage.items() if k != "steps"}) for name, what, stage in (
+    ("finetune", "fine-tune near t = 1", FINETUNE), ("tones", "fine-tune with tonal noise", TONES),
+    ("crp", "fine-tune through the sampler (CRP)", CRP))]
 LOSS_NAMES = {"sgmse": "SGMSE+'s ½ Σ|σ_t s_θ + z|² (= ½ Σ|ε̂ − z|²)",
               "denoiser": "SGMSE's denoiser objective ½ Σ|D − μ_t|², D = x_t + σ_t² s_θ",
               "data": "SGMSE's data-prediction MSE ½ Σ|x̂₀ − x₀|² (x̂₀ from the score by Tweedie)",
@@ -99,10 +104,9 @@ def schedule(config: dict) -> str:
 def times(config: dict) -> str:
     """How a stage drew its times: uniform, or with a fraction ``t_high`` near t = 1 (a ``crp`` stage:
     the run it trained through)."""
-    crp = config.get("crp")
-    if config.get("loss") == "crp" and crp:
-        opts = {"sampler": crp["sampler"], "nfe": crp["nfe"], "options": crp["options"]}
-        run = label(opts) if crp["sampler"] == "mrs" else crp["sampler"]
+    crp = config.get("crp")  # set exactly when the loss is crp
+    if crp:
+        run = label(crp)
         return (f"loss through {run} at {crp['nfe']} NFE unrolled from the prior (CRP), "
                 f"{CRP_OBJECTIVE_NAMES[crp['objective']]}")
     uniform = f"t ~ U[{config['t_eps']:g}, 1]"
@@ -279,29 +283,21 @@ def main(argv=None) -> int:
              if a not in ("--eval-only", "--card-only")]  # the training's command
     command = "python scripts/train_builtin_speech.py " + shlex.join(shown)
     out_dir, weights = Path(args.out), Path(args.weights) / BUILTIN
-    for name in ("finetune_steps", "tones_steps", "crp_steps"):
-        if getattr(args, name) < 0:
-            parser.error(f"--{name.replace('_', '-')} must be >= 0 (got {getattr(args, name)})")
+    for name, _, _ in FINE_TUNES:
+        if getattr(args, f"{name}_steps") < 0:
+            parser.error(f"--{name}-steps must be >= 0 (got {getattr(args, f'{name}_steps')})")
     common = dict(batch=DEFAULTS["batch"], frames=DEFAULTS["frames"], prediction=DEFAULTS["prediction"],
                   loss=DEFAULTS["loss"], corpus_size=DEFAULTS["corpus"], threads=args.threads, device=args.device,
                   checkpoint_every=args.checkpoint_every, progress=args.progress)
     if not (args.eval_only or args.card_only):
         result = train_speech.train_speech(out_dir, args.steps, lr=DEFAULTS["lr"], **common)
-        if not result.interrupted and args.finetune_steps:
-            print(f"stage 1 done ({result.step} steps); stage 2: fine-tune near t = 1")
-            result = train_speech.train_speech(out_dir.with_name(out_dir.name + "_finetune"), args.finetune_steps,
-                                               lr=FINETUNE["lr"], t_high=FINETUNE["t_high"],
-                                               init_from=result.checkpoint, **common)
-            if not result.interrupted and args.tones_steps:
-                print(f"stage 2 done ({result.step} steps); stage 3: fine-tune with tonal noise")
-                result = train_speech.train_speech(out_dir.with_name(out_dir.name + "_tones"), args.tones_steps,
-                                                   lr=TONES["lr"], t_high=TONES["t_high"], noises=TONES["noises"],
-                                                   init_from=result.checkpoint, **common)
-                if not result.interrupted and args.crp_steps:
-                    print(f"stage 3 done ({result.step} steps); stage 4: fine-tune through the sampler (CRP)")
-                    result = train_speech.train_speech(
-                        out_dir.with_name(out_dir.name + "_crp"), args.crp_steps, lr=CRP["lr"], noises=CRP["noises"],
-                        init_from=result.checkpoint, **{**common, "loss": "crp"}, crp=CRP["crp"])
+        for number, (suffix, what, settings) in enumerate(FINE_TUNES, 2):
+            steps = getattr(args, f"{suffix}_steps")
+            if result.interrupted or not steps:  # a stage skipped skips the ones after it
+                break
+            print(f"stage {number - 1} done ({result.step} steps); stage {number}: {what}")
+            result = train_speech.train_speech(out_dir.with_name(f"{out_dir.name}_{suffix}"), steps,
+                                               init_from=result.checkpoint, **{**common, **settings})
         if result.interrupted:
             print(f"stopped at step {result.step}/{result.steps}; rerun the same command to resume")
             return 130

@@ -132,6 +132,7 @@ def _run_restore(args) -> int:
 
 
 def _run_speech(args) -> int:
+    from ..cli import option_dict
     from .train_speech import SMALL_NET, export_weights, train_speech
 
     try:
@@ -139,17 +140,14 @@ def _run_speech(args) -> int:
     except ValueError:
         raise ValueError(f"--ch-mult must be comma-separated integers (got {args.ch_mult!r})") from None
     net = {**SMALL_NET, "nf": args.nf, "ch_mult": ch_mult, "num_res_blocks": args.res_blocks}
-    crp = {k: v for k, v in (("sampler", args.crp_sampler), ("nfe", args.crp_nfe), ("objective", args.crp_objective))
-           if v is not None}
-    if args.crp_option is not None:
-        crp["options"] = {}
-        for key, value in args.crp_option:
-            if key in crp["options"]:
-                raise ValueError(f"--crp-option {key!r} given twice")
-            crp["options"][key] = value
-    if crp and args.loss != "crp":
-        flag = {"sampler": "--crp-sampler", "nfe": "--crp-nfe", "objective": "--crp-objective", "options": "--crp-option"}
-        raise ValueError(f"{flag[next(iter(crp))]} is for --loss crp (got --loss {args.loss})")
+    given = {flag: value for flag, value in (("sampler", args.crp_sampler), ("nfe", args.crp_nfe),
+                                             ("objective", args.crp_objective), ("option", args.crp_option))
+             if value is not None}
+    if given and args.loss != "crp":
+        raise ValueError(f"--crp-{next(iter(given))} is for --loss crp (got --loss {args.loss})")
+    crp = {key: given[key] for key in ("sampler", "nfe", "objective") if key in given}
+    if "option" in given:
+        crp["options"] = option_dict(given["option"], "--crp-option")
     result = train_speech(args.output, args.steps, batch=args.batch, frames=args.frames, lr=args.lr,
                           prediction=args.prediction, loss=args.loss, net_config=net, corpus_size=args.corpus,
                           corpus_root=args.corpus_root, ema=args.ema, threads=args.threads,

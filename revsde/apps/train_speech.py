@@ -161,6 +161,12 @@ def waveform(x: torch.Tensor, spec: SpecConfig) -> torch.Tensor:
     return istft(c, (x.shape[-1] - 1) * spec.hop_length, spec)
 
 
+def check_crp_objective(objective: str) -> str:
+    if objective not in CRP_OBJECTIVES:
+        raise ValueError(f"the crp objective must be one of {', '.join(CRP_OBJECTIVES)} (got {objective!r})")
+    return objective
+
+
 def check_crp(crp: dict | None) -> dict:
     """The ``crp`` loss's settings: ``CRP_DEFAULT`` updated with ``crp``'s (sampler, nfe, options, objective)."""
     if crp is not None and not isinstance(crp, dict):
@@ -169,8 +175,7 @@ def check_crp(crp: dict | None) -> dict:
     if unknown:
         raise ValueError(f"crp has unknown setting(s) {', '.join(unknown)}: valid are {', '.join(CRP_DEFAULT)}")
     crp = {**CRP_DEFAULT, **(crp or {})}
-    if crp["objective"] not in CRP_OBJECTIVES:
-        raise ValueError(f"the crp objective must be one of {', '.join(CRP_OBJECTIVES)} (got {crp['objective']!r})")
+    check_crp_objective(crp["objective"])
     if not isinstance(crp["options"], dict):
         raise ValueError(f"the crp sampler options must be a dict (got {crp['options']!r})")
     return {**crp, "options": dict(crp["options"])}
@@ -189,8 +194,7 @@ def crp_loss(enhancer, x0: torch.Tensor, y: torch.Tensor, generator: torch.Gener
     """The ``crp`` loss: the enhancer's run from the prior at ``y`` (noise from ``generator``), with
     gradients through every network call, against the clean ``x0``: mean over the batch of ``−SI-SDR``
     (dB) of the waveforms (``sisdr``) or of ``½ Σ |x̂ − x_0|²`` (``data``)."""
-    if objective not in CRP_OBJECTIVES:
-        raise ValueError(f"the crp objective must be one of {', '.join(CRP_OBJECTIVES)} (got {objective!r})")
+    check_crp_objective(objective)
     x_hat = enhancer.unrolled(y, generator)
     if objective == "data":
         return 0.5 * (x_hat - x0).abs().pow(2).reshape(x0.shape[0], -1).sum(1).mean()
