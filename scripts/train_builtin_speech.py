@@ -9,8 +9,9 @@ its steps, the EMA weights go to ``revsde/weights/speech_enhance.safetensors`` a
 held-out PESQ / ESTOI / SI-SDR of the noisy inputs and of the enhancements (MR Sampler and SGMSE+'s),
 and, for each noise a stage added to the default mix (stage 3's ``tones``), the recommended setting on
 the test utterances mixed with that noise instead (``speech_data.test_set(noise=...)``). Training runs in
-four stages (``DEFAULTS``, then ``FINE_TUNES`` below: ``FINETUNE``, ``TONES``, ``CRP``), each resuming from its
-own checkpoint;
+five stages (``DEFAULTS``, then ``FINE_TUNES`` below: ``FINETUNE``, ``TONES``, ``CRP``, ``CRP2``), each resuming
+from its own checkpoint; ``--start-from FILE`` continues the chain from an earlier stage's export or ``last.pt``
+(e.g. a copy of the committed weights) instead of training the stages it holds;
 ``--eval-only`` re-evaluates the exported weights and ``--card-only`` rewrites the card from the saved
 evaluations. The MR Sampler setting with the best PESQ is stored in the weights (``train_speech.recommend``): it is
 what ``revsde enhance --model builtin`` runs when given no ``--nfe`` and no ``--option``.
@@ -63,10 +64,13 @@ TONES = {"steps": 4000, "lr": 1e-4, "t_high": 0.5, "noises": speech_data.TRAIN_N
 # ones; SI-SDR weighs what the metric weighs. In 300-step trial runs at lr 5e-5 the held-out SI-SDR went
 # from 9.64 to 11.30 dB and PESQ from 1.493 to 1.557 (the data objective instead: 10.92 dB, 1.559).
 CRP = {"steps": 4000, "lr": 5e-5, "noises": TONES["noises"], "loss": "crp", "crp": dict(train_speech.CRP_DEFAULT)}
+# Stage 5, CRP again from stage 4's EMA weights with a fresh cosine, on new draws (seed 1): every stage drew
+# its crops, noises and SNRs from seed 0, so stage 4 (the same mix and batch as stage 3) replayed stage 3's examples.
+CRP2 = {**CRP, "steps": 3500, "seed": 1}
 # the fine-tunes in order: OUT_<name> holds each one's last.pt, --<name>-steps its steps (0 ends the chain)
 FINE_TUNES = [(name, what, {k: v for k, v in stage.items() if k != "steps"}) for name, what, stage in (
     ("finetune", "fine-tune near t = 1", FINETUNE), ("tones", "fine-tune with tonal noise", TONES),
-    ("crp", "fine-tune through the sampler (CRP)", CRP))]
+    ("crp", "fine-tune through the sampler (CRP)", CRP), ("crp2", "second CRP fine-tune on new draws", CRP2))]
 LOSS_NAMES = {"sgmse": "SGMSE+'s ½ Σ|σ_t s_θ + z|² (= ½ Σ|ε̂ − z|²)",
               "denoiser": "SGMSE's denoiser objective ½ Σ|D − μ_t|², D = x_t + σ_t² s_θ",
               "data": "SGMSE's data-prediction MSE ½ Σ|x̂₀ − x₀|² (x̂₀ from the score by Tweedie)",
@@ -135,7 +139,9 @@ def stages(config: dict) -> list[str]:
     for k, stage in enumerate(chain, 1):
         start = "" if k == 1 else f", a fine-tune of stage {k - 1}'s EMA weights with a fresh optimiser"
         name = f"stage {k}" if len(chain) > 1 else "training"
-        lines.append(f"- {name}{start}: {stage['trained_steps']} steps, {times(stage)}{mix_text(stage)}, {schedule(stage)}, "
+        draws = f", examples drawn from seed {stage['seed']}" if stage.get("seed") else ""
+        lines.append(f"- {name}{start}: {stage['trained_steps']} steps, {times(stage)}{mix_text(stage)}{draws}, "
+                     f"{schedule(stage)}, "
                      f"no clipping, EMA {config['ema']}; {stage['elapsed_s'] / 60:.1f} min, "
                      f"{stage['trained_steps'] / max(stage['elapsed_s'], 1e-9):.2f} it/s")
     return lines
@@ -257,6 +263,52 @@ def card(config: dict, evals: list[dict], command: str, n_params: int, threads: 
     return "\n".join(lines + ([""] + extra if extra else []) + [""])
 
 
+def command_args(argv: list[str]) -> list[str]:
+    """The arguments of the training's command for the card: without ``--eval-only`` / ``--card-only``, and
+    without ``--start-from FILE``, which only skips stages (the same command trains them from scratch)."""
+    shown, skip = [], False
+    for a in argv:
+        if skip or a in ("--eval-only", "--card-only") or a.startswith("--start-from="):
+            skip = False
+        elif a == "--start-from":
+            skip = True
+        else:
+            shown.append(a)
+    return shown
+
+
+def stage_steps(args) -> list[int]:
+    """The steps of each stage this command trains: stage 1's, then each fine-tune's up to the first 0."""
+    steps = [args.steps]
+    for name, _, _ in FINE_TUNES:
+        if not getattr(args, f"{name}_steps"):
+            break
+        steps.append(getattr(args, f"{name}_steps"))
+    return steps
+
+
+def start_stages(path: Path, steps: list[int]) -> int:
+    """How many of this command's stages (``steps``, from ``stage_steps``) the model at ``path`` (an
+    export or a ``last.pt``) holds, finished; ``ValueError`` unless it is this command's stages 1..K, K < all."""
+    from revsde.apps.trainer import checkpoint_config, load_checkpoint
+
+    if not path.is_file():
+        raise ValueError(f"--start-from {path}: no such file (an export .safetensors or a last.pt)")
+    try:
+        config = (train_speech.read_config(path) if path.suffix == ".safetensors"
+                  else checkpoint_config(load_checkpoint(path)))
+    except Exception as err:  # noqa: BLE001 - any unreadable file gets the same message
+        raise ValueError(f"--start-from {path} is not a speech model's export or last.pt: {err}") from err
+    held = [int(stage.get("trained_steps", -1)) for stage in train_speech.training_stages(config)]
+    if held != steps[:len(held)] or int(config.get("steps", -1)) != held[-1]:
+        raise ValueError(f"--start-from {path} holds finished stages of {held} steps: this command's stages are "
+                         f"{steps} (give the steps its stages ran)")
+    if len(held) >= len(steps):
+        raise ValueError(f"--start-from {path} holds all {len(steps)} stages of this command: nothing to train "
+                         "(add a stage's steps, or use --eval-only)")
+    return len(held)
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--steps", type=int, default=DEFAULTS["steps"])
@@ -268,10 +320,14 @@ def main(argv=None) -> int:
                         help="steps of stage 3, the fine-tune with tonal noise added (0: export stage 2)")
     parser.add_argument("--crp-steps", type=int, default=CRP["steps"],
                         help="steps of stage 4, the fine-tune through the sampler (CRP; 0: export stage 3)")
+    parser.add_argument("--crp2-steps", type=int, default=CRP2["steps"],
+                        help="steps of stage 5, the second CRP fine-tune on new draws (0: export stage 4)")
+    parser.add_argument("--start-from", metavar="FILE",
+                        help="an export (.safetensors) or last.pt of stage K: train only the stages after K, from it")
     parser.add_argument("--device", default="cpu", help="where to train: cpu or cuda[:N]")
     parser.add_argument("--out", default=str(ROOT / "out" / "train" / "speech"),
                         help="folder holding stage 1's last.pt (stage 2's is OUT_finetune, stage 3's OUT_tones, "
-                             "stage 4's OUT_crp)")
+                             "stage 4's OUT_crp, stage 5's OUT_crp2)")
     parser.add_argument("--weights", default=str(ROOT / "revsde" / "weights"))
     parser.add_argument("--eval-only", action="store_true", help="skip training: evaluate the exported weights")
     parser.add_argument("--card-only", action="store_true",
@@ -279,8 +335,7 @@ def main(argv=None) -> int:
     parser.add_argument("--no-progress", dest="progress", action="store_false")
     args = parser.parse_args(argv)
 
-    shown = [a for a in (sys.argv[1:] if argv is None else argv)
-             if a not in ("--eval-only", "--card-only")]  # the training's command
+    shown = command_args(sys.argv[1:] if argv is None else argv)
     command = "python scripts/train_builtin_speech.py " + shlex.join(shown)
     out_dir, weights = Path(args.out), Path(args.weights) / BUILTIN
     for name, _, _ in FINE_TUNES:
@@ -290,15 +345,27 @@ def main(argv=None) -> int:
                   loss=DEFAULTS["loss"], corpus_size=DEFAULTS["corpus"], threads=args.threads, device=args.device,
                   checkpoint_every=args.checkpoint_every, progress=args.progress)
     if not (args.eval_only or args.card_only):
-        result = train_speech.train_speech(out_dir, args.steps, lr=DEFAULTS["lr"], **common)
+        if args.start_from:
+            try:
+                held = start_stages(Path(args.start_from), stage_steps(args))
+            except ValueError as err:
+                parser.error(str(err))
+            result = None
+            checkpoint, interrupted = Path(args.start_from), False
+        else:
+            result = train_speech.train_speech(out_dir, args.steps, lr=DEFAULTS["lr"], **common)
+            held, checkpoint, interrupted = 1, result.checkpoint, result.interrupted
         for number, (suffix, what, settings) in enumerate(FINE_TUNES, 2):
             steps = getattr(args, f"{suffix}_steps")
-            if result.interrupted or not steps:  # a stage skipped skips the ones after it
+            if number <= held:  # in --start-from's model already
+                continue
+            if interrupted or not steps:  # a stage skipped skips the ones after it
                 break
-            print(f"stage {number - 1} done ({result.step} steps); stage {number}: {what}")
+            print(f"stage {number - 1} done; stage {number}: {what}")
             result = train_speech.train_speech(out_dir.with_name(f"{out_dir.name}_{suffix}"), steps,
-                                               init_from=result.checkpoint, **{**common, **settings})
-        if result.interrupted:
+                                               init_from=checkpoint, **{**common, **settings})
+            checkpoint, interrupted = result.checkpoint, result.interrupted
+        if interrupted:
             print(f"stopped at step {result.step}/{result.steps}; rerun the same command to resume")
             return 130
         train_speech.export_weights(result.checkpoint, weights)

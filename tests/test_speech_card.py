@@ -146,3 +146,55 @@ def test_a_crp_stage_names_the_run_it_trained_through_and_the_loss_line_stays_st
         script.stages(data)[1]
     text = script.card(config, [evaluation(*e) for e in EVALS], "x", 580_000, 2)
     assert "- loss: SGMSE's data-prediction MSE ½ Σ|x̂₀ − x₀|²" in text  # the base training's loss
+
+
+def test_a_stage_on_other_draws_names_its_seed(script):
+    stage1 = {"from": "a", "trained_steps": 100, "elapsed_s": 60.0, "lr": 5e-4, "lr_floor": 1e-6, "steps": 100,
+              "t_high": 0.0, "init": None}  # saved before seed was kept: seed 0
+    config = {**CONFIG, "trained_steps": 40, "elapsed_s": 20.0, "lr": 5e-5, "seed": 1, "init": stage1}
+    lines = script.stages(config)
+    assert "seed" not in lines[0]
+    assert "t ~ U[0.03, 1], examples drawn from seed 1, Adam lr 5e-05" in lines[1]
+    assert script.CRP2["seed"] == 1 and script.FINE_TUNES[-1][0] == "crp2"
+
+
+def test_start_from_counts_the_stages_a_model_holds_and_refuses_another_command_s(script, tmp_path, capsys):
+    import shutil
+
+    export = SCRIPT.parents[1] / "revsde" / "weights" / script.BUILTIN
+    held = script.train_speech.training_stages(script.train_speech.read_config(export))
+    steps = [int(stage["trained_steps"]) for stage in held]
+    assert script.start_stages(export, steps + [100]) == len(held)
+    assert script.start_stages(export, steps + [100, 200]) == len(held)
+    with pytest.raises(ValueError, match=f"holds all {len(held)} stages of this command: nothing to train"):
+        script.start_stages(export, steps)
+    other = [steps[0] + 1, *steps[1:], 100]
+    with pytest.raises(ValueError, match=r"holds finished stages of \[.*this command's stages are"):
+        script.start_stages(export, other)
+    with pytest.raises(ValueError, match="no such file"):
+        script.start_stages(tmp_path / "missing.safetensors", steps + [100])
+    junk = tmp_path / "junk.pt"
+    junk.write_bytes(b"not a checkpoint")
+    with pytest.raises(ValueError, match="is not a speech model's export or last.pt"):
+        script.start_stages(junk, steps + [100])
+    # the command's stages: stage 1's steps, then each fine-tune's up to the first 0
+    args = script.argparse.Namespace(steps=10, finetune_steps=5, tones_steps=4, crp_steps=0, crp2_steps=3)
+    assert script.stage_steps(args) == [10, 5, 4]
+    defaults = script.argparse.Namespace(steps=script.DEFAULTS["steps"], **{
+        f"{name}_steps": settings["steps"] for name, settings in
+        (("finetune", script.FINETUNE), ("tones", script.TONES), ("crp", script.CRP), ("crp2", script.CRP2))})
+    assert script.stage_steps(defaults)[:len(held)] == steps  # the committed model is the defaults' run
+    weights = tmp_path / "weights"
+    weights.mkdir()
+    shutil.copy(export, weights / script.BUILTIN)
+    with pytest.raises(SystemExit):
+        script.main(["--start-from", str(export), "--crp2-steps", "0", "--weights", str(weights),
+                     "--out", str(tmp_path / "out")])
+    assert "nothing to train" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
+def test_the_card_s_command_drops_the_flags_that_do_not_change_the_weights(script):
+    argv = ["--threads", "2", "--start-from", "out/x.safetensors", "--crp2-steps", "3500", "--eval-only",
+            "--start-from=y.pt", "--card-only", "--no-progress"]
+    assert script.command_args(argv) == ["--threads", "2", "--crp2-steps", "3500", "--no-progress"]

@@ -53,13 +53,13 @@ RESUME_KEYS = ("loss", "prediction", "net", "batch", "frames", "lr", "ema", "see
 #: module (the CLI does) does not import scipy.signal; a test keeps the two equal
 DEFAULT_NOISES = ("white", "pink", "brown", "babble", "hum", "bursts", "hvac")
 #: what checkpoints written before these settings existed trained with
-RESUME_DEFAULTS = {"t_high": 0.0, "init": None, "noises": list(DEFAULT_NOISES), "crp": None}
+RESUME_DEFAULTS = {"t_high": 0.0, "init": None, "noises": list(DEFAULT_NOISES), "crp": None, "seed": 0}
 #: ``t_high``'s examples have t ~ U[T_HIGH_FROM·t_max, t_max]
 T_HIGH_FROM = 0.9
 #: what ``init_from`` must share with the run it starts (the rest of its config is kept as provenance)
 INIT_MATCH = ("prediction", "arch", "net", "sde", "spec")
 INIT_KEPT = ("loss", "batch", "frames", "lr", "lr_floor", "steps", "lr_history", "t_high", "corpus", "noises", "crp",
-             "init")
+             "seed", "init")
 
 
 def build_sde(config: dict | None = None) -> OUVESDE:
