@@ -188,7 +188,9 @@ def test_start_from_counts_the_stages_a_model_holds_and_refuses_another_command_
     weights.mkdir()
     shutil.copy(export, weights / script.BUILTIN)
     with pytest.raises(SystemExit):
-        script.main(["--start-from", str(export), "--crp2-steps", "0", "--weights", str(weights),
+        names = [name for name, _, _ in script.FINE_TUNES]
+        chain = [f"--{name}-steps={n}" for name, n in zip(names, steps[1:] + [0] * len(names))]  # the model's own
+        script.main(["--start-from", str(export), f"--steps={steps[0]}", *chain, "--weights", str(weights),
                      "--out", str(tmp_path / "out")])
     assert "nothing to train" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
