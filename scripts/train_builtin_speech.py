@@ -290,15 +290,7 @@ def stage_steps(args) -> list[int]:
 def start_stages(path: Path, steps: list[int]) -> int:
     """How many of this command's stages (``steps``, from ``stage_steps``) the model at ``path`` (an
     export or a ``last.pt``) holds, finished; ``ValueError`` unless it is this command's stages 1..K, K < all."""
-    from revsde.apps.trainer import checkpoint_config, load_checkpoint
-
-    if not path.is_file():
-        raise ValueError(f"--start-from {path}: no such file (an export .safetensors or a last.pt)")
-    try:
-        config = (train_speech.read_config(path) if path.suffix == ".safetensors"
-                  else checkpoint_config(load_checkpoint(path)))
-    except Exception as err:  # noqa: BLE001 - any unreadable file gets the same message
-        raise ValueError(f"--start-from {path} is not a speech model's export or last.pt: {err}") from err
+    config, _ = train_speech.read_model(path, "--start-from")
     held = [int(stage.get("trained_steps", -1)) for stage in train_speech.training_stages(config)]
     if held != steps[:len(held)] or int(config.get("steps", -1)) != held[-1]:
         raise ValueError(f"--start-from {path} holds finished stages of {held} steps: this command's stages are "

@@ -175,8 +175,12 @@ def test_start_from_counts_the_stages_a_model_holds_and_refuses_another_command_
         script.start_stages(tmp_path / "missing.safetensors", steps + [100])
     junk = tmp_path / "junk.pt"
     junk.write_bytes(b"not a checkpoint")
-    with pytest.raises(ValueError, match="is not a speech model's export or last.pt"):
+    with pytest.raises(ValueError, match="--start-from .* is not a training checkpoint"):
         script.start_stages(junk, steps + [100])
+    junk_export = tmp_path / "junk.safetensors"
+    junk_export.write_bytes(b"not safetensors")
+    with pytest.raises(ValueError, match="--start-from .* is not a readable .safetensors"):
+        script.start_stages(junk_export, steps + [100])
     # the command's stages: stage 1's steps, then each fine-tune's up to the first 0
     args = script.argparse.Namespace(steps=10, finetune_steps=5, tones_steps=4, crp_steps=0, crp2_steps=3)
     assert script.stage_steps(args) == [10, 5, 4]
@@ -187,9 +191,9 @@ def test_start_from_counts_the_stages_a_model_holds_and_refuses_another_command_
     weights = tmp_path / "weights"
     weights.mkdir()
     shutil.copy(export, weights / script.BUILTIN)
+    names = [name for name, _, _ in script.FINE_TUNES]
+    chain = [f"--{name}-steps={n}" for name, n in zip(names, steps[1:] + [0] * len(names))]  # the model's own
     with pytest.raises(SystemExit):
-        names = [name for name, _, _ in script.FINE_TUNES]
-        chain = [f"--{name}-steps={n}" for name, n in zip(names, steps[1:] + [0] * len(names))]  # the model's own
         script.main(["--start-from", str(export), f"--steps={steps[0]}", *chain, "--weights", str(weights),
                      "--out", str(tmp_path / "out")])
     assert "nothing to train" in capsys.readouterr().err

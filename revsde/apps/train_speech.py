@@ -325,27 +325,39 @@ def check_device(device) -> torch.device:
     return device
 
 
-def load_init(path, config: dict) -> tuple[dict, dict]:
-    """``(weights, provenance)`` of the model a fine-tune starts from: a training checkpoint's EMA
-    weights or an exported file's; ``ValueError`` unless it matches ``config`` on ``INIT_MATCH``."""
+def read_model(path, what: str = "init_from") -> tuple[dict, dict]:
+    """``(config, weights)`` of a speech model file: an exported ``.safetensors`` (its config and weights) or
+    a training checkpoint ``last.pt`` (its config as saved, and its EMA weights); ``ValueError`` naming
+    ``what`` (the option it came from) when the file is missing, unreadable or not a speech model."""
     from .trainer import load_checkpoint
 
     path = Path(path)
     if not path.is_file():
-        raise ValueError(f"init_from {path}: no such file (a training checkpoint last.pt or an exported .safetensors)")
+        raise ValueError(f"{what} {path}: no such file (a training checkpoint last.pt or an exported .safetensors)")
     if path.suffix == ".safetensors":
         from safetensors.torch import load_file
 
-        base = read_config(path)
-        weights = load_file(str(path))
-    else:
         try:
-            state = load_checkpoint(path)
-            base, weights = checkpoint_config(state), state["ema"]  # as saved: training_stages fills the gaps
-        except Exception as err:  # noqa: BLE001 - any unreadable file gets the same message
-            raise ValueError(f"init_from {path} is not a training checkpoint (a last.pt) or a .safetensors: {err}") from err
-        if base.get("format") != FORMAT:
-            raise ValueError(f"init_from {path} is a {base.get('format')!r} checkpoint, not a speech model ({FORMAT})")
+            return read_config(path), load_file(str(path))
+        except ValueError:
+            raise
+        except Exception as err:  # noqa: BLE001 - a file safetensors cannot parse
+            raise ValueError(f"{what} {path} is not a readable .safetensors: {err}") from err
+    try:
+        state = load_checkpoint(path)
+        base, weights = checkpoint_config(state), state["ema"]  # as saved: training_stages fills the gaps
+    except Exception as err:  # noqa: BLE001 - any unreadable file gets the same message
+        raise ValueError(f"{what} {path} is not a training checkpoint (a last.pt) or a .safetensors: {err}") from err
+    if base.get("format") != FORMAT:
+        raise ValueError(f"{what} {path} is a {base.get('format')!r} checkpoint, not a speech model ({FORMAT})")
+    return base, weights
+
+
+def load_init(path, config: dict) -> tuple[dict, dict]:
+    """``(weights, provenance)`` of the model a fine-tune starts from (``read_model``); ``ValueError``
+    unless it matches ``config`` on ``INIT_MATCH``."""
+    path = Path(path)
+    base, weights = read_model(path)
     diff = {k: (base.get(k), config.get(k)) for k in INIT_MATCH if base.get(k) != config.get(k)}
     if diff:
         raise ValueError(f"init_from {path} has other settings than this run {diff} (it, this run)")
