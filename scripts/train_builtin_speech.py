@@ -9,12 +9,13 @@ its steps, the EMA weights go to ``revsde/weights/speech_enhance.safetensors`` a
 held-out PESQ / ESTOI / SI-SDR of the noisy inputs and of the enhancements (MR Sampler and SGMSE+'s),
 and, for each noise a stage added to the default mix (stage 3's ``tones``), the recommended setting on
 the test utterances mixed with that noise instead (``speech_data.test_set(noise=...)``). Training runs in
-five stages (``DEFAULTS``, then ``FINE_TUNES`` below: ``FINETUNE``, ``TONES``, ``CRP``, ``CRP2``), each resuming
+six stages (``DEFAULTS``, then ``FINE_TUNES``: ``FINETUNE``, ``TONES``, ``CRP``, ``CRP2``, ``CRP3``), each resuming
 from its own checkpoint; ``--start-from FILE`` continues the chain from an earlier stage's export or ``last.pt``
 (e.g. a copy of the committed weights) instead of training the stages it holds;
 ``--eval-only`` re-evaluates the exported weights and ``--card-only`` rewrites the card from the saved
-evaluations. The MR Sampler setting with the best PESQ is stored in the weights (``train_speech.recommend``): it is
-what ``revsde enhance --model builtin`` runs when given no ``--nfe`` and no ``--option``.
+evaluations. The MR Sampler setting with the best PESQ is stored in the weights
+(``speech_weights.recommend``): it is what ``revsde enhance --model builtin`` runs when given no ``--nfe``
+and no ``--option``.
 """
 from __future__ import annotations
 
@@ -30,7 +31,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from revsde.apps import speech_data, speech_noise, train_speech  # noqa: E402
+from revsde.apps import speech_data, speech_noise, speech_weights, train_speech  # noqa: E402
 from revsde.apps.enhance import BUILTIN, SpeechModel  # noqa: E402
 from revsde.apps.files import atomic_output  # noqa: E402
 from revsde.apps.speech_eval import METRICS, evaluate_speech  # noqa: E402
@@ -67,10 +68,15 @@ CRP = {"steps": 4000, "lr": 5e-5, "noises": TONES["noises"], "loss": "crp", "crp
 # Stage 5, CRP again from stage 4's EMA weights with a fresh cosine, on new draws (seed 1): every stage drew
 # its crops, noises and SNRs from seed 0, so stage 4 (the same mix and batch as stage 3) replayed stage 3's examples.
 CRP2 = {**CRP, "steps": 3500, "seed": 1}
+# Stage 6, CRP on 2 s crops (256 frames, batch 4: the same frames per step) on new draws (seed 2): the test
+# utterances (2-4 s) are enhanced in one window, and stage 5's model scored 0.12 dB better on them cut into
+# 1.5 s windows than whole, so the network is fitted to the window lengths it is used at.
+CRP3 = {**CRP, "steps": 3000, "seed": 2, "frames": 256, "batch": 4}
 # the fine-tunes in order: OUT_<name> holds each one's last.pt, --<name>-steps its steps (0 ends the chain)
 FINE_TUNES = [(name, what, {k: v for k, v in stage.items() if k != "steps"}) for name, what, stage in (
     ("finetune", "fine-tune near t = 1", FINETUNE), ("tones", "fine-tune with tonal noise", TONES),
-    ("crp", "fine-tune through the sampler (CRP)", CRP), ("crp2", "second CRP fine-tune on new draws", CRP2))]
+    ("crp", "fine-tune through the sampler (CRP)", CRP), ("crp2", "second CRP fine-tune on new draws", CRP2),
+    ("crp3", "CRP fine-tune on 2 s crops", CRP3))]
 LOSS_NAMES = {"sgmse": "SGMSE+'s ½ Σ|σ_t s_θ + z|² (= ½ Σ|ε̂ − z|²)",
               "denoiser": "SGMSE's denoiser objective ½ Σ|D − μ_t|², D = x_t + σ_t² s_θ",
               "data": "SGMSE's data-prediction MSE ½ Σ|x̂₀ − x₀|² (x̂₀ from the score by Tweedie)",
@@ -132,15 +138,22 @@ def mix_text(config: dict) -> str:
     return ", noises: " + ", ".join(noises)
 
 
+def crops(stage: dict) -> str:
+    """``crops of 128 frames (1.02 s), batch 8``."""
+    return f"crops of {stage['frames']} frames ({(stage['frames'] - 1) * 128 / 16000:.2f} s), batch {stage['batch']}"
+
+
 def stages(config: dict) -> list[str]:
-    """The card's lines on the training stages: the run itself and the runs it was fine-tuned from."""
-    chain = train_speech.training_stages(config)
+    """The card's lines on the training stages: the run itself and the runs it was fine-tuned from (with
+    its crops where they are not stage 1's)."""
+    chain = speech_weights.training_stages(config)
     lines = []
     for k, stage in enumerate(chain, 1):
         start = "" if k == 1 else f", a fine-tune of stage {k - 1}'s EMA weights with a fresh optimiser"
         name = f"stage {k}" if len(chain) > 1 else "training"
         draws = f", examples drawn from seed {stage['seed']}" if stage.get("seed") else ""
-        lines.append(f"- {name}{start}: {stage['trained_steps']} steps, {times(stage)}{mix_text(stage)}{draws}, "
+        own = f", {crops(stage)}" if crops(stage) != crops(chain[0]) else ""
+        lines.append(f"- {name}{start}: {stage['trained_steps']} steps, {times(stage)}{mix_text(stage)}{draws}{own}, "
                      f"{schedule(stage)}, "
                      f"no clipping, EMA {config['ema']}; {stage['elapsed_s'] / 60:.1f} min, "
                      f"{stage['trained_steps'] / max(stage['elapsed_s'], 1e-9):.2f} it/s")
@@ -160,7 +173,7 @@ def noise_words(kind: str) -> str:
 def added_noises(config: dict) -> dict[str, int]:
     """The noise kinds some stage added to the default mix, each with the first stage (1, 2, ...) that did."""
     first = {}
-    for number, stage in enumerate(train_speech.training_stages(config), 1):
+    for number, stage in enumerate(speech_weights.training_stages(config), 1):
         for kind in stage.get("noises") or ():
             if kind not in speech_data.TRAIN_NOISES:
                 first.setdefault(kind, number)
@@ -187,7 +200,7 @@ def added_noise_results(config: dict, by_noise: dict) -> list[str]:
 
 
 def total_minutes(config: dict) -> float:
-    return sum(stage["elapsed_s"] for stage in train_speech.training_stages(config)) / 60
+    return sum(stage["elapsed_s"] for stage in speech_weights.training_stages(config)) / 60
 
 
 NAMES = {"pesq": "PESQ", "estoi": "ESTOI", "si_sdr": "SI-SDR (dB)"}
@@ -199,6 +212,7 @@ def card(config: dict, evals: list[dict], command: str, n_params: int, threads: 
     rec = best_mrs(evals)
     rec_flags = "".join(f" --option {k}={v}" for k, v in rec["options"].items())
     accents, variants = speech_data.split_voices("train")
+    chain = speech_weights.training_stages(config)
     lines = [
         "# revsde built-in model: speech_enhance",
         "",
@@ -227,9 +241,9 @@ def card(config: dict, evals: list[dict], command: str, n_params: int, threads: 
         "HVAC-like; SNR uniform in −5…15 dB over the active speech level. Test noise adds `engine` (never trained "
         "on), hum at 100/120 Hz and babble from held-out utterances." + extras_text(config),
         f"- features: SGMSE+'s (n_fft 510, hop 128, Hann, `0.15·|c|^0.5`), each crop divided by max|noisy|; "
-        f"crops of {config['frames']} frames ({(config['frames'] - 1) * 128 / 16000:.2f} s), batch {config['batch']}",
+        + crops(chain[0]) + (" (later stages: their own, below)" if len({crops(st) for st in chain}) > 1 else ""),
         f"- SDE: OUVE(θ={sde['theta']:g}, σ_min={sde['sigma_min']:g}, σ_max={sde['sigma_max']:g})",
-        f"- loss: {LOSS_NAMES[train_speech.training_stages(config)[0].get('loss', 'sgmse')]}; network output: "
+        f"- loss: {LOSS_NAMES[chain[0].get('loss', 'sgmse')]}; network output: "
         f"{config['prediction']} prediction",
         *stages(config),
         f"- wall time: {total_minutes(config):.1f} min of training on this CPU "
@@ -291,7 +305,7 @@ def start_stages(path: Path, steps: list[int]) -> int:
     """How many of this command's stages (``steps``, from ``stage_steps``) the model at ``path`` (an
     export or a ``last.pt``) holds, finished; ``ValueError`` unless it is this command's stages 1..K, K < all."""
     config, _ = train_speech.read_model(path, "--start-from")
-    held = [int(stage.get("trained_steps", -1)) for stage in train_speech.training_stages(config)]
+    held = [int(stage.get("trained_steps", -1)) for stage in speech_weights.training_stages(config)]
     if held != steps[:len(held)] or int(config.get("steps", -1)) != held[-1]:
         raise ValueError(f"--start-from {path} holds finished stages of {held} steps: this command's stages are "
                          f"{steps} (give the steps its stages ran)")
@@ -314,6 +328,8 @@ def main(argv=None) -> int:
                         help="steps of stage 4, the fine-tune through the sampler (CRP; 0: export stage 3)")
     parser.add_argument("--crp2-steps", type=int, default=CRP2["steps"],
                         help="steps of stage 5, the second CRP fine-tune on new draws (0: export stage 4)")
+    parser.add_argument("--crp3-steps", type=int, default=CRP3["steps"],
+                        help="steps of stage 6, the CRP fine-tune on 2 s crops (0: export stage 5)")
     parser.add_argument("--start-from", metavar="FILE",
                         help="an export (.safetensors) or last.pt of stage K: train only the stages after K, from it")
     parser.add_argument("--device", default="cpu", help="where to train: cpu or cuda[:N]")
@@ -360,11 +376,11 @@ def main(argv=None) -> int:
         if interrupted:
             print(f"stopped at step {result.step}/{result.steps}; rerun the same command to resume")
             return 130
-        train_speech.export_weights(result.checkpoint, weights)
+        speech_weights.export_weights(result.checkpoint, weights)
         print(f"wrote {weights}")
 
     torch.set_num_threads(args.threads)
-    score, spec, config = train_speech.load_weights(weights)
+    score, spec, config = speech_weights.load_weights(weights)
     n_params = sum(p.numel() for p in score.net.parameters())
     card_path = weights.with_suffix(".md")
     if args.card_only:
@@ -389,7 +405,7 @@ def main(argv=None) -> int:
     with atomic_output(out_dir / "eval.json") as f:
         f.write(json.dumps(evals, indent=1).encode())
     rec = best_mrs(evals)
-    train_speech.recommend(weights, rec["nfe"], rec["options"])
+    speech_weights.recommend(weights, rec["nfe"], rec["options"])
     print(f"recommended (revsde enhance's default for it): {label(rec)} at {rec['nfe']} NFE")
     by_noise = {}
     for kind in added_noises(config):  # the noises the test set never uses, on its utterances at its SNRs

@@ -24,7 +24,7 @@ def test_the_builtin_loads_with_its_cards_recommendation(builtin):
     label = "mrs " + ("SDE" if rec["options"].get("stochastic") else "ODE")
     assert f"Best MR Sampler setting: {label} at {rec['nfe']} NFE" in card
     assert builtin.description.startswith("speech_enhance.safetensors: NCSN++ nf 16")
-    from revsde.apps.train_speech import read_config, steps_text
+    from revsde.apps.speech_weights import read_config, steps_text
 
     assert builtin.description.endswith(steps_text(read_config(E.builtin_path())))  # fine-tunes counted in
 

@@ -155,14 +155,14 @@ def test_a_stage_on_other_draws_names_its_seed(script):
     lines = script.stages(config)
     assert "seed" not in lines[0]
     assert "t ~ U[0.03, 1], examples drawn from seed 1, Adam lr 5e-05" in lines[1]
-    assert script.CRP2["seed"] == 1 and script.FINE_TUNES[-1][0] == "crp2"
+    assert script.CRP2["seed"] == 1 and [name for name, _, _ in script.FINE_TUNES][3:] == ["crp2", "crp3"]
 
 
 def test_start_from_counts_the_stages_a_model_holds_and_refuses_another_command_s(script, tmp_path, capsys):
     import shutil
 
     export = SCRIPT.parents[1] / "revsde" / "weights" / script.BUILTIN
-    held = script.train_speech.training_stages(script.train_speech.read_config(export))
+    held = script.speech_weights.training_stages(script.speech_weights.read_config(export))
     steps = [int(stage["trained_steps"]) for stage in held]
     assert script.start_stages(export, steps + [100]) == len(held)
     assert script.start_stages(export, steps + [100, 200]) == len(held)
@@ -186,7 +186,8 @@ def test_start_from_counts_the_stages_a_model_holds_and_refuses_another_command_
     assert script.stage_steps(args) == [10, 5, 4]
     defaults = script.argparse.Namespace(steps=script.DEFAULTS["steps"], **{
         f"{name}_steps": settings["steps"] for name, settings in
-        (("finetune", script.FINETUNE), ("tones", script.TONES), ("crp", script.CRP), ("crp2", script.CRP2))})
+        (("finetune", script.FINETUNE), ("tones", script.TONES), ("crp", script.CRP), ("crp2", script.CRP2),
+         ("crp3", script.CRP3))})
     assert script.stage_steps(defaults)[:len(held)] == steps  # the committed model is the defaults' run
     weights = tmp_path / "weights"
     weights.mkdir()
@@ -204,3 +205,18 @@ def test_the_card_s_command_drops_the_flags_that_do_not_change_the_weights(scrip
     argv = ["--threads", "2", "--start-from", "out/x.safetensors", "--crp2-steps", "3500", "--eval-only",
             "--start-from=y.pt", "--card-only", "--no-progress"]
     assert script.command_args(argv) == ["--threads", "2", "--crp2-steps", "3500", "--no-progress"]
+
+
+def test_a_stage_on_other_crops_says_so_and_the_features_line_keeps_stage_one_s(script):
+    stage1 = {"from": "a", "trained_steps": 100, "elapsed_s": 60.0, "lr": 5e-4, "lr_floor": 1e-6, "steps": 100,
+              "t_high": 0.0, "batch": 8, "frames": 128, "init": None}
+    config = {**CONFIG, "trained_steps": 40, "elapsed_s": 20.0, "lr": 5e-5, "batch": 4, "frames": 256, "seed": 2,
+              "init": stage1}
+    lines = script.stages(config)
+    assert "crops" not in lines[0]
+    assert (script.CRP3["frames"], script.CRP3["batch"]) == (256, 4)  # stage 6's crops, the same frames per step
+    assert "examples drawn from seed 2, crops of 256 frames (2.04 s), batch 4, Adam lr 5e-05" in lines[1]
+    text = script.card(config, [evaluation(*e) for e in EVALS], "x", 580_000, 2)
+    assert "each crop divided by max|noisy|; crops of 128 frames (1.02 s), batch 8 (later stages: their own, below)" \
+        in text
+    assert "(later stages" not in script.card(CONFIG, [evaluation(*e) for e in EVALS], "x", 580_000, 2)

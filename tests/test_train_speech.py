@@ -9,6 +9,7 @@ import pytest
 import torch
 from torch import nn
 
+from revsde.apps import speech_weights as W
 from revsde.apps import train_speech as T
 from revsde.apps.trainer import load_checkpoint
 from revsde.audio.features import SGMSE_16K, from_spec, to_spec
@@ -274,8 +275,8 @@ def test_resuming_with_another_total_continues_the_cosine_on_it_and_records_it(t
     lr, floor = 5e-4, 1e-6 / 5e-4
     expected = [cosine(8, floor)(s) for s in (1, 2, 3)] + [cosine(6, floor)(4), cosine(5, floor)(5)]
     assert [r["lr"] for r in log] == pytest.approx([lr * f for f in expected], rel=1e-12)
-    assert T.export_weights(state, tmp_path / "w.safetensors") and \
-        T.read_config(tmp_path / "w.safetensors")["lr_history"] == [[0, 8], [3, 6], [4, 5]]
+    assert W.export_weights(state, tmp_path / "w.safetensors") and \
+        W.read_config(tmp_path / "w.safetensors")["lr_history"] == [[0, 8], [3, 6], [4, 5]]
 
 
 def test_the_data_generator_matters_for_resuming(tmp_path, corpus_root, monkeypatch):
@@ -331,8 +332,8 @@ def test_a_fine_tune_starts_from_the_ema_weights_and_records_where_they_came_fro
         with pytest.raises(ValueError, match="was trained with other settings"):
             _train(tmp_path, "ft0", corpus_root, steps=4, **change)
     # an exported file starts a fine-tune too, and the export keeps the provenance
-    exported = T.export_weights(done.checkpoint, tmp_path / "ft.safetensors")
-    assert T.read_config(exported)["init"]["trained_steps"] == 2
+    exported = W.export_weights(done.checkpoint, tmp_path / "ft.safetensors")
+    assert W.read_config(exported)["init"]["trained_steps"] == 2
     again = _train(tmp_path, "ft1", corpus_root, steps=1, init_from=exported, stop_at=0)
     ema = load_checkpoint(done.checkpoint)["ema"]
     assert all(torch.equal(load_checkpoint(again.checkpoint)["model"][k], v) for k, v in ema.items())
@@ -340,12 +341,12 @@ def test_a_fine_tune_starts_from_the_ema_weights_and_records_where_they_came_fro
 
 
 def test_steps_text_counts_every_stage():
-    assert T.steps_text({"trained_steps": 11500, "init": None}) == "11500 steps"
-    assert T.steps_text({"trained_steps": 11500}) == "11500 steps"
+    assert W.steps_text({"trained_steps": 11500, "init": None}) == "11500 steps"
+    assert W.steps_text({"trained_steps": 11500}) == "11500 steps"
     tuned = {"trained_steps": 5000, "init": {"trained_steps": 11500, "init": None}}
-    assert T.steps_text(tuned) == "16500 steps (11500, then a 5000-step fine-tune)"
+    assert W.steps_text(tuned) == "16500 steps (11500, then a 5000-step fine-tune)"
     twice = {"trained_steps": 100, "init": tuned}
-    assert T.steps_text(twice) == "16600 steps (11500, then a 5000-step fine-tune, then a 100-step fine-tune)"
+    assert W.steps_text(twice) == "16600 steps (11500, then a 5000-step fine-tune, then a 100-step fine-tune)"
 
 
 def test_a_fine_tune_refuses_an_unfit_start(tmp_path, corpus_root):
@@ -383,7 +384,7 @@ def test_checkpoints_from_before_t_high_init_and_noises_resume(tmp_path, corpus_
     tuned = _train(tmp_path, "ft", corpus_root, steps=1, init_from=path, noises=("white", "tones"))
     config = load_checkpoint(tuned.checkpoint)["config"]
     assert "noises" not in config["init"]  # the start's config as it was saved
-    first, second = T.training_stages(config)
+    first, second = W.training_stages(config)
     assert first["noises"] == list(T.DEFAULT_NOISES) and first["t_high"] == 0.0
     assert second["noises"] == ["white", "tones"]
 
@@ -434,7 +435,7 @@ def test_training_on_cuda_resumes_and_exports(tmp_path, corpus_root):
     a, b = load_checkpoint(done.checkpoint)["ema"], load_checkpoint(cpu.checkpoint)["ema"]
     for k in a:  # the same examples and draws: the runs differ by float rounding only
         torch.testing.assert_close(a[k], b[k], rtol=1e-3, atol=1e-4)
-    score, _, _ = T.load_weights(T.export_weights(done.checkpoint, tmp_path / "gpu.safetensors"))
+    score, _, _ = W.load_weights(W.export_weights(done.checkpoint, tmp_path / "gpu.safetensors"))
     assert next(score.net.parameters()).device.type == "cpu"
 
 
@@ -543,7 +544,7 @@ def test_a_crp_fine_tune_records_its_run_and_resumes_only_unchanged(tmp_path, co
         _train(tmp_path, "crp", corpus_root, steps=2, loss="crp", init_from=base.checkpoint)
     done = _train(tmp_path, "crp", corpus_root, steps=2, loss="crp", crp=crp, init_from=base.checkpoint)
     assert done.step == 2 and math.isfinite(done.loss)
-    first, second = T.training_stages(config)
+    first, second = W.training_stages(config)
     assert first["crp"] is None and second["crp"]["nfe"] == 3
 
 
@@ -562,7 +563,7 @@ def test_cli_trains_resumes_and_exports_a_loadable_model(tmp_path, corpus_root, 
     log = [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]
     assert [r["step"] for r in log] == [2, 3]  # logged at each run's end (log_every is 50)
 
-    score, spec, config = T.load_weights(export)
+    score, spec, config = W.load_weights(export)
     assert isinstance(score, ScoreModel) and isinstance(score.sde, OUVESDE) and score.prediction == "score"
     assert score.sde.config() == OUVESDE().config() and spec == SGMSE_16K
     assert config["trained_steps"] == 3 and config["net"]["ch_mult"] == [1, 1, 1, 1, 1]
@@ -571,7 +572,7 @@ def test_cli_trains_resumes_and_exports_a_loadable_model(tmp_path, corpus_root, 
     ema = load_checkpoint(out / "last.pt")["ema"]
     state = score.net.state_dict()
     assert state.keys() == ema.keys() and all(torch.equal(state[k], v) for k, v in ema.items())
-    assert T.read_config(export)["prediction"] == "score"
+    assert W.read_config(export)["prediction"] == "score"
     # --init-from and --t-high: a fine-tune of that run
     ft = tmp_path / "ft"
     with torch.random.fork_rng(devices=[]):
@@ -623,13 +624,13 @@ def test_read_config_refuses_other_files(tmp_path):
 
     save_file({"w": torch.zeros(2)}, str(tmp_path / "plain.safetensors"))
     with pytest.raises(ValueError, match="is not a revsde speech model"):
-        T.read_config(tmp_path / "plain.safetensors")
+        W.read_config(tmp_path / "plain.safetensors")
     config = {"format": "revsde.restore/1", "task": "denoise", "loss": "matching", "arch": "ConditionalUNet",
               "nf": 4, "depth": 1, "sde": MRSDE().config()}
     export_restore({"config": config, "step": 1, "elapsed_s": 0.0, "ema": {"w": torch.zeros(2)}},
                    tmp_path / "restore.safetensors")
     with pytest.raises(ValueError, match="metadata format 'revsde.restore/1', expected 'revsde.speech/1'"):
-        T.load_weights(tmp_path / "restore.safetensors")
+        W.load_weights(tmp_path / "restore.safetensors")
 
 
 def test_a_custom_net_export_needs_its_net(tmp_path):
@@ -651,9 +652,9 @@ def test_a_custom_net_export_needs_its_net(tmp_path):
     with torch.random.fork_rng(devices=[]):
         result = T.train_speech(tmp_path / "run", steps=2, batch=2, frames=64, net=Tiny(), corpus=corpus,
                                 progress=False, threads=None)
-    path = T.export_weights(result.checkpoint, tmp_path / "tiny.safetensors")
-    assert T.read_config(path)["arch"] == "Tiny" and T.read_config(path)["corpus"] == "custom:3"
+    path = W.export_weights(result.checkpoint, tmp_path / "tiny.safetensors")
+    assert W.read_config(path)["arch"] == "Tiny" and W.read_config(path)["corpus"] == "custom:3"
     with pytest.raises(ValueError, match="holds a Tiny: pass the network"):
-        T.load_weights(path)
-    score, _, _ = T.load_weights(path, net=Tiny())
+        W.load_weights(path)
+    score, _, _ = W.load_weights(path, net=Tiny())
     assert torch.equal(score.net.w, load_checkpoint(result.checkpoint)["ema"]["w"])

@@ -101,7 +101,7 @@ def load_speech_model(model: str = "builtin", *, device=None, weights: str = "em
         if not path.is_file():
             raise ValueError(f"--model {model!r} is neither 'builtin' nor a file")
     if path.suffix == ".safetensors":
-        from .train_speech import load_weights, steps_text
+        from .speech_weights import load_weights, steps_text
 
         with _model_file(path):
             score, spec, config = load_weights(path)

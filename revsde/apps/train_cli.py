@@ -133,7 +133,8 @@ def _run_restore(args) -> int:
 
 def _run_speech(args) -> int:
     from ..cli import option_dict
-    from .train_speech import SMALL_NET, export_weights, train_speech
+    from .speech_weights import export_weights
+    from .train_speech import SMALL_NET, train_speech
 
     try:
         ch_mult = tuple(int(v) for v in args.ch_mult.split(","))

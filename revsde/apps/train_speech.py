@@ -18,9 +18,8 @@ scaling), or noise / data / velocity, converted exactly by ``Prediction``, so ev
 
 The network is NCSN++ (``revsde.nets.ncsnpp.NCSNpp``, SGMSE+'s backbone) at a small width.
 Optimiser Adam as SGMSE+ (no gradient clipping), with a cosine learning-rate decay for the short
-run and SGMSE+'s EMA 0.999; checkpoints resume bit for bit (``trainer.fit``). ``export_weights``
-writes the EMA weights as safetensors with the network, SDE and feature settings in the metadata;
-``load_weights`` rebuilds the ``ScoreModel`` and ``SpecConfig`` from them.
+run and SGMSE+'s EMA 0.999; checkpoints resume bit for bit (``trainer.fit``). ``speech_weights``
+exports the EMA weights and loads them back.
 """
 from __future__ import annotations
 
@@ -35,7 +34,7 @@ from ..audio.features import SGMSE_16K, SpecConfig, to_spec
 from ..model import ScoreModel
 from ..nets.ncsnpp import NCSNpp
 from ..sde.ouve import OUVESDE
-from .trainer import TrainResult, check_positive_ints, checkpoint_config, export_ema, fit, read_export_config
+from .trainer import TrainResult, check_positive_ints, checkpoint_config, fit, read_export_config
 
 FORMAT = "revsde.speech/1"
 PREDICTIONS = ("score", "noise", "data", "velocity")
@@ -338,14 +337,14 @@ def read_model(path, what: str = "init_from") -> tuple[dict, dict]:
         from safetensors.torch import load_file
 
         try:
-            return read_config(path), load_file(str(path))
+            return read_export_config(path, FORMAT, "speech model"), load_file(str(path))
         except ValueError:
             raise
         except Exception as err:  # noqa: BLE001 - a file safetensors cannot parse
             raise ValueError(f"{what} {path} is not a readable .safetensors: {err}") from err
     try:
         state = load_checkpoint(path)
-        base, weights = checkpoint_config(state), state["ema"]  # as saved: training_stages fills the gaps
+        base, weights = checkpoint_config(state), state["ema"]  # as saved (gaps: training_stages)
     except Exception as err:  # noqa: BLE001 - any unreadable file gets the same message
         raise ValueError(f"{what} {path} is not a training checkpoint (a last.pt) or a .safetensors: {err}") from err
     if base.get("format") != FORMAT:
@@ -364,70 +363,3 @@ def load_init(path, config: dict) -> tuple[dict, dict]:
     provenance = {"from": path.as_posix(), "trained_steps": int(base["trained_steps"]),
                   "elapsed_s": round(float(base["elapsed_s"]), 1), **{k: base[k] for k in INIT_KEPT if k in base}}
     return weights, provenance
-
-
-# --- export / load -------------------------------------------------------------------------------
-def export_weights(checkpoint, path) -> Path:
-    """Write a checkpoint's (path or dict) EMA weights to ``path`` as safetensors with its config."""
-    return export_ema(checkpoint, path, FORMAT, flat_keys=("prediction", "arch", "net", "sde", "trained_steps"))
-
-
-def recommend(path, nfe: int, options: dict | None = None) -> Path:
-    """Store in an exported file the MR Sampler setting its model card found best: ``revsde enhance``
-    then uses it when given no ``--nfe`` and no ``--option`` (``config["recommended"]``)."""
-    from safetensors import safe_open
-    from safetensors.torch import load_file, save
-
-    from .files import atomic_output
-
-    if isinstance(nfe, bool) or not isinstance(nfe, int) or nfe < 2:
-        raise ValueError(f"the recommended NFE must be an integer >= 2 (got {nfe!r})")
-    if not isinstance(options, (dict, type(None))):
-        raise ValueError(f"the recommended options must be a dict (got {options!r})")
-    config = {**read_config(path), "recommended": {"nfe": nfe, "options": dict(options or {})}}
-    with safe_open(str(path), framework="pt") as f:
-        meta = {**(f.metadata() or {}), "config": json.dumps(config, sort_keys=True)}
-    tensors = load_file(str(path))
-    path = Path(path)
-    with atomic_output(path) as f:
-        f.write(save(tensors, metadata=meta))
-    return path
-
-
-def training_stages(config: dict) -> list[dict]:
-    """The runs behind a model's config, first run first: the ``init`` chain of its fine-tunes, each
-    stage's own settings over the config's (a start keeps only ``INIT_KEPT`` of its own; one trained
-    before a setting existed had its ``RESUME_DEFAULTS`` value)."""
-    chain = [config]
-    while chain[-1].get("init"):
-        chain.append({**config, **RESUME_DEFAULTS, **chain[-1]["init"]})
-    return chain[::-1]
-
-
-def steps_text(config: dict) -> str:
-    """The training steps of an exported model's config, fine-tunes included:
-    ``"16500 steps (11500, then a 5000-step fine-tune)"`` or ``"11500 steps"``."""
-    first, *tunes = [int(stage["trained_steps"]) for stage in training_stages(config)]
-    if not tunes:
-        return f"{first} steps"
-    return (f"{first + sum(tunes)} steps ({first}, then "
-            + ", then ".join(f"a {n}-step fine-tune" for n in tunes) + ")")
-
-
-def read_config(path) -> dict:
-    """The config stored in an exported ``.safetensors`` file (``ValueError`` if it is not ours)."""
-    return read_export_config(path, FORMAT, "speech model")
-
-
-def load_weights(path, net: nn.Module | None = None) -> tuple[ScoreModel, SpecConfig, dict]:
-    """``(ScoreModel, SpecConfig, config)`` of an exported file, the net in eval mode."""
-    from safetensors.torch import load_file
-
-    config = read_config(path)
-    if net is None:
-        if config["arch"] != "NCSNpp":
-            raise ValueError(f"{path} holds a {config['arch']}: pass the network to load it into as net=")
-        net = SpeechNet(build_net(config["net"]))
-    net.load_state_dict(load_file(str(path)))
-    spec = SpecConfig(**config["spec"])
-    return score_model(net.eval(), build_sde(config["sde"]), config["prediction"]), spec, config

@@ -1,0 +1,85 @@
+"""The trained speech models as files: export, read back, describe.
+
+``export_weights`` writes a training checkpoint's EMA weights as safetensors with the network, SDE and
+feature settings (and the stages it was fine-tuned from) in the metadata; ``load_weights`` rebuilds the
+``ScoreModel`` and ``SpecConfig`` from them; ``recommend`` stores the MR Sampler setting the model card
+found best, which ``revsde enhance`` then uses by default; ``training_stages`` and ``steps_text`` read
+the chain of runs behind a model.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from torch import nn
+
+from ..audio.features import SpecConfig
+from ..model import ScoreModel
+from .train_speech import FORMAT, RESUME_DEFAULTS, SpeechNet, build_net, build_sde, score_model
+from .trainer import export_ema, read_export_config
+
+
+def export_weights(checkpoint, path) -> Path:
+    """Write a checkpoint's (path or dict) EMA weights to ``path`` as safetensors with its config."""
+    return export_ema(checkpoint, path, FORMAT, flat_keys=("prediction", "arch", "net", "sde", "trained_steps"))
+
+
+def recommend(path, nfe: int, options: dict | None = None) -> Path:
+    """Store in an exported file the MR Sampler setting its model card found best: ``revsde enhance``
+    then uses it when given no ``--nfe`` and no ``--option`` (``config["recommended"]``)."""
+    from safetensors import safe_open
+    from safetensors.torch import load_file, save
+
+    from .files import atomic_output
+
+    if isinstance(nfe, bool) or not isinstance(nfe, int) or nfe < 2:
+        raise ValueError(f"the recommended NFE must be an integer >= 2 (got {nfe!r})")
+    if not isinstance(options, (dict, type(None))):
+        raise ValueError(f"the recommended options must be a dict (got {options!r})")
+    config = {**read_config(path), "recommended": {"nfe": nfe, "options": dict(options or {})}}
+    with safe_open(str(path), framework="pt") as f:
+        meta = {**(f.metadata() or {}), "config": json.dumps(config, sort_keys=True)}
+    tensors = load_file(str(path))
+    path = Path(path)
+    with atomic_output(path) as f:
+        f.write(save(tensors, metadata=meta))
+    return path
+
+
+def training_stages(config: dict) -> list[dict]:
+    """The runs behind a model's config, first run first: the ``init`` chain of its fine-tunes, each
+    stage's own settings over the config's (a start keeps only ``INIT_KEPT`` of its own; one trained
+    before a setting existed had its ``RESUME_DEFAULTS`` value)."""
+    chain = [config]
+    while chain[-1].get("init"):
+        chain.append({**config, **RESUME_DEFAULTS, **chain[-1]["init"]})
+    return chain[::-1]
+
+
+def steps_text(config: dict) -> str:
+    """The training steps of an exported model's config, fine-tunes included:
+    ``"16500 steps (11500, then a 5000-step fine-tune)"`` or ``"11500 steps"``."""
+    first, *tunes = [int(stage["trained_steps"]) for stage in training_stages(config)]
+    if not tunes:
+        return f"{first} steps"
+    return (f"{first + sum(tunes)} steps ({first}, then "
+            + ", then ".join(f"a {n}-step fine-tune" for n in tunes) + ")")
+
+
+def read_config(path) -> dict:
+    """The config stored in an exported ``.safetensors`` file (``ValueError`` if it is not ours)."""
+    return read_export_config(path, FORMAT, "speech model")
+
+
+def load_weights(path, net: nn.Module | None = None) -> tuple[ScoreModel, SpecConfig, dict]:
+    """``(ScoreModel, SpecConfig, config)`` of an exported file, the net in eval mode."""
+    from safetensors.torch import load_file
+
+    config = read_config(path)
+    if net is None:
+        if config["arch"] != "NCSNpp":
+            raise ValueError(f"{path} holds a {config['arch']}: pass the network to load it into as net=")
+        net = SpeechNet(build_net(config["net"]))
+    net.load_state_dict(load_file(str(path)))
+    spec = SpecConfig(**config["spec"])
+    return score_model(net.eval(), build_sde(config["sde"]), config["prediction"]), spec, config
