@@ -155,7 +155,7 @@ def test_a_stage_on_other_draws_names_its_seed(script):
     lines = script.stages(config)
     assert "seed" not in lines[0]
     assert "t ~ U[0.03, 1], examples drawn from seed 1, Adam lr 5e-05" in lines[1]
-    assert script.CRP2["seed"] == 1 and [name for name, _, _ in script.FINE_TUNES][3:] == ["crp2", "crp3"]
+    assert script.CRP2["seed"] == 1 and [name for name, _, _ in script.FINE_TUNES][3:] == ["crp2", "crp3", "crp4"]
 
 
 def test_start_from_counts_the_stages_a_model_holds_and_refuses_another_command_s(script, tmp_path, capsys):
@@ -187,7 +187,7 @@ def test_start_from_counts_the_stages_a_model_holds_and_refuses_another_command_
     defaults = script.argparse.Namespace(steps=script.DEFAULTS["steps"], **{
         f"{name}_steps": settings["steps"] for name, settings in
         (("finetune", script.FINETUNE), ("tones", script.TONES), ("crp", script.CRP), ("crp2", script.CRP2),
-         ("crp3", script.CRP3))})
+         ("crp3", script.CRP3), ("crp4", script.CRP4))})
     assert script.stage_steps(defaults)[:len(held)] == steps  # the committed model is the defaults' run
     weights = tmp_path / "weights"
     weights.mkdir()
@@ -215,8 +215,20 @@ def test_a_stage_on_other_crops_says_so_and_the_features_line_keeps_stage_one_s(
     lines = script.stages(config)
     assert "crops" not in lines[0]
     assert (script.CRP3["frames"], script.CRP3["batch"]) == (256, 4)  # stage 6's crops, the same frames per step
+    assert (script.CRP4["frames"], script.CRP4["batch"]) == (384, 3)  # stage 7's
     assert "examples drawn from seed 2, crops of 256 frames (2.04 s), batch 4, Adam lr 5e-05" in lines[1]
     text = script.card(config, [evaluation(*e) for e in EVALS], "x", 580_000, 2)
     assert "each crop divided by max|noisy|; crops of 128 frames (1.02 s), batch 8 (later stages: their own, below)" \
         in text
     assert "(later stages" not in script.card(CONFIG, [evaluation(*e) for e in EVALS], "x", 580_000, 2)
+
+
+def test_only_the_stage_resumed_with_another_total_says_so(script):
+    stage1 = {"from": "a", "trained_steps": 100, "elapsed_s": 60.0, "lr": 5e-4, "lr_floor": 1e-6, "steps": 100,
+              "t_high": 0.0, "init": None}  # ran over its first total: no lr_history
+    config = {**CONFIG, "trained_steps": 1000, "elapsed_s": 20.0, "lr": 5e-5, "steps": 1000,
+              "lr_history": [[0, 1500], [120, 1000]], "init": stage1}
+    first, last = script.stages(config)
+    assert "resumed" not in first
+    assert "(the run was resumed with other totals; the cosine ran over 1500 steps from step 0, over 1000 steps " \
+           "from step 120)" in last

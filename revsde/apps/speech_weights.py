@@ -46,13 +46,18 @@ def recommend(path, nfe: int, options: dict | None = None) -> Path:
     return path
 
 
+#: an earlier stage's settings where its provenance has none: ``RESUME_DEFAULTS``, and no ``lr_history``
+#: (kept only by a run resumed with another total; the last run's must not pass for an earlier one's)
+STAGE_DEFAULTS = {**RESUME_DEFAULTS, "lr_history": None}
+
+
 def training_stages(config: dict) -> list[dict]:
     """The runs behind a model's config, first run first: the ``init`` chain of its fine-tunes, each
     stage's own settings over the config's (a start keeps only ``INIT_KEPT`` of its own; one trained
-    before a setting existed had its ``RESUME_DEFAULTS`` value)."""
+    before a setting existed had its ``STAGE_DEFAULTS`` value)."""
     chain = [config]
     while chain[-1].get("init"):
-        chain.append({**config, **RESUME_DEFAULTS, **chain[-1]["init"]})
+        chain.append({**config, **STAGE_DEFAULTS, **chain[-1]["init"]})
     return chain[::-1]
 
 
