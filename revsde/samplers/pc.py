@@ -8,18 +8,23 @@ from .base import Query, Sampler, Step, check_choice, check_number
 from .classic import PREDICTORS
 
 CORRECTORS = ("langevin", "ald", None)
+LANGEVIN_NORMS = ("sample", "batch")
 
 
 class PC(Sampler):
     """Predictor–corrector sampling (Song et al. 2021, Alg. 1 as score_sde runs it: corrector first).
 
     Each step: ``corrector_steps`` Langevin moves at ``t_cur`` on ``p_{t_cur}``, then one predictor
-    step to ``t_next``. Correctors: ``"langevin"`` with ``ε = 2 a_i (snr ‖z‖/‖s‖)²`` (norms per
-    sample, so a sample never depends on its batch; score_sde averages them over the batch),
-    ``"ald"`` with ``ε = 2 a_i (snr σ_t)²``, where ``a_i = (α_cur/α_next)²`` is the per-step α of
-    score_sde; or ``None``. Langevin noise is fresh (not part of the Brownian path), so PC has no
-    strong order; with ``corrector=None`` it is its predictor. Evaluations per step:
-    ``1 + corrector_steps``; SDE.
+    step to ``t_next``. Correctors: ``"langevin"`` with ``ε = 2 a_i (snr ‖z‖/‖s‖)²``, ``"ald"`` with
+    ``ε = 2 a_i (snr σ_t)²``, where ``a_i = (α_cur/α_next)²`` is the per-step α of score_sde; or
+    ``None``. ``langevin_norms="sample"`` (default) takes ‖z‖ and ‖s‖ of each sample, so a sample
+    depends only on its own generator; ``"batch"`` averages each norm over the batch as score_sde's
+    ``LangevinCorrector`` does (to reproduce it; every sample's step then depends on the whole batch).
+    Per-sample norms concentrate in high dimension (images, spectrograms: the two choices then take
+    almost the same steps); in a few dimensions ‖s‖ nears 0 around a mode and the step explodes, so
+    there use ``"ald"`` or ``langevin_norms="batch"``.
+    Langevin noise is fresh (not part of the Brownian path), so PC has no strong order; with
+    ``corrector=None`` it is its predictor. Evaluations per step: ``1 + corrector_steps``; SDE.
     """
 
     name = "pc"
@@ -28,11 +33,13 @@ class PC(Sampler):
     _anneal_with_alpha = True  # a_i in the corrector step (score_sde); SGMSE uses 1
 
     def __init__(self, *, predictor: str = "reverse_diffusion", corrector: str | None = "langevin",
-                 snr: float = 0.16, corrector_steps: int = 1, denoise: bool = True):
+                 snr: float = 0.16, corrector_steps: int = 1, langevin_norms: str = "sample",
+                 denoise: bool = True):
         self.predictor = check_choice(self.name, "predictor", predictor, tuple(PREDICTORS))
         self.corrector = check_choice(self.name, "corrector", corrector, CORRECTORS)
         self.snr = check_number(self.name, "snr", snr, minimum=0, strict=True)
         self.corrector_steps = check_number(self.name, "corrector_steps", corrector_steps, minimum=0, integer=True)
+        self.langevin_norms = check_choice(self.name, "langevin_norms", langevin_norms, LANGEVIN_NORMS)
         self.denoise = check_choice(self.name, "denoise", denoise, (True, False))
         options = {"discretization": self._discretization} if predictor == "reverse_diffusion" else {}
         self._predictor = PREDICTORS[predictor](denoise=denoise, **options)
@@ -47,7 +54,7 @@ class PC(Sampler):
 
     @property
     def batch_independent(self) -> bool:
-        return self._n_corrector == 0 or self.corrector != "langevin"
+        return self._n_corrector == 0 or self.corrector != "langevin" or self.langevin_norms == "sample"
 
     @property
     def order(self):
@@ -57,8 +64,10 @@ class PC(Sampler):
         a = torch.exp(2 * (sde.log_alpha(t_cur) - sde.log_alpha(t_next))) if self._anneal_with_alpha else 1.0
         if self.corrector == "ald":
             return 2 * a * (self.snr * sde.sigma(t_cur)) ** 2
-        norm = lambda v: v.reshape(v.shape[0], -1).abs().pow(2).sum(1).sqrt().mean().to(t_cur.dtype)
-        return 2 * a * (self.snr * norm(z) / norm(score)) ** 2 * torch.ones_like(t_cur)
+        noise_norm, grad_norm = _norm(z).to(t_cur.dtype), _norm(score).to(t_cur.dtype)  # per sample, (B,)
+        if self.langevin_norms == "batch":  # score_sde: the batch means, one step for the whole batch
+            noise_norm, grad_norm = noise_norm.mean().expand_as(t_cur), grad_norm.mean().expand_as(t_cur)
+        return (self.snr * noise_norm / grad_norm) ** 2 * 2 * a
 
     def run(self, sde, grid, x, mu, noise):
         n = grid.shape[0] - 1
@@ -76,6 +85,11 @@ class PC(Sampler):
             x = mean if (self.denoise and i == n - 1) else mean + std * noise(t_cur, t_next)
             yield Step(i, x, t_next, pred.data)
         return x
+
+
+def _norm(v: torch.Tensor) -> torch.Tensor:
+    """Per-sample Euclidean norm (complex states: of the complex values), shape ``(B,)``."""
+    return torch.linalg.vector_norm(v.reshape(v.shape[0], -1), dim=1)
 
 
 class SGMSE(PC):
