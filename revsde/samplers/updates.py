@@ -29,9 +29,9 @@ def euler_maruyama(sde, x, t_cur, t_next, pred, mu):
 def reverse_diffusion(sde, x, t_cur, t_next, pred, mu, discretization: str = "exact"):
     """Song et al.'s reverse-diffusion predictor ``x − f_i + G_i² s``, noise ``G_i``.
 
-    ``"exact"`` uses the SDE's exact forward transition ``y_cur = a y_next + G z`` (the DDPM and
-    SMLD discretisations for VP and VE); ``"euler"`` uses ``f_i = f(t)(x − μ)Δ``, ``G_i² = g² Δ``
-    (score_sde's default for other SDEs, and SGMSE's).
+    ``"exact"`` uses the SDE's exact forward transition ``y_cur = a y_next + G z`` (DDPM's step on a
+    DDPM table, SMLD's on VE at its σ table: ``ReverseDiffusion``'s docstring says where score_sde
+    differs); ``"euler"`` uses ``f_i = f(t)(x − μ)Δ``, ``G_i² = g² Δ`` (SGMSE's step).
     """
     if discretization == "exact":
         a, G2 = sde.transition(t_next, t_cur)
