@@ -275,7 +275,10 @@ class IRSDETask:
     note: str = ""
 
     def sde(self, **kwargs) -> MRSDE:
-        """The task's MR SDE; ``convention="irsde"`` reproduces IR-SDE's own θ̄ (``kwargs`` go to ``MRSDE``)."""
+        """The task's MR SDE as IR-SDE trained and samples it: its own θ̄ (``convention="irsde"``: θ_0
+        subtracted, σ = 0 at index 0, so ``t_min`` is index 1 unless given) read between indices as the
+        official code does (``interpolation="linear"``). ``kwargs`` go to ``MRSDE``."""
+        kwargs = {"convention": "irsde", "interpolation": "linear", **kwargs}
         return MRSDE.from_irsde_config(self.max_sigma, self.T, self.schedule, self.eps, **kwargs)
 
     def network(self, **kwargs) -> ConditionalUNet:
