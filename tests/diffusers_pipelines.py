@@ -1,4 +1,6 @@
-"""Tiny, deterministic diffusers pipelines built offline, for tests.
+"""Tiny, deterministic diffusers pipelines built offline, for tests: DDPM (a ``UNet2DModel``), Stable
+Diffusion (text-conditioned latents) and DiT (class-conditioned latents, a transformer with a learned
+variance).
 
 Every builder constructs its models from configs (never from a hub name) with weights drawn under
 ``torch.manual_seed(seed)`` inside ``torch.random.fork_rng``, so the same seed gives the same weights
@@ -15,8 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from diffusers import (AutoencoderKL, DDIMScheduler, DDPMPipeline, DDPMScheduler, SchedulerMixin,
-                       StableDiffusionPipeline, UNet2DConditionModel, UNet2DModel)
+from diffusers import (AutoencoderKL, DDIMScheduler, DDPMPipeline, DDPMScheduler, DiTPipeline, DiTTransformer2DModel,
+                       SchedulerMixin, StableDiffusionPipeline, UNet2DConditionModel, UNet2DModel)
 
 TOKENIZER_DIR = Path(__file__).parent / "fixtures" / "tiny_clip_tokenizer"
 # Whole words of the fixture vocabulary: each tokenizes to a single id.
@@ -34,10 +36,13 @@ def _seeded(seed: int) -> Iterator[None]:
         yield
 
 
-def tiny_unet2d(sample_size: int = 16, channels: int = 3, seed: int = 0) -> UNet2DModel:
-    """An unconditional ``UNet2DModel`` with two resolution levels of 8 and 16 channels."""
+def tiny_unet2d(sample_size: int = 16, channels: int = 3, seed: int = 0,
+                out_channels: int | None = None) -> UNet2DModel:
+    """An unconditional ``UNet2DModel`` with two resolution levels of 8 and 16 channels (``out_channels``:
+    default ``channels``; twice that for a learned variance)."""
     with _seeded(seed):
-        unet = UNet2DModel(sample_size=sample_size, in_channels=channels, out_channels=channels,
+        unet = UNet2DModel(sample_size=sample_size, in_channels=channels,
+                           out_channels=channels if out_channels is None else out_channels,
                            layers_per_block=1, block_out_channels=(8, 16), norm_num_groups=4,
                            down_block_types=("DownBlock2D", "DownBlock2D"),
                            up_block_types=("UpBlock2D", "UpBlock2D"))
@@ -92,14 +97,38 @@ def tiny_sd_pipeline(scheduler: SchedulerMixin | None = None, seed: int = 0) -> 
                                     down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
                                     up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
                                     cross_attention_dim=CROSS_ATTENTION_DIM, attention_head_dim=2)
-        vae = AutoencoderKL(in_channels=3, out_channels=3, latent_channels=4, block_out_channels=(8, 16),
-                            layers_per_block=1, norm_num_groups=4, sample_size=2 * LATENT_SIZE,
-                            down_block_types=("DownEncoderBlock2D", "DownEncoderBlock2D"),
-                            up_block_types=("UpDecoderBlock2D", "UpDecoderBlock2D"))
+        vae = _tiny_vae()
     pipe = StableDiffusionPipeline(vae=vae.eval(), text_encoder=text_encoder, tokenizer=tokenizer,
                                    unet=unet.eval(),
                                    scheduler=scheduler if scheduler is not None else sd_ddim_scheduler(),
                                    safety_checker=None, feature_extractor=None, requires_safety_checker=False)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe.to("cpu")
+
+
+def _tiny_vae() -> AutoencoderKL:
+    """A 4-channel-latent ``AutoencoderKL`` that upsamples by 2 (weights from the caller's RNG)."""
+    return AutoencoderKL(in_channels=3, out_channels=3, latent_channels=4, block_out_channels=(8, 16),
+                         layers_per_block=1, norm_num_groups=4, sample_size=2 * LATENT_SIZE,
+                         down_block_types=("DownEncoderBlock2D", "DownEncoderBlock2D"),
+                         up_block_types=("UpDecoderBlock2D", "UpDecoderBlock2D"))
+
+
+#: the DiT's null class (classifier-free guidance's unconditional label), as ``DiTPipeline`` uses it
+DIT_NULL_CLASS = 1000
+
+
+def tiny_dit_pipeline(scheduler: SchedulerMixin | None = None, seed: int = 0) -> DiTPipeline:
+    """A CPU ``DiTPipeline``: a 1-layer, 2-head ``DiTTransformer2DModel`` on 4-channel 8 x 8 latents with a
+    learned variance (8 output channels, which the pipeline splits off itself), 1000 classes plus the
+    null class, and the tiny VAE (16 x 16 px images). Default scheduler: ``DDIMScheduler()``."""
+    with _seeded(seed):
+        transformer = DiTTransformer2DModel(num_attention_heads=2, attention_head_dim=8, in_channels=4, out_channels=8,
+                                            num_layers=1, sample_size=LATENT_SIZE, patch_size=2,
+                                            num_embeds_ada_norm=DIT_NULL_CLASS, norm_num_groups=4)
+        vae = _tiny_vae()
+    pipe = DiTPipeline(transformer=transformer.eval(), vae=vae.eval(),
+                       scheduler=scheduler if scheduler is not None else DDIMScheduler())
     pipe.set_progress_bar_config(disable=True)
     return pipe.to("cpu")
 

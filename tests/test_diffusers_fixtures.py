@@ -6,8 +6,8 @@ import pytest
 import torch
 from diffusers import DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler
 
-from diffusers_pipelines import (FIXTURE_WORDS, count_unet_calls, tiny_clip_tokenizer, tiny_ddpm_pipeline,
-                                 tiny_sd_pipeline, tiny_unet2d)
+from diffusers_pipelines import (DIT_NULL_CLASS, FIXTURE_WORDS, count_unet_calls, tiny_clip_tokenizer,
+                                 tiny_ddpm_pipeline, tiny_dit_pipeline, tiny_sd_pipeline, tiny_unet2d)
 
 BATCH, STEPS, SIZE = 2, 3, 16
 PROMPTS = ["a photo of a red cat", "a painting of a blue house"]
@@ -116,3 +116,32 @@ def test_save_and_reload_offline(kind, tmp_path):
     assert type(loaded.scheduler) is DPMSolverMultistepScheduler
     assert public(loaded.scheduler.config) == public(pipe.scheduler.config)
     np.testing.assert_array_equal(run(loaded), images)
+
+
+@pytest.mark.parametrize("scheduler", ["default", "dpm"])
+def test_dit_pipeline_runs_and_reproduces(scheduler):
+    """The tiny DiT: class-conditioned, guided (a doubled batch per call), seeded, offline."""
+    pipe = tiny_dit_pipeline()
+    if scheduler == "dpm":
+        pipe.scheduler = DPMSolverMultistepScheduler.from_config(pipe.scheduler.config)
+    transformer = pipe.transformer
+    assert transformer.config.out_channels == 2 * transformer.config.in_channels  # a learned variance
+    assert transformer.config.num_embeds_ada_norm == DIT_NULL_CLASS
+    rows = []
+
+    def hook(module, args, kwargs):
+        rows.append((args[0] if args else kwargs["hidden_states"]).shape[0])
+
+    handle = transformer.register_forward_pre_hook(hook, with_kwargs=True)
+    run = lambda labels, seed, w=4.0: pipe(class_labels=labels, guidance_scale=w, num_inference_steps=STEPS,
+                                           generator=torch.Generator().manual_seed(seed), output_type="np").images
+    try:
+        images = run([1, 2], 0)
+    finally:
+        handle.remove()
+    assert images.shape == (2, SIZE, SIZE, 3) and np.isfinite(images).all() and images.std() > 1e-3
+    assert rows == [4] * STEPS  # conditional and unconditional halves in one call
+    np.testing.assert_array_equal(run([1, 2], 0), images)
+    assert np.abs(run([1, 2], 1) - images).max() > 1e-3
+    relabelled = np.abs(run([3, 2], 0) - images)
+    assert relabelled[0].max() > 1e-2 and relabelled[1].max() < 1e-6  # the label reaches its own image only

@@ -111,7 +111,7 @@ def test_bad_configs_are_refused_with_the_valid_choices(kwargs, message):
 def test_discrete_grid_reproduces_dpm_solver_timesteps(spacing, offset, n):
     dpm = diffusers.DPMSolverMultistepScheduler(timestep_spacing=spacing, steps_offset=offset)
     rev = RevSDEScheduler(timestep_spacing=spacing, steps_offset=offset)
-    if n == 999 and spacing != "linspace":  # leading repeats index 0, trailing ends on it
+    if n == 999 and spacing == "leading":  # offset 1 puts the first timestep at 1000, past the table
         with pytest.raises(ValueError, match="not distinct"):
             rev.set_timesteps(n)
         return
@@ -119,7 +119,9 @@ def test_discrete_grid_reproduces_dpm_solver_timesteps(spacing, offset, n):
     rev.set_timesteps(n)
     assert rev.timesteps.dtype == torch.int64
     assert torch.equal(rev.timesteps, dpm.timesteps)
-    assert torch.equal(torch.from_numpy(discrete_timesteps(1000, n, spacing, offset)), dpm.timesteps)
+    # trailing with 999 steps ends on index 0: its x̂₀ is the result (final_sigmas_type="zero" only)
+    assert torch.equal(torch.from_numpy(discrete_timesteps(1000, n, spacing, offset, allow_zero=True)),
+                       dpm.timesteps)
 
 
 def test_multi_evaluation_samplers_repeat_timesteps_like_diffusers_heun():
@@ -411,6 +413,8 @@ def test_ddpm_pipeline_matches_dpm_solver_multistep(config, options):
 
 
 def test_pipeline_save_and_reload_keeps_the_scheduler(tmp_path):
+    """In this process revsde.integrations.diffusers is imported, which is what diffusers' loader needs; a
+    fresh process loads with ``load_pipeline`` (test_diffusers_configs.py)."""
     pipe = tiny_ddpm_pipeline()
     pipe.scheduler = RevSDEScheduler.from_config(pipe.scheduler.config, sampler="pc", snr=0.12, grid="logsnr")
     pipe.save_pretrained(tmp_path)

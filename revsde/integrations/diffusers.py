@@ -6,13 +6,19 @@ The scheduler builds the discrete VP SDE of the training schedule in the config 
 (``DiscreteVPSDE.from_schedule``: DDPM index = the model's time), and each ``step()`` answers one
 ``Query`` of the same sampler generator that ``revsde.sample`` drives: one implementation of the
 maths. ``timesteps`` are the sampler's evaluation times in model units, repeated where a step
-evaluates more than once (``order`` = evaluations per step, as diffusers' Heun).
+evaluates more than once (``order`` = evaluations per step, as diffusers' Heun). The config keys it
+reads and what they mean are in ``scheduler_config``; flow-matching configs are refused.
+
+A pipeline saved with this scheduler records it as ``["revsde.integrations.diffusers",
+"RevSDEScheduler"]``. diffusers (0.42) resolves such a library only among the modules the process
+has already imported (it does not import code a folder names), so in a fresh process import this
+module before ``DiffusionPipeline.from_pretrained``, or load with
+``revsde.integrations.pipelines.load_pipeline(path)``, which does both.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-import numpy as np
 import torch
 from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.schedulers.scheduling_utils import KarrasDiffusionSchedulers, SchedulerMixin
@@ -26,38 +32,9 @@ from ..samplers.base import Query, Step
 from ..sde.vp import DiscreteVPSDE
 from ..sde.cached import GridCoefficients
 from ..solve import FiniteGuard, _state_dtype, check_finite
-
-#: sampler options a config may carry (``None``: the sampler's default)
-SAMPLER_OPTIONS = ("order", "prediction", "stochastic", "lower_order_final", "denoise_last", "warmup",
-                   "second_order", "third_order", "predictor", "corrector", "snr", "corrector_steps",
-                   "denoise", "discretization", "variance")
-PREDICTION_TYPES = {"epsilon": "noise", "sample": "data", "v_prediction": "velocity"}
-TIMESTEP_SPACINGS = ("linspace", "leading", "trailing")
-FINAL_SIGMAS_TYPES = ("zero", "sigma_min")
-NOISES = ("gaussian", "brownian")
-
-
-def discrete_timesteps(num_train_timesteps: int, steps: int, spacing: str = "linspace",
-                       steps_offset: int = 0) -> np.ndarray:
-    """The integer timesteps DPMSolverMultistep / UniPC use for ``timestep_spacing`` (decreasing)."""
-    n_train = num_train_timesteps
-    if isinstance(steps, bool) or not isinstance(steps, int) or not 1 <= steps < n_train:
-        raise ValueError(f"num_inference_steps must be an integer in [1, {n_train - 1}] for a schedule of "
-                         f"{n_train} training steps (got {steps!r})")
-    if spacing == "linspace":
-        ts = np.linspace(0, n_train - 1, steps + 1).round()[::-1][:-1]
-    elif spacing == "leading":
-        ratio = n_train // (steps + 1)
-        ts = (np.arange(0, steps + 1) * ratio).round()[::-1][:-1] + steps_offset
-    elif spacing == "trailing":
-        ts = np.arange(n_train, 0, -n_train / steps).round() - 1
-    else:
-        raise ValueError(f"timestep_spacing must be one of {', '.join(TIMESTEP_SPACINGS)} (got {spacing!r})")
-    ts = ts.astype(np.int64)
-    if ts[-1] <= 0 or not (np.diff(ts) < 0).all() or ts[0] > n_train - 1:
-        raise ValueError(f"timestep_spacing={spacing!r} with {steps} steps gives timesteps {ts.tolist()[:8]}…, "
-                         f"which are not distinct, decreasing and in (0, {n_train - 1}]: use fewer steps")
-    return ts
+from .scheduler_config import (FINAL_SIGMAS_TYPES, NOISES, PREDICTION_TYPES, SAMPLER_OPTIONS,  # noqa: F401
+                               TIMESTEP_SPACINGS, check_not_flow, check_output_keys, discrete_timesteps,
+                               dynamic_threshold, prediction_channels)
 
 
 @dataclass
@@ -79,11 +56,17 @@ class RevSDEScheduler(SchedulerMixin, ConfigMixin):
     point) or a continuous grid of ``revsde.grids`` (``logsnr``, ``karras``, ``uniform_t``,
     ``quadratic``) over the whole table. ``final_sigmas_type``: ``"zero"`` — the last step goes to
     σ = 0, i.e. returns x̂₀ of its first evaluation, as diffusers' solvers do — or ``"sigma_min"``
-    (the sampler's own last step, to the table's first point). ``noise``: ``"gaussian"`` or
-    ``"brownian"`` (a fixed Brownian path, the same at every step count), drawn from the
-    ``generator`` passed to ``step`` (one, or a list with one per sample), else from a seed drawn
-    from torch's global generator. The rest are the training-schedule keys of the config it
-    replaces. ``prediction_type``: epsilon, sample or v_prediction.
+    (the sampler's own last step, to the table's first point). With as many steps as training steps
+    the discrete timesteps are every index, down to 0, whose x̂₀ is then the result (``"zero"`` only).
+    ``noise``: ``"gaussian"`` or ``"brownian"`` (a fixed Brownian path, the same at every step count),
+    drawn from the ``generator`` passed to ``step`` (one, or a list with one per sample), else from a
+    seed drawn from torch's global generator. The rest are keys of the config it replaces: the
+    training schedule (``rescale_betas_zero_snr``: sampling starts at diffusers' finite stand-in
+    ᾱ = 2⁻²⁴), ``prediction_type`` (epsilon, sample or v_prediction), ``variance_type`` (``learned`` /
+    ``learned_range``: the output's second half of channels, a variance, is dropped; DDPM's ``fixed_*``
+    and ``None``: the output is the prediction alone), and ``thresholding`` (Imagen's dynamic
+    thresholding of every x̂₀ at ``dynamic_thresholding_ratio``, ``sample_max_value``; the sampler then
+    uses the thresholded x̂₀ and the noise it implies, as DPMSolverMultistep does).
     """
 
     _compatibles = [e.name for e in KarrasDiffusionSchedulers]
@@ -93,16 +76,18 @@ class RevSDEScheduler(SchedulerMixin, ConfigMixin):
                  stochastic: bool | None = None, lower_order_final: bool | None = None,
                  denoise_last: bool | None = None, warmup: str | None = None, second_order: str | None = None,
                  third_order: str | None = None, predictor: str | None = None, corrector: str | None = None,
-                 snr: float | None = None, corrector_steps: int | None = None, denoise: bool | None = None,
-                 discretization: str | None = None, variance: str | None = None, grid: str = "discrete",
+                 snr: float | None = None, corrector_steps: int | None = None, langevin_norms: str | None = None,
+                 denoise: bool | None = None, discretization: str | None = None, variance: str | None = None, grid: str = "discrete",
                  final_sigmas_type: str = "zero", noise: str = "gaussian", num_train_timesteps: int = 1000,
                  beta_start: float = 0.0001, beta_end: float = 0.02, beta_schedule: str = "linear",
                  trained_betas=None, prediction_type: str = "epsilon", timestep_spacing: str = "linspace",
-                 steps_offset: int = 0, rescale_betas_zero_snr: bool = False):
+                 steps_offset: int = 0, rescale_betas_zero_snr: bool = False, variance_type: str | None = None,
+                 thresholding: bool = False, dynamic_thresholding_ratio: float = 0.995,
+                 sample_max_value: float = 1.0):
         given = dict(order=order, prediction=prediction, stochastic=stochastic, lower_order_final=lower_order_final,
                      denoise_last=denoise_last, warmup=warmup, second_order=second_order, third_order=third_order,
                      predictor=predictor, corrector=corrector, snr=snr, corrector_steps=corrector_steps,
-                     denoise=denoise, discretization=discretization, variance=variance)
+                     langevin_norms=langevin_norms, denoise=denoise, discretization=discretization, variance=variance)
         self.sampler = samplers_mod.get(sampler, **{k: v for k, v in given.items() if v is not None})
         if self.sampler.adaptive or self.sampler.evals_per_step is None:
             raise ValueError(f"sampler {sampler!r} chooses its steps as it goes, but a diffusers pipeline iterates "
@@ -118,6 +103,7 @@ class RevSDEScheduler(SchedulerMixin, ConfigMixin):
                                   ("prediction_type", prediction_type, tuple(PREDICTION_TYPES))):
             if value not in valid:
                 raise ValueError(f"RevSDEScheduler supports {key} in {{{', '.join(valid)}}} (got {value!r})")
+        check_output_keys(variance_type, thresholding, dynamic_thresholding_ratio, sample_max_value)
         self.sde = DiscreteVPSDE.from_schedule(num_train_timesteps, beta_start, beta_end, beta_schedule,
                                                trained_betas, rescale_betas_zero_snr)
         self.alphas_cumprod = self.sde.alphas_cumprod.float()
@@ -139,9 +125,10 @@ class RevSDEScheduler(SchedulerMixin, ConfigMixin):
         the old class's (``HeunDiscreteScheduler()``'s β 0.00085–0.012 would become 1e-4–0.02): here
         every value is taken as written. Naming a ``sampler`` drops the sampler
         options the config carries from an earlier sampler (``from_config(rev.config, sampler="pc")``
-        does not inherit ``order``)."""
+        does not inherit ``order``). A flow-matching config is refused (not supported yet)."""
         if config is not None:
             config = dict(config)
+            check_not_flow({**config, **kwargs})
             config.pop("_use_default_values", None)  # the values as written (for our own config, the same)
             if "sampler" in kwargs:
                 config = {k: v for k, v in config.items() if k not in SAMPLER_OPTIONS or k in kwargs}
@@ -160,20 +147,24 @@ class RevSDEScheduler(SchedulerMixin, ConfigMixin):
 
     def set_timesteps(self, num_inference_steps: int | None = None, device=None, timesteps=None):
         """Evaluation times of ``num_inference_steps`` steps, or of custom decreasing ``timesteps`` in
-        model units (then the grid ends at the table's first point)."""
+        model units (then the grid ends at the table's first point; with ``final_sigmas_type="zero"``
+        they may end at index 0 itself, whose x̂₀ is then the result)."""
         if (num_inference_steps is None) == (timesteps is None):
             raise ValueError("give exactly one of num_inference_steps or timesteps")
+        zero = self.config.final_sigmas_type == "zero"
         if timesteps is not None:
-            t = self._model_time_to_t(torch.as_tensor(timesteps).flatten())
-            grid = torch.cat([t, t.new_zeros(1)])
-            if t.numel() < 1 or not bool((grid[1:] < grid[:-1]).all()):
-                raise ValueError("custom timesteps must be strictly decreasing and above 0 "
-                                 "(0, the table's first point, is where the grid ends)")
+            ts = torch.as_tensor(timesteps).flatten().to(torch.float64)
+            self._model_time_to_t(ts)
+            lowest = 0 if zero else 1e-12
+            if ts.numel() < 1 or not bool((ts[1:] < ts[:-1]).all()) or float(ts[-1]) < lowest:
+                raise ValueError("custom timesteps must be strictly decreasing and above 0 (0, the table's first "
+                                 "point, is where the grid ends; it may be the last timestep with "
+                                 "final_sigmas_type='zero')")
+            grid = self._discrete_grid(ts)
         elif self.config.grid == "discrete":
             ts = discrete_timesteps(self.config.num_train_timesteps, num_inference_steps,
-                                    self.config.timestep_spacing, self.config.steps_offset)
-            grid = torch.cat([torch.from_numpy(ts).double(), torch.zeros(1, dtype=torch.float64)])
-            grid = grid / (self.config.num_train_timesteps - 1)
+                                    self.config.timestep_spacing, self.config.steps_offset, allow_zero=zero)
+            grid = self._discrete_grid(torch.from_numpy(ts).double())
         else:
             grid = grids_mod.get(self.config.grid)(self.sde, num_inference_steps)
         steps = grid.shape[0] - 1
@@ -189,6 +180,13 @@ class RevSDEScheduler(SchedulerMixin, ConfigMixin):
         self.num_inference_steps = steps
         self._begin_index = None
         self._reset_run()
+
+    def _discrete_grid(self, ts: torch.Tensor) -> torch.Tensor:
+        """The times of timesteps ``ts``, then where the last step ends: the table's first point, or one
+        index below it where the last timestep is index 0 itself (final σ = 0: the run ends with that
+        evaluation's x̂₀ and never goes there; the sampler's plan there extrapolates λ)."""
+        end = -1.0 if float(ts[-1]) == 0 else 0.0
+        return torch.cat([ts, ts.new_tensor([end])]) / (self.config.num_train_timesteps - 1)
 
     # --- diffusers conventions ------------------------------------------------------------------
     @property
@@ -229,7 +227,7 @@ class RevSDEScheduler(SchedulerMixin, ConfigMixin):
     def _reset_run(self):
         self._run = self._query = self._returned = self._noise = None
         self._step_index = None
-        self._done = False
+        self._done = self._mirrored = False
         #: network evaluations answered in the current run
         self.nfe = 0
 
@@ -272,7 +270,7 @@ class RevSDEScheduler(SchedulerMixin, ConfigMixin):
         try:
             request = self._run.send(pred)
             while isinstance(request, Step):
-                self._guard(request, self.nfe)
+                self._guard(self._first_half(request) if self._mirrored else request, self.nfe)
                 request = self._run.send(None)
         except StopIteration as stop:
             self._finish()
@@ -281,6 +279,24 @@ class RevSDEScheduler(SchedulerMixin, ConfigMixin):
             raise TypeError(f"sampler {self.sampler.name!r} yielded {type(request).__name__}; expected Query or Step")
         self._query = request
         return request.x
+
+    def _mirrors_first_half(self, sample: torch.Tensor) -> bool:
+        """Whether ``sample`` is the returned prev_sample with its second half overwritten by its first:
+        DiT's guidance loop steps both halves of a doubled batch and keeps only the first."""
+        half, odd = divmod(sample.shape[0], 2)
+        if odd or sample.shape != self._returned.shape or not self.sampler.batch_independent:
+            return False
+        return torch.equal(sample[:half], self._returned[:half]) and torch.equal(sample[half:], sample[:half])
+
+    @staticmethod
+    def _first_half(step: Step) -> Step:
+        half = step.x.shape[0] // 2
+        return Step(step.i, step.x[:half], step.t[:half], nfe=step.nfe)
+
+    @staticmethod
+    def _mirror(v: torch.Tensor) -> torch.Tensor:
+        half = v.shape[0] // 2
+        return torch.cat([v[:half], v[:half]])
 
     def _finish(self):
         if self._run is not None:
@@ -293,7 +309,11 @@ class RevSDEScheduler(SchedulerMixin, ConfigMixin):
         """Answer one network evaluation: ``model_output`` at (``sample``, ``timestep``). Returns the
         state to evaluate next (``prev_sample``), or the result after the last entry of ``timesteps``.
         The state is kept in float32 (float64 if ``sample`` is) whatever the output's precision;
-        ``prev_sample`` has ``sample``'s dtype. Extra keyword arguments (``eta``, …) are ignored."""
+        ``prev_sample`` has ``sample``'s dtype. Extra keyword arguments (``eta``, …) are ignored.
+
+        The sample must be the ``prev_sample`` returned before (the samplers keep their own state), with
+        one exception: a doubled batch whose second half was overwritten by its first (DiT's guidance
+        loop). Its first half is then the run; every later ``prev_sample`` repeats it in both halves."""
         if self._grid is None:
             raise ValueError("call set_timesteps(num_inference_steps) before step()")
         if self._done:
@@ -301,10 +321,12 @@ class RevSDEScheduler(SchedulerMixin, ConfigMixin):
         if self._run is None:
             self._start(sample, timestep, generator)
         elif sample is not self._returned and not torch.equal(sample, self._returned):
-            raise ValueError("step() got a sample that differs from the prev_sample it returned: RevSDEScheduler's "
-                             "samplers keep their own state (multistep history, Runge–Kutta stages), so the latents "
-                             "may not be edited between steps (as 4-channel inpainting does); use a 9-channel "
-                             "inpainting model, or set_timesteps() to start a new run")
+            if not self._mirrors_first_half(sample):
+                raise ValueError("step() got a sample that differs from the prev_sample it returned: RevSDEScheduler's "
+                                 "samplers keep their own state (multistep history, Runge–Kutta stages), so the "
+                                 "latents may not be edited between steps (as 4-channel inpainting does); use a "
+                                 "9-channel inpainting model, or set_timesteps() to start a new run")
+            self._mirrored = True
         query = self._query
         expected = float(self._query_model_t[self._step_index])
         on_host = not torch.is_tensor(timestep) or timestep.device.type == "cpu"  # reading it costs no sync
@@ -317,9 +339,13 @@ class RevSDEScheduler(SchedulerMixin, ConfigMixin):
                 raise ValueError(f"generator is a list of {len(generator)} for a batch of {sample.shape[0]}: "
                                  "give one per sample")
             self._noise.generator = generator
+        model_output = prediction_channels(model_output, query.x.shape[1], self.config.variance_type)
         if model_output.shape != query.x.shape:
             raise ValueError(f"model_output has shape {tuple(model_output.shape)}, the sample {tuple(query.x.shape)}")
         pred = Prediction(self._kind, model_output.to(query.x.dtype), query.x, query.t, self._grid_sde)
+        if self.config.thresholding:
+            x0 = dynamic_threshold(pred.data, self.config.dynamic_thresholding_ratio, self.config.sample_max_value)
+            pred = Prediction("data", x0, query.x, query.t, self._grid_sde)
         self.nfe += 1
         last = self._step_index == self._query_model_t.shape[0] - 1
         self._step_index += 1
@@ -328,11 +354,14 @@ class RevSDEScheduler(SchedulerMixin, ConfigMixin):
             self._finish()
         else:
             x = self._advance(pred)
+        denoised = pred.data
+        if self._mirrored:
+            x, denoised = self._mirror(x), self._mirror(denoised)
         if self._done and not bool(torch.isfinite(x).all()):
             check_finite(self.sampler, Step(self.num_inference_steps - 1, x, query.t), self.nfe)
         prev_sample = x.to(sample.dtype)
         self._returned = prev_sample
-        denoised = pred.data.to(sample.dtype)
+        denoised = denoised.to(sample.dtype)
         if not return_dict:
             return prev_sample, denoised
         return RevSDESchedulerOutput(prev_sample=prev_sample, pred_original_sample=denoised)

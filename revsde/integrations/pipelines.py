@@ -6,10 +6,16 @@ the wrong prior and feed the network unscaled inputs). ``UnconditionalPipeline``
 Diffusion loop instead: ``set_timesteps`` on the device, latents scaled by ``init_noise_sigma``,
 ``scale_model_input`` before every network call, and ``eta`` / ``generator`` passed to ``step`` only
 where its signature takes them.
+
+``load_pipeline(path)`` loads a saved pipeline folder that uses revsde's classes (``RevSDEScheduler``,
+``ExactMixtureUNet``, ``UnconditionalPipeline``) in a fresh process.
 """
 from __future__ import annotations
 
+import importlib
 import inspect
+import json
+from pathlib import Path
 
 import torch
 from diffusers import DiffusionPipeline
@@ -86,3 +92,27 @@ class UnconditionalPipeline(DiffusionPipeline):
         if not return_dict:
             return (image,)
         return ImagePipelineOutput(images=image)
+
+
+#: the revsde modules whose classes a saved pipeline folder may name as components
+COMPONENT_MODULES = ("revsde.integrations.diffusers", "revsde.integrations.mixture_unet")
+
+
+def load_pipeline(path, pipeline_class=None, **kwargs) -> DiffusionPipeline:
+    """``DiffusionPipeline.from_pretrained(path, **kwargs)`` for a folder saved with revsde's classes.
+
+    diffusers (0.42) resolves a component's library from ``model_index.json`` only among the modules
+    the process has already imported (it does not import code a folder names), so in a fresh process
+    a folder whose scheduler is ``["revsde.integrations.diffusers", "RevSDEScheduler"]`` is refused.
+    This imports revsde's component modules first (``COMPONENT_MODULES``: revsde's own code only).
+    ``pipeline_class``: the class to load with; by default ``UnconditionalPipeline`` where the folder
+    names it, else ``DiffusionPipeline`` (which picks diffusers' class from the folder).
+    """
+    for name in COMPONENT_MODULES:
+        importlib.import_module(name)
+    if pipeline_class is None:
+        pipeline_class = DiffusionPipeline
+        index = Path(path) / "model_index.json"
+        if index.is_file() and json.loads(index.read_text()).get("_class_name") == UnconditionalPipeline.__name__:
+            pipeline_class = UnconditionalPipeline
+    return pipeline_class.from_pretrained(path, **kwargs)

@@ -93,17 +93,29 @@ class DiscreteVPSDE(VPSDE):
     Time ``t = i / (N − 1)`` so every table point is a grid point; ``λ_t`` is linear in ``t`` between
     points, which makes ``α``, ``σ``, ``f`` and ``g²`` exact functions of t (``f = σ² dλ/dt``,
     ``g² = −2 σ² dλ/dt``). ``model_time(t)`` is the DDPM index ``t (N − 1)``.
+
+    ``zero_snr``: the last value stands for ᾱ = 0 (a zero-terminal-SNR table, Lin et al. 2024, whose
+    last ᾱ diffusers replaces by 2⁻²⁴ to keep σ finite), so sampling starts there, at diffusers' σ.
+    Points before it whose ᾱ is not above it (a linear table's last three) lie beyond that start: their
+    λ is interpolated linearly in the index between the last point above the end and the end, so λ
+    still decreases strictly. ``alphas_cumprod`` keeps the table as given.
     """
 
-    def __init__(self, alphas_cumprod):
+    def __init__(self, alphas_cumprod, *, zero_snr: bool = False):
         ac = torch.as_tensor(alphas_cumprod, dtype=torch.float64).flatten()
         if ac.numel() < 2 or not bool(((ac > 0) & (ac < 1)).all()):
             raise ValueError("alphas_cumprod must hold at least 2 values, each in (0, 1)")
-        if not bool((ac[1:] < ac[:-1]).all()):
-            raise ValueError("alphas_cumprod must be strictly decreasing")
+        body = ac[:-1] if zero_snr else ac
+        if not bool((body[1:] < body[:-1]).all()):
+            raise ValueError("alphas_cumprod must be strictly decreasing" + (
+                " before its zero-SNR end" if zero_snr else " (the last value of a zero-terminal-SNR table, "
+                "diffusers' 2^-24, may lie above the ones before it with zero_snr=True)"))
+        lam = 0.5 * (torch.log(ac) - torch.log1p(-ac))
+        if zero_snr:
+            lam = _beyond_zero_snr_start_interpolated(lam)
         self.alphas_cumprod = ac
         self.num_train_timesteps = ac.numel()
-        self._lam = 0.5 * (torch.log(ac) - torch.log1p(-ac))
+        self._lam = lam
         self.t_min, self.t_max = 0.0, 1.0
 
     @classmethod
@@ -117,7 +129,7 @@ class DiscreteVPSDE(VPSDE):
         """The table a diffusers scheduler config describes, computed as diffusers computes it (float32
         betas and cumulative product), so both integrate the same schedule."""
         return cls(ddpm_alphas_cumprod(num_train_timesteps, beta_start, beta_end, beta_schedule, trained_betas,
-                                       rescale_betas_zero_snr).double())
+                                       rescale_betas_zero_snr).double(), zero_snr=rescale_betas_zero_snr)
 
     def _segment(self, t):
         """Index position, segment k (points k, k+1) and the table on ``t``'s device."""
@@ -156,6 +168,23 @@ class DiscreteVPSDE(VPSDE):
 
     def config(self):
         return {"num_train_timesteps": self.num_train_timesteps}
+
+
+def _beyond_zero_snr_start_interpolated(lam: torch.Tensor) -> torch.Tensor:
+    """``lam`` with the points before the last whose λ is not above the last one's replaced by λ linear in
+    the index from the last point above it to the end."""
+    n = lam.numel()
+    at_or_below = (lam[:-1] <= lam[-1]).nonzero().flatten()
+    if at_or_below.numel() == 0:
+        return lam
+    first = int(at_or_below[0])
+    if first == 0:
+        raise ValueError("alphas_cumprod with zero_snr=True: every value lies at or below the last one, the "
+                         "zero-SNR end (the table must decrease towards it)")
+    lam = lam.clone()
+    weight = torch.arange(1, n - first, dtype=lam.dtype) / (n - first)
+    lam[first:-1] = lam[first - 1] + weight * (lam[-1] - lam[first - 1])
+    return lam
 
 
 class SubVPSDE(VPSDE):
