@@ -1,8 +1,9 @@
 """The ``revsde`` command (also ``python -m revsde``): it parses, calls the library function, and prints.
 
-Argument errors found by the library (``ValueError``) print as one ``revsde: error: …`` line with exit
-status 2, like argparse's own; a state that became NaN/Inf, or a file that cannot be written, prints one
-line and exits 1. Anything else is a bug and keeps its traceback.
+Argument errors found by argparse print as one ``revsde COMMAND: error: …`` line (not the usage block)
+and those found by the library (``ValueError``) as one ``revsde: error: …`` line, both with exit status 2;
+a state that became NaN/Inf, or a file that cannot be written, prints one line and exits 1. Anything else
+is a bug and keeps its traceback.
 """
 from __future__ import annotations
 
@@ -10,8 +11,6 @@ import argparse
 import sys
 
 from . import __version__
-from . import grids as grids_mod
-from . import samplers as samplers_mod
 
 DESCRIPTION = """\
 revsde: a diffusion sampling engine. One solver core for every linear diffusion SDE (VP, sub-VP,
@@ -46,6 +45,8 @@ def _summary(doc: str | None, width: int = 100) -> str:
 
 
 def _traits(name: str) -> str:
+    from . import samplers as samplers_mod
+
     options = "options: " + (", ".join(samplers_mod.option_names(name)) or "none")
     try:
         smp = samplers_mod.get(name)  # with its default options
@@ -58,14 +59,22 @@ def _traits(name: str) -> str:
     return f"{smp.kind.upper()}, {order}, {evals}; default grid {smp.default_grid}; {options}"
 
 
+def _grid_names() -> list[str]:
+    from . import grids as grids_mod
+
+    return grids_mod.available()
+
+
 def _sample_epilog() -> str:
+    from . import samplers as samplers_mod
+
     lines = ["samplers (set their options with --option NAME=VALUE):"]
     for name in samplers_mod.available():
         lines.append(f"  {name:<18} {_summary(samplers_mod.REGISTRY[name].__doc__)}")
         lines.append(f"  {'':<18} {_traits(name)}")
     lines += [
         "",
-        f"grids: {', '.join(grids_mod.available())} (default: the sampler's own)",
+        f"grids: {', '.join(_grid_names())} (default: the sampler's own)",
         "sdes: vp (linear beta 0.1..20), subvp, ve (sigma 0.01..50), mr (IR-SDE, stationary std 50/255),",
         "      ouve (SGMSE+, theta 1.5, sigma 0.05..0.5); mr and ouve revert to mu",
         "",
@@ -121,14 +130,42 @@ def integer(text: str) -> int:
     return value
 
 
+class Parser(argparse.ArgumentParser):
+    """argparse whose errors are one line that names the problem and where the help is, not the usage
+    block (sub-commands' parsers are of the same class). Help that lists the registries (samplers,
+    grids) is computed when it is printed (``lazy_epilog``, ``lazy_help``), and a sub-command whose
+    arguments come from its modules adds them when it is parsed (``populate``): building the parser,
+    ``revsde --help`` and ``--version`` then need no torch."""
+
+    def __init__(self, *args, lazy_epilog=None, populate=None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.lazy_epilog, self.lazy_help, self.populate = lazy_epilog, {}, populate
+
+    def parse_known_args(self, args=None, namespace=None):
+        if self.populate is not None:  # a sub-command whose arguments need its modules: added when it runs
+            populate, self.populate = self.populate, None
+            populate(self)
+        return super().parse_known_args(args, namespace)
+
+    def format_help(self) -> str:
+        if self.lazy_epilog is not None:
+            self.epilog = self.lazy_epilog()
+        for action in self._actions:
+            if action.dest in self.lazy_help:
+                action.help = self.lazy_help[action.dest]()
+        return super().format_help()
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="revsde", description=DESCRIPTION,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = Parser(prog="revsde", description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--version", action="version", version=f"revsde {__version__}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
     p = commands.add_parser("sample", help="sample a built-in model and measure the result against the exact answer",
-                            description=SAMPLE_DESCRIPTION, epilog=_sample_epilog(),
+                            description=SAMPLE_DESCRIPTION, lazy_epilog=_sample_epilog,
                             formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", choices=["gmm"], default="gmm",
                    help="the model: 'gmm', the built-in 2-D Gaussian-mixture ring with its exact score (default)")
@@ -145,9 +182,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="a registry name, listed below (default: ode_heun; mrs with --diffusers)")
     p.add_argument("--steps", type=integer, default=None, metavar="N",
                    help="grid intervals; ignored by adaptive samplers (default: 50; 20 with --diffusers)")
-    p.add_argument("--grid", default=None, metavar="NAME",
-                   help=f"time grid: {', '.join(grids_mod.available())} (default: the sampler's own; "
-                        "with --diffusers also 'discrete', the folder's timestep spacing, the default)")
+    p.add_argument("--grid", default=None, metavar="NAME", help="time grid")
+    p.lazy_help["grid"] = lambda: (f"time grid: {', '.join(_grid_names())} (default: the sampler's own; "
+                                   "with --diffusers also 'discrete', the folder's timestep spacing, the default)")
     p.add_argument("--n", type=integer, default=None, metavar="N",
                    help="number of samples, and of exact samples to compare with (default: 2000; "
                         "4 images with --diffusers)")
@@ -409,10 +446,10 @@ def _run_sample_diffusers(args, options, progress) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)  # --help and --version end here, before torch is imported
     from .samplers import SamplingError
     from .solve import NonFiniteStateError
 
-    args = build_parser().parse_args(argv)
     try:
         return args.run(args)
     except ValueError as error:

@@ -98,13 +98,13 @@ def main(argv=None) -> int:
     g_noise = torch.Generator().manual_seed(123)
     acc_noisy = accuracy(net, x[test] + 0.2 * torch.randn(x[test].shape, generator=g_noise), y[test])
 
-    from safetensors.torch import save
+    from revsde.nets.model_files import save_tensors
 
     meta = {"format": dc.FORMAT, "width": "32", "feature_dim": str(dc.FEATURE_DIM),
             "held_out_accuracy": f"{acc_test:.4f}", "steps": str(args.steps), "seed": str(args.seed)}
     weights = out / "fd_digits.safetensors"
     with atomic_output(weights) as f:
-        f.write(save({k: v.contiguous() for k, v in net.state_dict().items()}, metadata=meta))
+        f.write(save_tensors(net.state_dict(), meta))  # with the tensors' checksum, verified on load
 
     # Reference statistics of all the digits, through the extractor exactly as users will load it.
     extractor = dc.load_fd_extractor(weights)

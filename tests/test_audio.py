@@ -10,7 +10,7 @@ import torch
 
 from revsde.audio import (EARS_48K, SGMSE_16K, AudioError, SpecConfig, compress, decompress, from_spec,
                           istft, norm_factor, normalize, pad_frames, peak_safe,
-                          read_audio, resample, stft, to_spec, write_audio)
+                          probe_audio, read_audio, resample, stft, to_spec, write_audio)
 
 torch.set_num_threads(1)
 
@@ -244,3 +244,28 @@ def test_resample_passthrough_lengths_and_frequency():
     assert stereo.shape == (2, 4800)
 
 
+
+
+def test_a_wav_whose_header_promises_more_than_it_holds_is_refused(tmp_path):
+    for subtype, channels in (("PCM_16", 1), ("PCM_24", 2), ("FLOAT", 1)):
+        whole = tmp_path / f"whole_{subtype}.wav"
+        write_audio(whole, noise(16000, channels=channels) * 0.5, 16000, subtype=subtype)
+        data = whole.read_bytes()
+        cut = tmp_path / f"cut_{subtype}.wav"
+        cut.write_bytes(data[:len(data) // 2 + 1])
+        for reader in (read_audio, probe_audio):
+            with pytest.raises(AudioError, match=r"the WAV file is cut short: its header promises 16000 frames "
+                                                 r"\(1\.00 s\) but it holds only \d+ \(0\.\d\d s\)"):
+                reader(cut)
+        assert probe_audio(whole).frames == 16000  # whole files, with a chunk after the data too
+        with open(whole, "ab") as f:
+            f.write(b"LIST" + (4).to_bytes(4, "little") + b"INFO")
+        assert read_audio(whole)[0].shape == (channels, 16000)
+
+
+def test_nan_samples_are_refused_when_read(tmp_path):
+    wave = noise(100)
+    wave[40] = np.inf
+    sf.write(str(tmp_path / "inf.wav"), wave, 16000, subtype="FLOAT")
+    with pytest.raises(AudioError, match="the audio holds NaN or infinite samples"):
+        read_audio(tmp_path / "inf.wav")

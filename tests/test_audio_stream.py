@@ -7,8 +7,8 @@ import pytest
 import soundfile as sf
 import soxr
 
-from revsde.audio.stream import (ArraySource, FileSource, collect, crossfade_ramp, peak, process_stream,
-                                 windows_count, write_peak_safe)
+from revsde.audio.stream import (ArraySource, FileSource, collect, crossfade_ramp, keep_silence, peak,
+                                 process_stream, scan, windows_count, write_peak_safe)
 
 
 def noise(channels: int, frames: int, seed: int = 0) -> np.ndarray:
@@ -143,3 +143,48 @@ def test_memory_does_not_grow_with_the_file_length(tmp_path):
         assert sf.info(str(dst)).frames == seconds * 44100
     assert peaks[1] < 1.2 * peaks[0], peaks
     assert peaks[1] < 30 * 2**20  # a 3-min stereo file is 63 MB as float32; the stream holds a few MB
+
+
+def _zero_runs_directly(x: np.ndarray, min_run: int) -> list[list[tuple[int, int]]]:
+    runs = []
+    for row in x:
+        found, start = [], None
+        for i, v in enumerate(list(row) + [1.0]):
+            if v == 0 and start is None:
+                start = i
+            elif v != 0 and start is not None:
+                if i - start >= min_run:
+                    found.append((start, i))
+                start = None
+        runs.append(found)
+    return runs
+
+
+@pytest.mark.parametrize("block", [1, 7, 64, 10_000])
+def test_scan_finds_the_silent_stretches_across_blocks_and_keep_silence_zeroes_them(block):
+    rng = np.random.default_rng(3)
+    x = noise(2, 3000, seed=3)
+    for c, (s, e) in [(0, (0, 50)), (0, (100, 109)), (0, (500, 1200)), (1, (2990, 3000)), (1, (64, 128))]:
+        x[c, s:e] = 0.0
+    x[1, rng.integers(0, 3000, 40)] = 0.0  # lone zero crossings
+    source = ArraySource(x, 1000)  # 10 ms = 10 samples
+    top, silences = scan(source, block=block)
+    np.testing.assert_allclose(top, np.abs(x).max(axis=1))
+    assert silences == _zero_runs_directly(x, 10)
+    assert silences[0][:2] == [(0, 50), (500, 1200)] and (2990, 3000) in silences[1]
+    y = noise(2, 3000, seed=4)
+    kept = collect(keep_silence((b for b in ArraySource(y, 1000).blocks(block)), silences), 2)
+    mask = np.zeros_like(y, dtype=bool)
+    for c, runs in enumerate(silences):
+        for s, e in runs:
+            mask[c, s:e] = True
+    assert not kept[mask].any() and np.array_equal(kept[~mask], y[~mask])
+    assert peak(source, 100).tolist() == top.tolist()
+
+
+def test_a_silent_source_is_one_stretch_and_nan_is_refused():
+    assert scan(ArraySource(np.zeros((1, 5)), 16000))[1] == [[(0, 5)]]  # shorter than 10 ms: the whole of it
+    x = noise(1, 100)
+    x[0, 50] = np.nan
+    with pytest.raises(ValueError, match=r"NaN or infinite samples \(the first at 0\.050 s\)"):
+        scan(ArraySource(x, 1000))

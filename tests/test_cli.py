@@ -132,3 +132,29 @@ def test_help_and_version(capsys):
     text = capsys.readouterr().out
     for name in [*revsde.samplers.available(), *revsde.grids.available(), "vp", "subvp", "ve", "mr", "ouve"]:
         assert name in text
+
+
+@pytest.mark.parametrize("args, message", [
+    (["sample", "--steps", "ten"], "revsde sample: error: argument --steps: expected an integer (got 'ten') "
+                                   "(see revsde sample --help)"),
+    (["sample", "--sde", "xx"], "revsde sample: error: argument --sde: invalid choice: 'xx'"),
+    (["restore", "a.png"], "revsde restore: error: the following arguments are required: -o/--output"),
+    (["frobnicate"], "revsde: error: argument COMMAND: invalid choice: 'frobnicate'"),
+])
+def test_argument_errors_are_one_line_not_the_usage_block(capsys, args, message):
+    with pytest.raises(SystemExit) as exit_:
+        main(args)
+    assert exit_.value.code == 2
+    (line,) = capsys.readouterr().err.splitlines()
+    assert line.startswith(message), line
+
+
+@pytest.mark.parametrize("args", [["--help"], ["--version"], ["restore", "--help"], ["enhance", "--help"]])
+def test_help_and_version_do_not_import_torch(args):
+    """``revsde --help``/``--version`` and a command's help print without importing torch (the 1–2 s that
+    every sampling command pays); ``revsde sample --help`` lists the sampler registry, which needs it."""
+    code = ("import sys\nfrom revsde.cli import main\ntry:\n    main(%r)\nexcept SystemExit:\n    pass\n"
+            "assert 'torch' not in sys.modules, sorted(m for m in sys.modules if m.startswith('revsde'))" % args)
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert "revsde" in done.stdout

@@ -178,9 +178,9 @@ def test_bad_models_are_clear_errors(noisy, tmp_path, capsys):
     for model, message in [(tmp_path / "absent.safetensors", "is neither 'builtin' nor a file"),
                            (noisy / "a.wav", "expected a revsde .safetensors export or an SGMSE+ .ckpt"),
                            (tmp_path / "other.safetensors", "is not a revsde speech model"),
-                           (tmp_path / "garbage.safetensors", "not a readable model file"),
-                           (tmp_path / "garbage.ckpt", "not a readable model file"),
-                           (tmp_path / "empty.ckpt", "not a readable model file"),
+                           (tmp_path / "garbage.safetensors", "not a readable .safetensors file"),
+                           (tmp_path / "garbage.ckpt", "not a PyTorch checkpoint"),
+                           (tmp_path / "empty.ckpt", "empty or cut short"),
                            (tmp_path / "plain.ckpt", "not a Lightning checkpoint")]:
         assert run(noisy, "-o", out, "--model", model) == 2, model.name
         err = capsys.readouterr().err
@@ -425,3 +425,152 @@ def test_an_official_style_checkpoint_enhances_end_to_end(noisy, tmp_path, monke
     assert run(noisy / "a.wav", "-o", tmp_path / "raw", "--model", path, "--sampler", "sgmse", "--nfe", "4",
                "--weights", "raw") == 0
     assert (tmp_path / "raw" / "a.wav").read_bytes() != (out / "a.wav").read_bytes()
+
+
+# --- inputs that are not what they claim, outputs that cannot be written, leftovers ----------------
+def test_a_truncated_wav_and_nan_samples_are_named_and_the_rest_enhanced(tiny_model, noisy, tmp_path, capsys):
+    whole = (noisy / "a.wav").read_bytes()
+    (noisy / "cut.wav").write_bytes(whole[:len(whole) // 2])  # the header still promises all of a.wav's frames
+    nan = speech_like(0.3, 16000, seed=6)
+    nan[0, 1600] = np.nan
+    write(noisy / "nan.wav", nan, 16000, "FLOAT")
+    out = tmp_path / "out"
+    assert run(noisy, "-o", out, "--model", tiny_model, "--nfe", "2") == 1
+    printed = capsys.readouterr().out
+    assert "3 enhanced, 0 skipped, 2 failed" in printed
+    frames = sf.info(str(noisy / "a.wav")).frames
+    assert (f"failed: {noisy / 'cut.wav'} ({noisy / 'cut.wav'}: the WAV file is cut short: its header promises "
+            f"{frames} frames ({frames / 16000:.2f} s) but it holds only ") in printed
+    assert (f"failed: {noisy / 'nan.wav'} ({noisy / 'nan.wav'}: the audio holds NaN or infinite samples (the first "
+            "at 0.100 s)") in printed
+    assert listing(out) == ["a.wav", "c.ogg", "sub", "sub/b.flac"]
+
+
+def test_an_output_path_that_cannot_take_the_outputs_is_refused_before_any_work(tiny_model, noisy, tmp_path,
+                                                                                 capsys):
+    taken = tmp_path / "taken.wav"
+    taken.write_bytes(b"a file")
+    for target, message in [(taken, f"-o {taken}: is a file, not a folder"),
+                            (taken / "sub", f"-o {taken / 'sub'}: cannot create the folder: {taken} is a file")]:
+        assert run(noisy, "-o", target, "--model", tiny_model, "--nfe", "2") == 2
+        captured = capsys.readouterr()
+        (line,) = captured.err.splitlines()
+        assert captured.out == "" and line.startswith("revsde: error: ") and message in line
+    assert taken.read_bytes() == b"a file"
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--nfe", "99999999999"], "--nfe must be an integer from 1 to 10000 (got 99999999999)"),
+    (["--sampler", "sgmse", "--nfe", "20000"], "--nfe must be an integer from 1 to 10000 (got 20000)"),
+    (["--chunk-seconds", "0.5", "--overlap-seconds", "0.25"], "--overlap-seconds must lie in [0, chunk/2)"),
+])
+def test_settings_are_refused_before_the_model_loads(noisy, tmp_path, capsys, args, message):
+    """Given a model file that cannot even be read, the settings are still what is reported: they come first."""
+    (tmp_path / "junk.ckpt").write_bytes(b"junk")
+    assert run(noisy, "-o", tmp_path / "out", "--model", tmp_path / "junk.ckpt", *args) == 2
+    captured = capsys.readouterr()
+    assert message in captured.err and captured.out == ""
+
+
+def test_argument_type_errors_are_one_line(noisy, tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        run(noisy, "-o", tmp_path / "out", "--chunk-seconds", "long")
+    assert exit_.value.code == 2
+    assert capsys.readouterr().err.splitlines() == [
+        "revsde enhance: error: argument --chunk-seconds: invalid float value: 'long' (see revsde enhance --help)"]
+
+
+def test_temporaries_are_never_inputs_and_dead_runs_ones_are_removed(tiny_model, noisy, tmp_path, capsys):
+    """A run killed with SIGKILL leaves its float WAV beside the target: a valid WAV, but never an input."""
+    import subprocess
+    import sys
+
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                          text=True).stdout.strip()
+    out = tmp_path / "out"
+    assert run(noisy / "a.wav", "-o", out, "--model", tiny_model, "--nfe", "2") == 0
+    wave = speech_like(0.3, 16000, seed=7)
+    leftovers = [out / f".c.ogg.{dead}.float.wav",  # the name revsde gave them before they were marked
+                 out / f".c.ogg.revsde-{dead}.float.wav", out / f".c.ogg.revsde-{dead}.part"]
+    live = out / f".c.ogg.revsde-{os.getppid()}.float.wav"  # a running process's: left alone
+    for path in [*leftovers[:2], live]:
+        write(path, wave, 16000, "FLOAT")
+    leftovers[2].write_bytes(b"partial")
+    capsys.readouterr()
+    assert run(out, "-o", tmp_path / "again", "--model", tiny_model, "--nfe", "2") == 0
+    printed = capsys.readouterr().out
+    assert "1 enhanced, 0 skipped, 0 failed" in printed and "float.wav" not in printed
+    assert listing(tmp_path / "again") == ["a.wav"]
+    assert run(noisy, "-o", out, "--model", tiny_model, "--nfe", "2", "--skip-existing") == 0
+    printed = capsys.readouterr().out
+    for path in leftovers:
+        assert f"removed {path}: a temporary file left by an interrupted run" in printed and not path.exists()
+    assert live.exists() and listing(out) == sorted([live.name, "a.wav", "c.ogg", "sub", "sub/b.flac"])
+
+
+def test_an_output_folder_inside_the_input_folder_is_not_searched(tiny_model, noisy, capsys):
+    out = noisy / "nest" / "enhanced"
+    assert run(noisy, "-o", out, "--model", tiny_model, "--nfe", "2") == 0
+    assert run(noisy, "-o", out, "--model", tiny_model, "--nfe", "2", "--skip-existing") == 0
+    assert "0 enhanced, 3 skipped, 0 failed" in capsys.readouterr().out
+    assert listing(out) == ["a.wav", "c.ogg", "sub", "sub/b.flac"]
+
+
+def test_digital_silence_comes_back_as_exact_zeros(tiny_model, speech, tmp_path):
+    """A silent file, a silent channel and a silent stretch (≥ 10 ms of exact zeros) stay exact zeros, through
+    resampling (44.1 kHz) too; the rest is enhanced as before."""
+    folder = tmp_path / "in"
+    write(folder / "silent.wav", np.zeros((1, 8000), np.float32), 16000, "PCM_16")
+    voice = speech_like(0.6, 44100, seed=8)
+    gap = slice(8000, 12000)
+    voice[0, gap] = 0.0
+    stereo = np.concatenate([voice, np.zeros_like(voice)])
+    write(folder / "gap.wav", stereo, 44100, "FLOAT")
+    short = np.zeros((1, 20000), np.float32)
+    short[0, 10000:10100] = 0.3 * np.sin(np.arange(100) / 3)  # 100 samples of signal in 1.25 s of zeros
+    write(folder / "blip.wav", short, 16000, "FLOAT")
+    assert run(folder, "-o", tmp_path / "out", "--model", tiny_model, "--nfe", "2") == 0
+    silent = sf.read(str(tmp_path / "out" / "silent.wav"), dtype="float32")[0]
+    assert not silent.any()
+    out = sf.read(str(tmp_path / "out" / "gap.wav"), dtype="float32", always_2d=True)[0].T
+    assert not out[1].any() and not out[0, gap].any()
+    assert np.abs(out[0, :8000]).max() > 1e-2 and np.abs(out[0, 12000:]).max() > 1e-2
+    blip = sf.read(str(tmp_path / "out" / "blip.wav"), dtype="float32")[0]
+    assert not blip[:10000].any() and not blip[10100:].any() and np.abs(blip[10000:10100]).max() > 1e-3
+    # the same in memory; runs of zeros shorter than 10 ms are enhanced like any other samples
+    again = enhance_array(Enhancer(speech, nfe=2), stereo, 44100)
+    assert not again[1].any() and not again[0, gap].any()
+    pcm = speech_like(0.3, 16000, seed=9)
+    pcm[0, 1000:1100] = 0.0  # 6 ms
+    assert np.abs(enhance_array(Enhancer(speech, nfe=2), pcm, 16000)[0, 1000:1100]).max() > 0
+
+
+def test_a_run_killed_with_sigkill_leaves_a_temporary_that_is_no_input_and_the_next_run_removes(tiny_model,
+                                                                                                 tmp_path, capsys):
+    import signal
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    folder, out = tmp_path / "in", tmp_path / "out"
+    write(folder / "long.wav", speech_like(20.0, 16000, seed=10), 16000, "PCM_16")
+    repo = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(repo), os.environ.get("PYTHONPATH", "")])}
+    proc = subprocess.Popen([sys.executable, "-m", "revsde", "enhance", str(folder), "-o", str(out), "--model",
+                             str(tiny_model), "--nfe", "2", "--chunk-seconds", "0.5", "--overlap-seconds", "0.1",
+                             "--no-progress"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 120
+        while not list(out.glob(".long.wav.*")) and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.02)
+        proc.send_signal(signal.SIGKILL)
+    finally:
+        proc.wait()
+    (left,) = out.glob(".long.wav.*")
+    assert left.name == f".long.wav.revsde-{proc.pid}.float.wav" and not (out / "long.wav").exists()
+    assert run(out, "-o", tmp_path / "again", "--model", tiny_model, "--nfe", "2") == 2
+    assert "no audio files (.flac, .ogg, .wav) among the inputs" in capsys.readouterr().err
+    assert run(folder / "long.wav", "-o", out, "--model", tiny_model, "--nfe", "2", "--chunk-seconds", "8") == 0
+    assert f"removed {left}: a temporary file left by an interrupted run" in capsys.readouterr().out
+    assert listing(out) == ["long.wav"]

@@ -71,3 +71,13 @@ def test_encode_keeps_the_format():
     image = Image(np.zeros((4, 4, 3), np.float32))
     assert encode_image(image, "png")[:4] == b"\x89PNG"
     assert encode_image(image, "jpeg")[:2] == b"\xff\xd8"
+
+
+def test_nan_or_infinite_pixels_are_refused(tmp_path):
+    import tifffile
+
+    pixels = np.full((5, 6, 3), 0.25, np.float32)
+    pixels[1, 2, 0], pixels[4, 5, 2] = np.nan, -np.inf
+    tifffile.imwrite(tmp_path / "bad.tif", pixels, photometric="rgb")
+    with pytest.raises(ImageError, match="bad.tif: the image holds 2 NaN or infinite sample values"):
+        read_image(tmp_path / "bad.tif")

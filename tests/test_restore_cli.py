@@ -3,6 +3,8 @@ never overwritten, bad files reported and skipped, tiling, determinism."""
 from __future__ import annotations
 
 import hashlib
+import os
+import shutil
 
 import numpy as np
 import pytest
@@ -126,3 +128,133 @@ def test_tiling_equals_whole_image_where_it_fits(tiny_model, images, tmp_path):
     run(images / "rgb.png", "-o", tmp_path / "small", "--model", tiny_model, "--nfe", "2", "--tile", "16",
         "--overlap", "4")
     assert read_image(tmp_path / "small" / "rgb.png").pixels.shape == (20, 27, 3)
+
+
+# --- checked before any work ----------------------------------------------------------------------
+def refused(capsys) -> str:
+    """The one error line of a run refused before any work (no banner, nothing restored)."""
+    captured = capsys.readouterr()
+    lines = captured.err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("revsde: error: "), captured.err
+    assert captured.out == "", captured.out
+    return lines[0]
+
+
+def test_an_output_path_that_cannot_take_the_outputs_is_refused_before_any_work(tiny_model, images, tmp_path,
+                                                                                 capsys):
+    taken = tmp_path / "taken.png"
+    taken.write_bytes(b"a file")
+    assert run(images, "-o", taken, "--model", tiny_model) == 2
+    assert "-o " + str(taken) + ": is a file, not a folder; give a folder for the outputs" in refused(capsys)
+    assert run(images, "-o", taken / "sub", "--model", tiny_model) == 2
+    assert f"cannot create the folder: {taken} is a file" in refused(capsys)
+    assert taken.read_bytes() == b"a file"
+
+
+@pytest.mark.skipif(not hasattr(os, "geteuid") or os.geteuid() == 0, reason="root writes without permission")
+def test_an_unwritable_output_folder_is_refused_before_any_work(tiny_model, images, tmp_path, capsys):
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    locked.chmod(0o555)
+    try:
+        assert run(images, "-o", locked, "--model", tiny_model) == 2
+        assert "is not writable" in refused(capsys)
+        assert run(images, "-o", locked / "new", "--model", tiny_model) == 2
+        assert f"the folder {locked}, where it would be created, is not writable" in refused(capsys)
+    finally:
+        locked.chmod(0o755)
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--tile", "16", "--overlap", "16"], "--overlap (16) must be smaller than --tile (16)"),
+    (["--tile", "64", "--overlap", "80"], "--overlap (80) must be smaller than --tile (64)"),  # the image fits a tile
+    (["--nfe", "99999999999"], "--nfe must be an integer from 1 to 10000 (got 99999999999)"),
+    (["--nfe", "0"], "--nfe must be an integer >= 1"),
+    (["--sampler", "nope"], "unknown sampler 'nope'"),
+])
+def test_settings_are_refused_before_the_banner_and_any_image(tiny_model, images, tmp_path, capsys, args, message):
+    out = tmp_path / "out"
+    assert run(images, "-o", out, "--model", tiny_model, *args) == 2
+    assert message in refused(capsys)
+    assert not out.exists()
+
+
+def test_a_small_tile_gets_an_overlap_that_fits_it(tiny_model, images, tmp_path, capsys):
+    assert run(images / "rgb.png", "-o", tmp_path / "out", "--model", tiny_model, "--nfe", "1", "--tile", "16") == 0
+    assert "1 restored" in capsys.readouterr().out  # 32 px by default, at most half of a 16 px tile
+
+
+def test_argument_type_errors_are_one_line(tiny_model, images, tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        run(images, "-o", tmp_path / "out", "--model", tiny_model, "--nfe", "ten")
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err
+    assert err.splitlines() == ["revsde restore: error: argument --nfe: expected an integer (got 'ten') "
+                                "(see revsde restore --help)"]
+
+
+def test_a_second_run_over_a_folder_does_not_take_its_own_outputs_for_inputs(tiny_model, images, tmp_path, capsys):
+    out = images / "nest" / "restored"
+    assert run(images, "-o", out, "--model", tiny_model, "--nfe", "1") == 0
+    assert "4 restored, 0 skipped, 0 failed" in capsys.readouterr().out
+    assert run(images, "-o", out, "--model", tiny_model, "--nfe", "1", "--skip-existing") == 0
+    assert "0 restored, 4 skipped, 0 failed" in capsys.readouterr().out
+    # a glob keeps only file names: rgb.png exists, gray16.png goes next to it; the outputs are not matched
+    assert run(str(images / "**" / "*.png"), "-o", out, "--model", tiny_model, "--nfe", "1", "--skip-existing") == 0
+    assert "1 restored, 1 skipped, 0 failed" in capsys.readouterr().out
+    assert run(images, "-o", out, "--model", tiny_model, "--nfe", "1") == 0
+    assert "4 restored, 0 skipped, 0 failed" in capsys.readouterr().out
+    assert sorted(p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file()) == \
+        ["gray16.png", "photo.jpg", "rgb.png", "rgba.tif", "sub/gray16.png"]  # no outputs of outputs
+    # the output folder itself as the input folder is still refused: every output would overwrite its input
+    assert run(out, "-o", out, "--model", tiny_model, "--nfe", "1") == 2
+    assert "would overwrite the input" in capsys.readouterr().err
+
+
+def test_temporaries_are_never_inputs_and_dead_runs_ones_are_removed(tiny_model, images, tmp_path, capsys):
+    import subprocess
+    import sys
+
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                          text=True).stdout.strip()
+    out = tmp_path / "out"
+    out.mkdir()
+    stale = out / f".rgb.png.revsde-{dead}.k2j4_x9q.tmp"  # left by a run killed mid-write
+    live = out / f".rgb.png.revsde-{os.getppid()}.abcdefgh.tmp"  # a running process's: never touched
+    for p in (stale, live):
+        p.write_bytes((images / "rgb.png").read_bytes())
+    shutil.copyfile(images / "rgb.png", images / f".rgb.png.revsde-{dead}.part.png")  # not revsde's pattern
+    (images / f".photo.jpg.revsde-{dead}.a1b2c3d4.tmp").write_bytes(b"")
+    assert run(images, out, "-o", tmp_path / "again", "--model", tiny_model, "--nfe", "1") == 0
+    printed = capsys.readouterr().out
+    assert "5 restored" in printed and ".tmp" not in printed  # the 4 images and the hidden .part.png
+    assert run(images, "-o", out, "--model", tiny_model, "--nfe", "1") == 0
+    assert f"removed {stale}: a temporary file left by an interrupted run" in capsys.readouterr().out
+    assert not stale.exists() and live.exists()
+    assert (images / f".photo.jpg.revsde-{dead}.a1b2c3d4.tmp").exists()  # inputs' folders are only read
+    assert run(live, "-o", tmp_path / "x", "--model", tiny_model) == 2
+    assert "is a temporary file of a revsde run, not an input" in capsys.readouterr().err
+
+
+def test_nan_pixels_are_named_as_the_input_problem(tiny_model, images, tmp_path, capsys):
+    import tifffile
+
+    pixels = np.full((12, 12, 3), 0.5, np.float32)
+    pixels[3, 4, 1] = np.nan
+    tifffile.imwrite(images / "nan.tif", pixels, photometric="rgb")
+    assert run(images, "-o", tmp_path / "out", "--model", tiny_model, "--nfe", "1") == 1
+    printed = capsys.readouterr().out
+    assert f"failed: {images / 'nan.tif'} ({images / 'nan.tif'}: the image holds 1 NaN or infinite sample value;" \
+        in printed and "4 restored, 0 skipped, 1 failed" in printed
+
+
+def test_progress_counts_tiles_times_steps_inside_an_image(tiny_model, tmp_path, capsys):
+    """With --progress a tiled image shows a bar over tiles × steps (tqdm's count, rate and ETA), not
+    "0/1" until the image is done: a 48×40 image in 32-px tiles with overlap 8 is 2 × 2 tiles, at 3 NFE
+    of mrs 3 steps each, so 12 steps."""
+    rng = np.random.default_rng(1)
+    write_image(tmp_path / "big.png", Image(rng.random((48, 40, 3), dtype=np.float32)))
+    assert main(["restore", str(tmp_path / "big.png"), "-o", str(tmp_path / "out"), "--model", str(tiny_model),
+                 "--nfe", "3", "--tile", "32", "--overlap", "8", "--progress"]) == 0
+    err = capsys.readouterr().err
+    assert "big.png" in err and "0/12 [" in err, err  # the bar's total; tqdm redraws at most every 0.1 s

@@ -31,3 +31,8 @@ def test_cli_writes_the_speed_tables(tmp_path, capsys):
     labels = {r["label"] for r in data["overhead"]}
     assert {"mrs (order 2)", "pc (langevin)", "diffusers SDE-DPM-Solver++ 2M"} <= labels
     assert data["graphs"] == [] or all(g["captures"] >= 1 for g in data["graphs"])
+    startup = {r["command"]: r for r in data["startup"]}
+    assert set(startup) == {"import torch", "revsde --version", "revsde --help",
+                            "revsde sample --n 100 --steps 5 --no-plot"}
+    assert all(r["seconds"] > 0 for r in startup.values()) and startup["import torch"]["ratio"] == 1.0
+    assert "Start-up" in (tmp_path / "bench_speed.md").read_text()

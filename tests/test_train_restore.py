@@ -1,7 +1,6 @@
 """Training data and training loop of the built-in MR-diffusion restoration models (fast: tiny nets)."""
 from __future__ import annotations
 
-import argparse
 import json
 import math
 
@@ -301,7 +300,9 @@ def test_evaluate_restore_smoke():
 
 
 def test_cli_parser():
-    parser = argparse.ArgumentParser()
+    from revsde.cli import Parser  # the CLI's parser class: `train` adds its arguments when it is parsed
+
+    parser = Parser()
     train_cli.add_train_parser(parser.add_subparsers(dest="command"))
     args = parser.parse_args(["train", "restore", "--steps", "5", "-o", "out/x", "--no-resume"])
     assert (args.what, args.task, args.steps, args.output, args.resume) == ("restore", "denoise", 5, "out/x", False)

@@ -8,6 +8,14 @@ OUVE prior ``y + σ(1) z`` with any revsde sampler; the enhanced windows are cro
 resampled to the file's own rate and written atomically (peak-safe: scaled down only if they would
 clip) in the input's format and subtype. Memory holds one window whatever the file's length.
 
+Digital silence stays silent: stretches of exact zeros at least ``audio.stream.SILENCE_SECONDS`` (10 ms)
+long, and a file or channel of nothing but zeros, come back as exact zeros (``scan`` finds them in the
+first pass, ``keep_silence`` restores them at the file's own rate). The model alone cannot give zeros:
+sampling starts from ``y + σ(1) z`` with ``y = 0`` and the network removes that noise only up to its
+error (about 0.01 in the compressed spectrogram for the built-in model), which the decompression
+``|X| = (|X̃| / 0.15)²`` turns into a hiss near −60 dBFS; a silent file also gets no normalisation
+gain (its peak is 0) that would scale the hiss away. Other samples are untouched by this rule.
+
 ``--sampler sgmse`` reproduces SGMSE+'s PC sampler exactly: ``N = nfe / 2`` points
 ``linspace(1, t_eps, N)`` and a last step from ``t_eps`` to 0, reverse diffusion + annealed Langevin
 (snr 0.5), noise-free last step. The other samplers integrate from 1 to ``t_eps`` on their own grid
@@ -15,11 +23,9 @@ clip) in the input's format and subtype. Memory holds one window whatever the fi
 """
 from __future__ import annotations
 
-import contextlib
 import copy
 import math
 import os
-import pickle
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -30,11 +36,12 @@ import torch
 from .. import samplers as samplers_mod
 from ..audio.features import SpecConfig, from_spec, pad_frames, to_spec
 from ..audio.io import SUFFIXES, AudioError
-from ..audio.stream import ArraySource, FileSource, collect, peak, process_stream, windows_count, write_peak_safe
+from ..audio.stream import (ArraySource, FileSource, collect, keep_silence, process_stream, scan, windows_count,
+                            write_peak_safe)
 from ..model import ScoreModel
 from ..sde.ouve import OUVESDE
 from ..solve import sample
-from .batch import BatchReport, expand_inputs, plan_outputs, run_batch
+from .batch import MAX_NFE, BatchReport, check_nfe, plan_batch, run_batch
 
 BUILTIN = "speech_enhance.safetensors"
 
@@ -77,17 +84,6 @@ def run_settings(speech: SpeechModel, sampler: str | None = None, nfe: int | Non
     return sampler, nfe, options, "as given"
 
 
-@contextlib.contextmanager
-def _model_file(path: Path):
-    """A file that does not parse as a model (garbage, empty, cut short, wrong tensors) is a ``ValueError``."""
-    from safetensors import SafetensorError
-
-    try:
-        yield
-    except (SafetensorError, pickle.UnpicklingError, EOFError, RuntimeError) as error:
-        raise ValueError(f"--model {path}: not a readable model file ({type(error).__name__}: {error})") from None
-
-
 def load_speech_model(model: str = "builtin", *, device=None, weights: str = "ema") -> SpeechModel:
     """``--model``: ``"builtin"``, a ``.safetensors`` exported by ``revsde train speech``, or an official
     SGMSE+ Lightning ``.ckpt`` (read without running pickled code; EMA weights unless ``weights="raw"``)."""
@@ -103,8 +99,7 @@ def load_speech_model(model: str = "builtin", *, device=None, weights: str = "em
     if path.suffix == ".safetensors":
         from .speech_weights import load_weights, steps_text
 
-        with _model_file(path):
-            score, spec, config = load_weights(path)
+        score, spec, config = load_weights(path)
         score.net.to(device)
         net = config["net"]
         description = (f"{path.name}: NCSN++ nf {net.get('nf')} ch_mult {tuple(net.get('ch_mult', ()))}, "
@@ -114,8 +109,7 @@ def load_speech_model(model: str = "builtin", *, device=None, weights: str = "em
         raise ValueError(f"--model {path}: expected a revsde .safetensors export or an SGMSE+ .ckpt")
     from ..nets.sgmse import load_sgmse_checkpoint
 
-    with _model_file(path):
-        ckpt = load_sgmse_checkpoint(path, weights=weights, map_location=device)
+    ckpt = load_sgmse_checkpoint(path, weights=weights, map_location=device)
     return SpeechModel(ckpt.score_model(), ckpt.spec, f"{path.name}: {ckpt.describe()}")
 
 
@@ -153,6 +147,7 @@ class Enhancer:
                 rule = (f"1 + a positive multiple of {k} for sampler {sampler!r}: {k} evaluations per step plus the "
                         "final denoising one")
             raise ValueError(f"--nfe must be {rule} (got {nfe!r})")
+        check_nfe(nfe)
         self.speech, self.sampler, self.seed = speech, smp, seed
         self.steps = (nfe - extra) // k
         self.device = torch.device(device or "cpu")
@@ -200,15 +195,32 @@ class Enhancer:
         return x.float().cpu().numpy()
 
 
-def chunking(speech: SpeechModel, chunk_seconds: float, overlap_seconds: float) -> tuple[int, int]:
-    """``(chunk, overlap)`` in samples at the model's rate: the chunk a whole number of frame multiples
-    (``(64k − 1)·hop`` samples make exactly ``64k`` frames, so no frame is padding), the overlap whole hops."""
-    spec = speech.spec
-    if not (isinstance(chunk_seconds, (int, float)) and chunk_seconds > 0):
+def check_seconds(chunk_seconds: float, overlap_seconds: float) -> None:
+    """The window settings' own rules (``chunking`` then fits them to a model's frames)."""
+    if not (isinstance(chunk_seconds, (int, float)) and math.isfinite(chunk_seconds) and chunk_seconds > 0):
         raise ValueError(f"--chunk-seconds must be a positive number (got {chunk_seconds!r})")
     if not (isinstance(overlap_seconds, (int, float)) and 0 <= 2 * overlap_seconds < chunk_seconds):
         raise ValueError(f"--overlap-seconds must lie in [0, chunk/2) = [0, {chunk_seconds / 2:g}) "
                          f"(got {overlap_seconds!r})")
+
+
+def check_run(*, sampler: str | None = None, nfe: int | None = None, options: dict | None = None,
+              chunk_seconds: float = 8.0, overlap_seconds: float = 0.5) -> None:
+    """What can be checked of a run before its model is loaded: the sampler and its options, ``nfe`` (when
+    given) at most ``batch.MAX_NFE``, and the window settings (``Enhancer`` checks the rest)."""
+    smp = samplers_mod.get(sampler or "mrs", **(options or {}))
+    if smp.adaptive:
+        raise ValueError(f"sampler {smp.name!r} is adaptive: give a fixed-step sampler for --nfe")
+    if isinstance(nfe, int) and nfe > MAX_NFE:
+        check_nfe(nfe)
+    check_seconds(chunk_seconds, overlap_seconds)
+
+
+def chunking(speech: SpeechModel, chunk_seconds: float, overlap_seconds: float) -> tuple[int, int]:
+    """``(chunk, overlap)`` in samples at the model's rate: the chunk a whole number of frame multiples
+    (``(64k − 1)·hop`` samples make exactly ``64k`` frames, so no frame is padding), the overlap whole hops."""
+    spec = speech.spec
+    check_seconds(chunk_seconds, overlap_seconds)
     frames = chunk_seconds * spec.sample_rate / spec.hop_length
     k = max(1, round(frames / spec.pad_multiple))
     chunk = (k * spec.pad_multiple - 1) * spec.hop_length
@@ -229,8 +241,9 @@ def enhance_array(enhancer: Enhancer, wave: np.ndarray, sample_rate: int, *, chu
     wave = np.asarray(wave, dtype=np.float32)
     source = ArraySource(wave, sample_rate)
     chunk, overlap = chunking(enhancer.speech, chunk_seconds, overlap_seconds)
-    fn = _normalised(enhancer, np.abs(source.wave).max(axis=1))
-    out = collect(process_stream(source, fn, enhancer.speech.sample_rate, chunk, overlap), source.channels)
+    top, silences = scan(source)
+    blocks = process_stream(source, _normalised(enhancer, top), enhancer.speech.sample_rate, chunk, overlap)
+    out = collect(keep_silence(blocks, silences), source.channels)
     return out[0] if wave.ndim == 1 else out
 
 
@@ -242,25 +255,34 @@ def enhance_file(enhancer: Enhancer, src, dst, *, chunk_seconds: float = 8.0, ov
 
     source = FileSource(src)
     chunk, overlap = chunking(enhancer.speech, chunk_seconds, overlap_seconds)
-    fn = _normalised(enhancer, peak(source))
+    top, silences = scan(source)  # AudioError for NaN or infinite samples
+    fn = _normalised(enhancer, top)
     frames = math.ceil(source.frames * enhancer.speech.sample_rate / source.samplerate)
     nfe_before = enhancer.nfe
     with tqdm(total=windows_count(frames, chunk, overlap), desc=Path(src).name, unit="window", leave=False,
               disable=not progress) as bar:
         blocks = process_stream(source, fn, enhancer.speech.sample_rate, chunk, overlap,
                                 on_window=lambda i: bar.update(1))
-        write_peak_safe(dst, blocks, source.samplerate, source.channels, subtype=source.subtype)
+        write_peak_safe(dst, keep_silence(blocks, silences), source.samplerate, source.channels,
+                        subtype=source.subtype)
     return enhancer.nfe - nfe_before
+
+
+def plan(inputs: list[str], out_dir: str | os.PathLike) -> list[tuple[Path, Path]]:
+    """The ``(input, output)`` pairs of an enhance run (``batch.plan_batch``: ``out_dir`` usable, inputs
+    found, no input overwritten)."""
+    return plan_batch(inputs, out_dir, set(SUFFIXES), "audio files")
 
 
 def enhance_files(inputs: list[str], out_dir: str | os.PathLike, speech: SpeechModel, *, sampler: str = "mrs",
                   nfe: int = 10, seed: int = 0, options: dict | None = None, chunk_seconds: float = 8.0,
                   overlap_seconds: float = 0.5, skip_existing: bool = False, device=None, progress: bool = False,
                   log: Callable[[str], None] | None = None) -> BatchReport:
-    """Enhance every audio file of ``inputs`` into ``out_dir`` (same relative names and formats)."""
-    chunking(speech, chunk_seconds, overlap_seconds)  # bad settings fail before any file
-    pairs = plan_outputs(expand_inputs(inputs, set(SUFFIXES), "audio files"), out_dir)
+    """Enhance every audio file of ``inputs`` into ``out_dir`` (same relative names and formats); everything
+    that can be checked is checked before the first file (``chunking``, ``Enhancer``, ``plan``)."""
+    chunking(speech, chunk_seconds, overlap_seconds)
     enhancer = Enhancer(speech, sampler=sampler, nfe=nfe, seed=seed, options=options, device=device)
+    pairs = plan(inputs, out_dir)
 
     def process(path: Path, target: Path) -> int:
         return enhance_file(enhancer, path, target, chunk_seconds=chunk_seconds, overlap_seconds=overlap_seconds,

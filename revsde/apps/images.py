@@ -68,6 +68,10 @@ def _from_array(array: np.ndarray, fmt: str, path) -> Image:
     elif array.dtype == np.uint16:
         bits, scaled = 16, array.astype(np.float32) / 65535.0
     elif np.issubdtype(array.dtype, np.floating):
+        bad = int(np.count_nonzero(~np.isfinite(array)))
+        if bad:
+            raise ImageError(f"{path}: the image holds {bad} NaN or infinite sample value{'s' * (bad > 1)}; "
+                             "pixels must be finite numbers")
         bits, scaled = 16, np.clip(array.astype(np.float32), 0.0, 1.0)
     else:
         raise ImageError(f"{path}: unsupported sample type {array.dtype} (8- or 16-bit integers, or floats)")

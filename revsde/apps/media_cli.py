@@ -10,9 +10,12 @@ RESTORE_DESCRIPTION = """\
 Restore degraded images with a mean-reverting diffusion model: the image is the observation mu of
 the MR SDE, sampling starts at mu + lambda z and runs the sampler for --nfe network evaluations.
 PNG, JPEG and TIFF; gray, RGB and RGBA (alpha kept); 8 and 16 bits (kept). Any size: the network
-pads and crops; --tile cuts large images into overlapping, blended tiles. Outputs are written
+pads and crops; --tile cuts large images into overlapping, blended tiles. Settings, inputs, the
+model file and the --output folder are checked before any work (exit status 2). Outputs are written
 atomically under --output and never over an input; a file that cannot be read is reported and
-skipped, the rest go on, and the exit status is 1 if any failed."""
+skipped, the rest go on, and the exit status is 1 if any failed. A folder is searched without the
+--output folder inside it and without revsde's temporary files; a run removes the temporaries that a
+killed run left beside its outputs."""
 
 ENHANCE_DESCRIPTION = """\
 Enhance noisy speech with an SGMSE+-style score model on the OUVE SDE: each channel's compressed
@@ -20,10 +23,14 @@ STFT is the observation y, sampling starts at y + sigma(1) z and runs the sample
 evaluations per window. WAV, FLAC and Ogg at any sample rate (resampled to the model's and back),
 mono or multi-channel (each channel enhanced), any length: the file is streamed through windows of
 --chunk-seconds that overlap by --overlap-seconds and are cross-faded, so memory does not grow with
-the length. Outputs keep the input's format, rate and sample type, are scaled down only if they would
-clip, written atomically under --output and never over an input; a file that cannot be read is
-reported and skipped, the rest go on, and the exit status is 1 if any failed. --sampler sgmse
---nfe 60 is SGMSE+'s own sampler (30 steps, one corrector step each)."""
+the length. Digital silence (exact zeros, 10 ms or longer) comes back as exact zeros. Settings,
+inputs, the model file and the --output folder are checked before any work (exit status 2).
+Outputs keep the input's format, rate and sample type, are scaled down only if they would clip,
+written atomically under --output and never over an input; a file that cannot be read (cut short,
+NaN samples, ...) is reported and skipped, the rest go on, and the exit status is 1 if any failed.
+A folder is searched without the --output folder inside it and without revsde's temporary files; a
+run removes the temporaries that a killed run left beside its outputs. --sampler sgmse --nfe 60 is
+SGMSE+'s own sampler (30 steps, one corrector step each)."""
 
 
 
@@ -54,18 +61,26 @@ def add_restore_parser(commands) -> None:
                    help="output folder: each image under its own (relative) name and format")
     r.add_argument("--task", default="denoise",
                    help="the degradation the model undoes: denoise, deblur, motion_deblur, inpaint "
-                        "(default: denoise; chooses the built-in model)")
+                        "(default: denoise; chooses the built-in model). The built-in inpaint model was trained on "
+                        "rectangles up to 32 px and strokes up to 20 px wide, holes set to white (1.0): its fills are "
+                        "grainy, 64 px holes stay mostly white, and white areas of a photo can be taken for holes "
+                        "(its card gives PSNR by hole size)")
     r.add_argument("--model", default="builtin", metavar="builtin|PATH",
                    help="'builtin', a .safetensors exported by `revsde train`, or an official IR-SDE .pth "
                         "(with --irsde-config)")
     r.add_argument("--irsde-config", default=None, metavar="NAME",
                    help="the official task settings of an IR-SDE checkpoint: deraining, deblurring, sisr, "
                         "inpainting, deshadow")
-    r.add_argument("--sampler", default="mrs", metavar="NAME", help="any fixed-step sampler (default: mrs)")
-    r.add_argument("--nfe", type=integer, default=10, help="network evaluations per image (default: 10)")
+    r.add_argument("--sampler", default=None, metavar="NAME",
+                   help="any fixed-step sampler (default: the model card's, mrs for the built-in models)")
+    r.add_argument("--nfe", type=integer, default=None,
+                   help="network evaluations per image (default: the setting the model's card found best when no "
+                        "--sampler other than the card's and no --option is given, the built-in's included; else 10). "
+                        "A run outside the sampler and NFE range the card validated warns on stderr")
     r.add_argument("--tile", type=integer, default=None, metavar="PX",
                    help="restore in overlapping PX x PX tiles, blended (for images too large for memory)")
-    r.add_argument("--overlap", type=integer, default=32, metavar="PX", help="tile overlap (default: 32)")
+    r.add_argument("--overlap", type=integer, default=None, metavar="PX",
+                   help="tile overlap, smaller than --tile (default: 32, at most half the tile)")
     _batch_flags(r, "images", "--option order=3", "a progress bar")
     r.set_defaults(run=_run_restore)
 
@@ -96,24 +111,38 @@ def add_enhance_parser(commands) -> None:
 
 
 def _run_restore(args) -> int:
-    from .restore import load_restore_model, restore_files
+    from .restore import (check_settings, load_restore_model, plan, recommended_setting, restore_files,
+                          run_settings, validation_warning)
 
     options, progress, device = _setup(args)
+    recommended = recommended_setting(args.model, args.task)  # the file's metadata only
+    sampler, nfe, options, origin = run_settings(recommended, args.sampler, args.nfe, options)
+    overlap = check_settings(sampler=sampler, nfe=nfe, options=options, tile=args.tile, overlap=args.overlap)
+    plan(args.inputs, args.output)  # inputs found, -o usable, no input overwritten: before the model loads
     model, description = load_restore_model(args.model, args.task, irsde_config=args.irsde_config, device=device)
-    print(f"model: {description}; sampler {args.sampler}, NFE {args.nfe} per image (tile), seed {args.seed}")
-    report = restore_files(args.inputs, args.output, model, sampler=args.sampler, nfe=args.nfe, seed=args.seed,
-                           options=options, tile=args.tile, overlap=args.overlap, skip_existing=args.skip_existing,
+    shown = "".join(f", {k}={v}" for k, v in options.items())
+    print(f"model: {description}; sampler {sampler}{shown}, NFE {nfe} per image (tile) ({origin}), seed {args.seed}")
+    warning = validation_warning(recommended, sampler, nfe, options)
+    if warning:
+        print(warning, file=sys.stderr)
+    report = restore_files(args.inputs, args.output, model, sampler=sampler, nfe=nfe, seed=args.seed,
+                           options=options, tile=args.tile, overlap=overlap, skip_existing=args.skip_existing,
                            device=device, progress=progress, log=print)
     print(report.summary())
     return 1 if report.failed else 0
 
 
 def _run_enhance(args) -> int:
-    from .enhance import enhance_files, load_speech_model, run_settings
+    from .enhance import Enhancer, check_run, chunking, enhance_files, load_speech_model, plan, run_settings
 
     options, progress, device = _setup(args)
+    check_run(sampler=args.sampler, nfe=args.nfe, options=options, chunk_seconds=args.chunk_seconds,
+              overlap_seconds=args.overlap_seconds)
+    plan(args.inputs, args.output)  # inputs found, -o usable, no input overwritten: before the model loads
     speech = load_speech_model(args.model, device=device, weights=args.weights)
     sampler, nfe, options, origin = run_settings(speech, args.sampler, args.nfe, options)
+    chunking(speech, args.chunk_seconds, args.overlap_seconds)  # the rest of the checks, before the banner
+    Enhancer(speech, sampler=sampler, nfe=nfe, options=options, device=device)
     shown = "".join(f", {k}={v}" for k, v in options.items())
     print(f"model: {speech.description}; {speech.sample_rate} Hz; sampler {sampler}{shown}, NFE {nfe} per window "
           f"({origin}), seed {args.seed}")

@@ -12,10 +12,12 @@ randomness comes from the ``torch.Generator`` passed in, so they are reproducibl
 - ``denoise``: additive Gaussian noise of std 25/255, not clipped;
 - ``deblur``: per image either an isotropic Gaussian blur (σ ∈ [1.5, 2.5]) or a linear motion blur
   (length 7–15 px, any angle), reflect-padded, plus Gaussian noise of std 1/255;
-- ``inpaint``: per image a mask of random thick strokes and rectangles covering 15–30 % of the
-  pixels; masked pixels are set to ``INPAINT_FILL`` = 1.0 (white, as IR-SDE's inpainting data).
-  Shape sizes are in pixels (relative to ``INPAINT_SCALE`` = 64 px, the training patch), so a large
-  photo gets more holes of the same size, not larger holes than the network learned to fill.
+- ``inpaint``: per image a mask of random rectangles (sides 4–32 px, up to a quarter of the 128 px
+  training crop) and brush strokes (2–20 px wide, 24–80 px long) covering 15–30 % of the pixels; masked
+  pixels are set to ``INPAINT_FILL`` = 1.0 (white, as IR-SDE's inpainting data). Shape sizes are in
+  pixels (relative to ``INPAINT_SCALE`` = 128 px, the training crop; a smaller image gets proportionally
+  smaller shapes), so a large photo gets more holes of the same size, not larger holes than the network
+  learned to fill. ``sized_mask`` makes holes of one kind and size, to measure an inpainter by hole size.
 """
 from __future__ import annotations
 
@@ -44,7 +46,10 @@ BLUR_NOISE_STD = 1 / 255
 BLUR_KERNEL = 21  # odd: holds a Gaussian of σ 2.5 to ±4σ and a 15 px motion streak
 INPAINT_FILL = 1.0
 INPAINT_COVERAGE = (0.15, 0.30)
-INPAINT_SCALE = 64  # px: shapes are 10–30 % (rectangles) / 3–8 % thick (strokes) of this
+INPAINT_SCALE = 128  # px: the shape sizes below are for an image of this side, and scale with a smaller one
+INPAINT_RECT = (4, 32)  # px: rectangle sides, up to a quarter of INPAINT_SCALE
+INPAINT_STROKE = (2, 20)  # px: brush stroke widths
+INPAINT_STROKE_LENGTH = (24, 80)  # px: brush stroke lengths
 
 
 def _to_tensor(image: np.ndarray) -> torch.Tensor:
@@ -172,16 +177,58 @@ def motion_blur(x0: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
     return add_noise(convolve(x0, motion_blur_kernels(x0.shape[0], generator)), generator, BLUR_NOISE_STD)
 
 
+def _rectangle(y0: float, x0: float, h: float, w: float):
+    """``(box, shape)`` of an axis-aligned ``h`` × ``w`` rectangle at ``(y0, x0)``: its bounding box
+    ``(top, bottom, left, right)`` and a function of pixel coordinates, True inside."""
+    def shape(ys, xs):
+        return (ys >= y0) & (ys < y0 + h) & (xs >= x0) & (xs < x0 + w)
+    return (float(y0), float(y0 + h), float(x0), float(x0 + w)), shape
+
+
+def _stroke(cy: float, cx: float, length: float, angle: float, thick: float):
+    """``(box, shape)`` of a brush stroke: the pixels within ``thick / 2`` of a segment of ``length``
+    centred at ``(cy, cx)`` at ``angle``."""
+    dy, dx = 0.5 * length * math.sin(angle), 0.5 * length * math.cos(angle)
+    ay, ax, vy, vx, r = cy - dy, cx - dx, 2 * dy, 2 * dx, 0.5 * thick
+    box = (min(ay, ay + vy) - r, max(ay, ay + vy) + r, min(ax, ax + vx) - r, max(ax, ax + vx) + r)
+
+    def shape(ys, xs):
+        s = (((ys - ay) * vy + (xs - ax) * vx) / (vy * vy + vx * vx)).clamp(0, 1)
+        return (ys - ay - s * vy) ** 2 + (xs - ax - s * vx) ** 2 <= r * r
+    return tuple(float(v) for v in box), shape
+
+
+def _draw(mask: torch.Tensor, box, shape) -> int:
+    """Add a shape to ``mask`` (H, W) in place, evaluated on its bounding box only; the pixels it added."""
+    height, width = mask.shape
+    top, bottom = max(0, math.floor(box[0])), min(height, math.ceil(box[1]) + 1)
+    left, right = max(0, math.floor(box[2])), min(width, math.ceil(box[3]) + 1)
+    if top >= bottom or left >= right:
+        return 0
+    yy = torch.arange(top, bottom, dtype=torch.float64)[:, None]
+    xx = torch.arange(left, right, dtype=torch.float64)[None, :]
+    patch = mask[top:bottom, left:right]
+    before = int(patch.sum())
+    patch |= shape(yy, xx)
+    return int(patch.sum()) - before
+
+
 def inpaint_mask(batch: int, height: int, width: int, generator: torch.Generator,
                  coverage: tuple[float, float] = INPAINT_COVERAGE, max_shapes: int = 40,
                  scale: float = INPAINT_SCALE) -> torch.Tensor:
-    """Boolean masks ``(B, 1, H, W)`` (True = missing): random thick strokes and rectangles, sized
-    relative to ``scale`` pixels, added until each image reaches its own target coverage drawn from
-    ``coverage`` (or ``max_shapes`` shapes per ``scale``² of area)."""
-    yy = torch.arange(height, dtype=torch.float64)[:, None]
-    xx = torch.arange(width, dtype=torch.float64)[None, :]
+    """Boolean masks ``(B, 1, H, W)`` (True = missing): random rectangles and brush strokes, sized in
+    pixels relative to ``scale`` (``INPAINT_RECT`` and ``INPAINT_STROKE`` at the default 128), added until
+    each image reaches its own target coverage drawn from ``coverage`` (or ``max_shapes`` shapes per
+    ``scale``² of area). Rectangle sides and stroke widths are drawn log-uniformly, so small holes stay as
+    common as large ones."""
     side = float(min(scale, height, width))
+    unit = side / INPAINT_SCALE
     max_shapes = max(max_shapes, math.ceil(max_shapes * height * width / scale**2))
+    (r_lo, r_hi), (s_lo, s_hi), (l_lo, l_hi) = INPAINT_RECT, INPAINT_STROKE, INPAINT_STROKE_LENGTH
+
+    def log_uniform(u, lo, hi):
+        return unit * lo * (hi / lo) ** float(u)
+
     masks = []
     for _ in range(batch):
         target = float(_uniform(1, *coverage, generator))
@@ -189,40 +236,42 @@ def inpaint_mask(batch: int, height: int, width: int, generator: torch.Generator
         covered = 0
         for _ in range(max_shapes):
             u = torch.rand(6, generator=generator, dtype=torch.float64)
-            if u[0] < 0.5:  # rectangle, sides 10–30 % of the scale
-                h, w = (0.1 + 0.2 * u[1]) * side, (0.1 + 0.2 * u[2]) * side
-                y0, x0 = u[3] * (height - h), u[4] * (width - w)
-                box = (float(y0), float(y0 + h), float(x0), float(x0 + w))
-                shape = lambda ys, xs: (ys >= y0) & (ys < y0 + h) & (xs >= x0) & (xs < x0 + w)  # noqa: E731
-            else:  # stroke: a segment of length 20–60 % of the scale, 3–8 % thick
-                cy, cx = u[1] * height, u[2] * width
-                length, ang, thick = (0.2 + 0.4 * u[3]) * side, u[4] * math.pi, (0.03 + 0.05 * u[5]) * side
-                dy, dx = 0.5 * length * math.sin(ang), 0.5 * length * math.cos(ang)
-                ay, ax = cy - dy, cx - dx
-                vy, vx = 2 * dy, 2 * dx
-                r = 0.5 * float(thick)
-                box = (float(min(ay, ay + vy)) - r, float(max(ay, ay + vy)) + r,
-                       float(min(ax, ax + vx)) - r, float(max(ax, ax + vx)) + r)
-
-                def shape(ys, xs, ay=ay, ax=ax, vy=vy, vx=vx, thick=thick):
-                    s = (((ys - ay) * vy + (xs - ax) * vx) / (vy * vy + vx * vx)).clamp(0, 1)
-                    return (ys - ay - s * vy) ** 2 + (xs - ax - s * vx) ** 2 <= (0.5 * thick) ** 2
-            # evaluate the shape on its bounding box only: the same pixels, without a full-image pass
-            top, bottom = max(0, math.floor(box[0])), min(height, math.ceil(box[1]) + 1)
-            left, right = max(0, math.floor(box[2])), min(width, math.ceil(box[3]) + 1)
-            if top < bottom and left < right:
-                patch = mask[top:bottom, left:right]
-                before = int(patch.sum())
-                patch |= shape(yy[top:bottom], xx[:, left:right])
-                covered += int(patch.sum()) - before
+            if u[0] < 0.5:
+                h, w = log_uniform(u[1], r_lo, r_hi), log_uniform(u[2], r_lo, r_hi)
+                covered += _draw(mask, *_rectangle(float(u[3]) * (height - h), float(u[4]) * (width - w), h, w))
+            else:
+                length = unit * (l_lo + (l_hi - l_lo) * float(u[3]))
+                covered += _draw(mask, *_stroke(float(u[1]) * height, float(u[2]) * width, length,
+                                                float(u[4]) * math.pi, log_uniform(u[5], s_lo, s_hi)))
             if covered >= target * height * width:
                 break
         masks.append(mask)
     return torch.stack(masks)[:, None]
 
 
+def sized_mask(height: int, width: int, kind: str, size: float, generator: torch.Generator,
+               coverage: float = 0.1) -> torch.Tensor:
+    """A boolean mask ``(1, 1, H, W)`` of holes of one kind and size, for measuring an inpainter by hole
+    size: ``"rectangle"`` (``size`` × ``size`` squares) or ``"stroke"`` (strokes ``size`` px wide, 64 px
+    long, any angle), placed at random until ``coverage`` of the pixels are missing."""
+    if kind not in ("rectangle", "stroke"):
+        raise ValueError(f"kind must be 'rectangle' or 'stroke' (got {kind!r})")
+    if not 0 < size < min(height, width):
+        raise ValueError(f"size must lie in (0, {min(height, width)}) px for a {height}×{width} image (got {size!r})")
+    mask = torch.zeros(height, width, dtype=torch.bool)
+    covered = 0
+    while covered < coverage * height * width:
+        u = torch.rand(3, generator=generator, dtype=torch.float64)
+        if kind == "rectangle":
+            covered += _draw(mask, *_rectangle(float(u[0]) * (height - size), float(u[1]) * (width - size), size, size))
+        else:
+            covered += _draw(mask, *_stroke(float(u[0]) * height, float(u[1]) * width, 64.0, float(u[2]) * math.pi,
+                                            size))
+    return mask[None, None]
+
+
 def inpaint(x0: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-    """Pixels under a random stroke/rectangle mask (15–30 %) set to ``INPAINT_FILL``."""
+    """Pixels under a random stroke/rectangle mask (15–30 %, ``inpaint_mask``) set to ``INPAINT_FILL``."""
     b, _, h, w = x0.shape
     return torch.where(inpaint_mask(b, h, w, generator), torch.full_like(x0, INPAINT_FILL), x0)
 
@@ -249,8 +298,10 @@ DEGRADATIONS: dict[str, Degradation] = {
                           margin=BLUR_KERNEL // 2),
     "motion_deblur": Degradation("motion_deblur", motion_blur, "linear motion blur (7–15 px, any angle), plus "
                                                                 "noise of std 1/255", margin=BLUR_KERNEL // 2),
-    "inpaint": Degradation("inpaint", inpaint, "random strokes (2–5 px thick, 13–38 px long) and rectangles "
-                                               "(6–19 px sides) over 15–30 % of the pixels, filled with "
+    "inpaint": Degradation("inpaint", inpaint, f"random rectangles ({INPAINT_RECT[0]}–{INPAINT_RECT[1]} px sides) "
+                                               f"and brush strokes ({INPAINT_STROKE[0]}–{INPAINT_STROKE[1]} px wide, "
+                                               f"{INPAINT_STROKE_LENGTH[0]}–{INPAINT_STROKE_LENGTH[1]} px long) over "
+                                               f"15–30 % of the pixels of each {INPAINT_SCALE} px square, filled with "
                                                f"{INPAINT_FILL}"),
 }
 

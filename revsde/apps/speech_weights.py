@@ -8,7 +8,6 @@ the chain of runs behind a model.
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from torch import nn
@@ -16,7 +15,7 @@ from torch import nn
 from ..audio.features import SpecConfig
 from ..model import ScoreModel
 from .train_speech import FORMAT, RESUME_DEFAULTS, SpeechNet, build_net, build_sde, score_model
-from .trainer import export_ema, read_export_config
+from .trainer import export_ema, read_export_config, rewrite_config
 
 
 def export_weights(checkpoint, path) -> Path:
@@ -27,23 +26,11 @@ def export_weights(checkpoint, path) -> Path:
 def recommend(path, nfe: int, options: dict | None = None) -> Path:
     """Store in an exported file the MR Sampler setting its model card found best: ``revsde enhance``
     then uses it when given no ``--nfe`` and no ``--option`` (``config["recommended"]``)."""
-    from safetensors import safe_open
-    from safetensors.torch import load_file, save
-
-    from .files import atomic_output
-
     if isinstance(nfe, bool) or not isinstance(nfe, int) or nfe < 2:
         raise ValueError(f"the recommended NFE must be an integer >= 2 (got {nfe!r})")
     if not isinstance(options, (dict, type(None))):
         raise ValueError(f"the recommended options must be a dict (got {options!r})")
-    config = {**read_config(path), "recommended": {"nfe": nfe, "options": dict(options or {})}}
-    with safe_open(str(path), framework="pt") as f:
-        meta = {**(f.metadata() or {}), "config": json.dumps(config, sort_keys=True)}
-    tensors = load_file(str(path))
-    path = Path(path)
-    with atomic_output(path) as f:
-        f.write(save(tensors, metadata=meta))
-    return path
+    return rewrite_config(path, {**read_config(path), "recommended": {"nfe": nfe, "options": dict(options or {})}})
 
 
 #: an earlier stage's settings where its provenance has none: ``RESUME_DEFAULTS``, and no ``lr_history``
@@ -78,13 +65,14 @@ def read_config(path) -> dict:
 
 def load_weights(path, net: nn.Module | None = None) -> tuple[ScoreModel, SpecConfig, dict]:
     """``(ScoreModel, SpecConfig, config)`` of an exported file, the net in eval mode."""
-    from safetensors.torch import load_file
+    from ..nets.checkpoints import load_state
+    from ..nets.model_files import load_tensors
 
     config = read_config(path)
     if net is None:
         if config["arch"] != "NCSNpp":
             raise ValueError(f"{path} holds a {config['arch']}: pass the network to load it into as net=")
         net = SpeechNet(build_net(config["net"]))
-    net.load_state_dict(load_file(str(path)))
+    load_state(net, load_tensors(path), str(path))
     spec = SpecConfig(**config["spec"])
     return score_model(net.eval(), build_sde(config["sde"]), config["prediction"]), spec, config

@@ -4,12 +4,17 @@
 costs nothing (it returns a tensor made once), per step, beside diffusers' ``DPMSolverMultistepScheduler.step``
 in the same loop shape, and ``RevSDEScheduler.step`` (the diffusers path). ``graph_speed`` (CUDA only):
 a small UNet sampled eagerly and replayed from CUDA graphs at several batch sizes, beside the bare
-network's time per call, which is the limit. ``revsde bench --speed`` prints both and writes them.
+network's time per call, which is the limit. ``startup``: the wall time of fresh ``revsde`` processes
+(``--version``, ``--help``, a tiny ``sample`` run) beside a process that only imports torch, which every
+command that samples must pay. ``revsde bench --speed`` prints them and writes them.
 """
 from __future__ import annotations
 
 import os
 import statistics
+import subprocess
+import sys
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -54,6 +59,7 @@ class SpeedResult:
     device: str
     graphs: list[dict] = field(default_factory=list)
     threads: int = 1
+    startup: list[dict] = field(default_factory=list)
 
     def markdown(self) -> str:
         lines = [f"Sampling-loop overhead per step: a free network (returns a tensor made once), state {tuple(self.shape)}, "
@@ -74,10 +80,15 @@ class SpeedResult:
                 lines.append(f"| {g['batch']} | {g['net_eager_ms']:.3f} | {g['net_ms']:.3f} | {g['eager_ms']:.3f} | "
                              f"{g['graphed_ms']:.3f} | {g['eager_ms'] / g['graphed_ms']:.2f}x | "
                              f"{g['graphed_ms'] / g['net_ms']:.2f} |")
+        if self.startup:
+            lines += ["", "Start-up: wall time of a fresh process (median), and its ratio to a process that only "
+                      "imports torch.", "", "| command | seconds | ratio to `import torch` |", "|---|---|---|"]
+            for row in self.startup:
+                lines.append(f"| `{row['command']}` | {row['seconds']:.3f} | {row['ratio']:.2f}x |")
         return "\n".join(lines)
 
     def to_json(self) -> dict:
-        return {"overhead": self.overhead, "graphs": self.graphs, "steps": self.steps, "shape": list(self.shape),
+        return {"overhead": self.overhead, "graphs": self.graphs, "startup": self.startup, "steps": self.steps, "shape": list(self.shape),
                 "device": self.device, "threads": self.threads, "version": __version__,
                 "torch": torch.__version__}
 
@@ -177,6 +188,26 @@ def graph_speed(batches=(1, 4, 16), steps: int = 20, repeats: int = 5, device="c
     return rows
 
 
+def startup(repeats: int = 3) -> list[dict]:
+    """Median wall time of fresh processes: ``python -c "import torch"`` (the peer), then ``revsde --version``,
+    ``revsde --help`` and ``revsde sample`` on 100 samples, 5 steps, no plot (one thread each)."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    with tempfile.TemporaryDirectory() as tmp:
+        commands = [("import torch", [sys.executable, "-c", "import torch"]),
+                    ("revsde --version", [sys.executable, "-m", "revsde", "--version"]),
+                    ("revsde --help", [sys.executable, "-m", "revsde", "--help"]),
+                    ("revsde sample --n 100 --steps 5 --no-plot",
+                     [sys.executable, "-m", "revsde", "sample", "--n", "100", "--steps", "5", "--no-plot",
+                      "--no-progress", "-o", os.path.join(tmp, "s.npz")])]
+        rows = []
+        for label, argv in commands:
+            run = lambda: subprocess.run(argv, env=env, check=True, capture_output=True)
+            rows.append({"command": label, "seconds": _median_seconds(run, repeats)})
+    for row in rows:
+        row["ratio"] = row["seconds"] / rows[0]["seconds"]
+    return rows
+
+
 def run_speed(steps: int = 50, repeats: int = 20, shape=(1, 3, 32, 32), gpu: bool | None = None) -> SpeedResult:
     """The overhead table (CPU, one thread, as the tests run) and, with CUDA, the graphs table."""
     threads = torch.get_num_threads()
@@ -189,7 +220,8 @@ def run_speed(steps: int = 50, repeats: int = 20, shape=(1, 3, 32, 32), gpu: boo
     if gpu and not torch.cuda.is_available():
         raise ValueError("--gpu asked for, but this torch build sees no CUDA device")
     graphs = graph_speed() if gpu else []
-    return SpeedResult(overhead=overhead, steps=steps, shape=tuple(shape), device="cpu", graphs=graphs)
+    return SpeedResult(overhead=overhead, steps=steps, shape=tuple(shape), device="cpu", graphs=graphs,
+                       startup=startup())
 
 
 def write(result: SpeedResult, out_dir: str | os.PathLike) -> dict[str, Path]:

@@ -15,6 +15,12 @@ Losses:
   the loss of a supervised restoration network asked at every noise level: it weights the fine detail a
   deblurrer must restore as much at t = T as near t = 0, where the ε-losses see it only through noise.
 
+``data_weight`` adds ``data_weight ·`` the data loss to the matching loss. The matching loss sees the
+clean-image estimate x̂₀ at step t only through the posterior mean's coefficient on it, which falls from
+≈ 1 at t = 1/T to ≈ 0.001 at t = T: x̂₀ near the prior is barely trained, yet a 1-step run returns
+x̂₀(T) and every few-step run leans on it. ``init_from`` starts a fine-tune from an exported model or a
+``last.pt`` (its EMA weights; its config kept under ``init``, the provenance of the stages).
+
 AdamW with cosine decay, gradient clipping at 1.0 and an EMA of the weights (``trainer.fit``:
 ``out_dir/last.pt`` is written atomically every ``checkpoint_every`` steps and on Ctrl-C / SIGTERM, and
 a later call resumes from it, bit for bit). ``export_weights`` writes the EMA weights as safetensors
@@ -29,14 +35,22 @@ import torch
 from ..model import Prediction, ScoreModel
 from ..samplers.updates import euler_maruyama, posterior
 from .restore_data import DEGRADATIONS, PatchSampler, load_split
-from .trainer import TrainResult, check_positive_ints, export_ema, fit, read_export_config
+from .trainer import (TrainResult, check_positive_ints, export_ema, fit, init_provenance, read_export_config,
+                      rewrite_config)
 
 LOSSES = ("matching", "noise", "data")
 PREDICTIONS = ("noise", "velocity", "data")
 FORMAT = "revsde.restore/1"
 #: config keys a resumed run must share with its checkpoint (``steps`` may grow)
-RESUME_KEYS = ("task", "loss", "prediction", "arch", "nf", "depth", "batch", "patch", "lr", "ema", "seed", "sde")
-CONFIG_DEFAULTS = {"prediction": "noise"}  # for checkpoints written before the key existed
+RESUME_KEYS = ("task", "loss", "prediction", "arch", "nf", "depth", "batch", "patch", "lr", "ema", "seed", "sde",
+               "data_weight", "init")
+#: for checkpoints written before a key existed
+CONFIG_DEFAULTS = {"prediction": "noise", "data_weight": 0.0, "init": None}
+#: what a fine-tune (``init_from``) must share with the model it starts from
+INIT_MATCH = ("task", "prediction", "arch", "nf", "depth", "sde")
+#: what a fine-tune keeps of the model it starts from (with its steps and wall time): its own settings
+INIT_KEPT = ("loss", "data_weight", "batch", "patch", "lr", "lr_floor", "steps", "lr_history", "seed", "init",
+             "degradation")
 
 
 def build_net(nf: int, depth: int) -> torch.nn.Module:
@@ -82,8 +96,10 @@ def matching_loss(sde, eps_hat, x_t, x0, mu, t, dt) -> torch.Tensor:
     return (mean_euler - mean_opt).abs().mean()
 
 
-def training_loss(model: ScoreModel, x0, mu, generator, loss: str = "matching") -> torch.Tensor:
-    """One batch's loss: per sample ``k ~ U{1..T}``, ``t = k/T``, ``x_t`` drawn from the marginal."""
+def training_loss(model: ScoreModel, x0, mu, generator, loss: str = "matching",
+                  data_weight: float = 0.0) -> torch.Tensor:
+    """One batch's loss: per sample ``k ~ U{1..T}``, ``t = k/T``, ``x_t`` drawn from the marginal; with
+    ``data_weight`` the ``"matching"`` loss plus ``data_weight`` times the ``"data"`` loss."""
     sde = model.sde
     steps = sde.steps
     k = torch.randint(1, steps + 1, (x0.shape[0],), generator=generator)
@@ -96,7 +112,8 @@ def training_loss(model: ScoreModel, x0, mu, generator, loss: str = "matching") 
     eps_hat = pred.noise
     if loss == "noise":
         return torch.mean((eps_hat - z) ** 2)
-    return matching_loss(sde, eps_hat, x_t, x0, mu, t, 1.0 / steps)
+    value = matching_loss(sde, eps_hat, x_t, x0, mu, t, 1.0 / steps)
+    return value + data_weight * (pred.data - x0).abs().mean() if data_weight else value
 
 
 # --- training ------------------------------------------------------------------------------------
@@ -105,7 +122,7 @@ def train_restore(task: str = "denoise", out_dir="out/train/denoise", steps: int
                   ema: float = 0.999, threads: int | None = 1, checkpoint_every: int = 500, log_every: int = 50,
                   seed: int = 0, progress: bool = True, resume: bool = True, sde=None, net=None,
                   images=None, stop_at: int | None = None, lr_floor: float = 1e-6,
-                  prediction: str = "noise") -> TrainResult:
+                  prediction: str = "noise", data_weight: float = 0.0, init_from=None) -> TrainResult:
     """Train (or resume training) a restoration network for ``task`` for ``steps`` steps in total.
 
     ``prediction``: what the network's output means — ``"noise"`` (IR-SDE's ε), or ``"velocity"`` /
@@ -115,6 +132,8 @@ def train_restore(task: str = "denoise", out_dir="out/train/denoise", steps: int
     ``images`` replaces the training split; ``sde`` replaces ``MRSDE()``; ``threads`` sets torch's
     intra-op threads (None: leave as is). ``stop_at`` stops (with a checkpoint) at that step, for a
     later call to resume. The learning rate decays from ``lr`` to ``lr_floor`` over ``steps``.
+    ``data_weight`` (``"matching"`` only): the weight of the added data loss. ``init_from``: an exported
+    ``.safetensors`` or a ``last.pt`` whose (EMA) weights the run starts from, with a fresh optimiser.
     """
     if task not in DEGRADATIONS:
         raise ValueError(f"unknown restoration task {task!r}; available: {', '.join(DEGRADATIONS)}")
@@ -125,6 +144,10 @@ def train_restore(task: str = "denoise", out_dir="out/train/denoise", steps: int
         raise ValueError(f"prediction must be one of {', '.join(PREDICTIONS)} (got {prediction!r})")
     if not 0 <= ema < 1:
         raise ValueError(f"ema must lie in [0, 1) (got {ema!r})")
+    if isinstance(data_weight, bool) or not isinstance(data_weight, (int, float)) or not data_weight >= 0:
+        raise ValueError(f"data_weight must be a number >= 0 (got {data_weight!r})")
+    if data_weight and loss != "matching":
+        raise ValueError(f"data_weight adds the data loss to the matching loss (got loss {loss!r})")
     if threads is not None:
         torch.set_num_threads(int(threads))
     sde = build_sde() if sde is None else sde
@@ -134,7 +157,11 @@ def train_restore(task: str = "denoise", out_dir="out/train/denoise", steps: int
         net = build_net(nf, depth)
     config = {"format": FORMAT, "task": task, "loss": loss, "prediction": prediction, "arch": arch, "nf": nf, "depth": depth,
               "batch": batch, "patch": patch, "lr": lr, "lr_floor": lr_floor, "ema": ema, "seed": seed,
-              "steps": steps, "sde": sde.config()}
+              "steps": steps, "sde": sde.config(), "data_weight": float(data_weight), "init": None,
+              "degradation": DEGRADATIONS[task].description}
+    if init_from is not None:
+        weights, config["init"] = load_init(init_from, config)
+        net.load_state_dict(weights)
 
     generator = torch.Generator().manual_seed(seed)
     patches = PatchSampler(load_split("train") if images is None else images, patch, batch, task, generator)
@@ -142,11 +169,42 @@ def train_restore(task: str = "denoise", out_dir="out/train/denoise", steps: int
 
     def batch_loss():
         x0, mu = next(patches)
-        return training_loss(model, x0, mu, generator, loss)
+        return training_loss(model, x0, mu, generator, loss, data_weight)
 
     return fit(net, batch_loss, config, out_dir, steps, generator=generator, lr=lr, lr_floor=lr_floor, ema=ema,
                checkpoint_every=checkpoint_every, log_every=log_every, progress=progress, resume=resume,
                resume_keys=RESUME_KEYS, config_defaults=CONFIG_DEFAULTS, stop_at=stop_at, desc=f"train {task}")
+
+
+def load_init(path, config: dict) -> tuple[dict, dict]:
+    """``(weights, provenance)`` of the model a fine-tune starts from: an exported ``.safetensors`` (its
+    weights) or a ``last.pt`` (its EMA weights); ``ValueError`` unless it is a restoration model that
+    matches ``config`` on ``INIT_MATCH``."""
+    from ..nets.model_files import load_tensors
+    from .trainer import checkpoint_config, load_checkpoint
+
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"init_from {path}: no such file (an exported .safetensors or a training checkpoint last.pt)")
+    if path.suffix == ".safetensors":
+        base, weights = read_config(path), load_tensors(path)
+    else:
+        state = load_checkpoint(path)
+        base, weights = {**CONFIG_DEFAULTS, **checkpoint_config(state)}, state["ema"]
+        if base.get("format") != FORMAT:
+            raise ValueError(f"init_from {path} is a {base.get('format')!r} checkpoint, not a restoration model")
+    base = {**base, "sde": build_sde(base["sde"]).config()}  # with the keys added since it was saved
+    return weights, init_provenance(path, base, config, INIT_MATCH, INIT_KEPT)
+
+
+def training_stages(config: dict) -> list[dict]:
+    """The runs behind a model's config, first run first: the ``init`` chain of its fine-tunes, each
+    stage's own settings (``INIT_KEPT``) over the config's."""
+    chain = [config]
+    while chain[-1].get("init"):
+        chain.append({**config, "lr_history": None, "data_weight": 0.0, "init": None, "degradation": None,
+                      **chain[-1]["init"]})
+    return chain[::-1]
 
 
 # --- export / load -------------------------------------------------------------------------------
@@ -155,6 +213,26 @@ def export_weights(checkpoint, path) -> Path:
     task, loss, SDE, steps trained, wall time) in the metadata: ``config`` as JSON, and flat keys."""
     return export_ema(checkpoint, path, FORMAT, defaults=CONFIG_DEFAULTS,
                       flat_keys=("sde", "task", "loss", "prediction", "arch", "nf", "depth", "trained_steps"))
+
+
+def recommend(path, nfe: int, validated_nfe: tuple[int, int], *, sampler: str = "mrs",
+              options: dict | None = None) -> Path:
+    """Store in an exported file the setting its model card found best (``sampler``, ``nfe``, ``options``)
+    and the NFE range ``validated_nfe`` = ``(lo, hi)`` the card measured an improvement over the input at
+    (``config["recommended"]``): ``revsde restore`` uses the first when given no ``--sampler``, ``--nfe``
+    or ``--option``, and warns when a run leaves the second (or uses another sampler or options)."""
+    def nfe_ok(n):
+        return not isinstance(n, bool) and isinstance(n, int) and n >= 1
+
+    if not nfe_ok(nfe):
+        raise ValueError(f"the recommended NFE must be an integer >= 1 (got {nfe!r})")
+    lo, hi = validated_nfe
+    if not (nfe_ok(lo) and nfe_ok(hi) and lo <= nfe <= hi):
+        raise ValueError(f"the validated NFE range must be integers lo <= {nfe} <= hi (got {validated_nfe!r})")
+    if not isinstance(options, (dict, type(None))):
+        raise ValueError(f"the recommended options must be a dict (got {options!r})")
+    rec = {"sampler": sampler, "nfe": nfe, "options": dict(options or {}), "validated_nfe": [lo, hi]}
+    return rewrite_config(path, {**read_config(path), "recommended": rec})
 
 
 def read_config(path) -> dict:
@@ -166,14 +244,15 @@ def load_weights(path, net: torch.nn.Module | None = None):
     """``(net, sde, config)`` from an exported file; ``net`` (else a ``ConditionalUNet`` of the stored
     size) receives the weights and is put in eval mode. The returned net always predicts ε (a
     velocity/data net comes wrapped in ``NoiseOutput``), so ``score_model(net, sde)`` serves it."""
-    from safetensors.torch import load_file
+    from ..nets.checkpoints import load_state
+    from ..nets.model_files import load_tensors
 
     config = read_config(path)
     if net is None:
         if config["arch"] != "ConditionalUNet":
             raise ValueError(f"{path} holds a {config['arch']}: pass the network to load it into as net=")
         net = build_net(config["nf"], config["depth"])
-    net.load_state_dict(load_file(str(path)))
+    load_state(net, load_tensors(path), str(path))
     sde = build_sde(config["sde"])
     if config["prediction"] != "noise":
         net = NoiseOutput(net, sde, config["prediction"])

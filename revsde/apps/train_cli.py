@@ -40,15 +40,19 @@ def _common(p) -> None:
 
 
 def add_train_parser(commands) -> None:
-    """Register ``revsde train restore …`` and ``revsde train speech …`` on the CLI's subparsers."""
+    """Register ``revsde train restore …`` and ``revsde train speech …`` on the CLI's subparsers (their
+    arguments, which name the training modules' choices, are added when ``train`` is parsed)."""
+    commands.add_parser("train", help="train the small built-in models", description=TRAIN_DESCRIPTION,
+                        formatter_class=argparse.RawDescriptionHelpFormatter, populate=_train_arguments)
+
+
+def _train_arguments(p) -> None:
     from .restore_data import DEGRADATIONS
     from .train import LOSSES, PREDICTIONS
     from ..cli import parse_option
     from .train_speech import CRP_OBJECTIVES, DEFAULT_NOISES as SPEECH_NOISES, LOSSES as SPEECH_LOSSES, \
         PREDICTIONS as SPEECH_PREDICTIONS
 
-    p = commands.add_parser("train", help="train the small built-in models", description=TRAIN_DESCRIPTION,
-                            formatter_class=argparse.RawDescriptionHelpFormatter)
     what = p.add_subparsers(dest="what", required=True, metavar="restore|speech|image|noise-classifier")
     r = what.add_parser("restore", help="MR-diffusion image restoration (IR-SDE)")
     r.add_argument("--task", choices=list(DEGRADATIONS), default="denoise", help="the degradation (default: denoise)")
@@ -62,6 +66,11 @@ def add_train_parser(commands) -> None:
                         "the clean-image estimate x0_hat")
     r.add_argument("--prediction", choices=list(PREDICTIONS), default="noise",
                    help="what the net outputs: noise (IR-SDE's eps, default), velocity or data")
+    r.add_argument("--data-weight", type=float, default=0.0, metavar="W",
+                   help="with --loss matching: add W x the data loss, which trains x0_hat near the prior "
+                        "(few-NFE runs rest on it; the built-ins' fine-tunes use 0.1; default: 0)")
+    r.add_argument("--init-from", default=None, metavar="FILE",
+                   help="fine-tune: start from this exported .safetensors or last.pt (its EMA weights)")
     r.add_argument("--checkpoint-every", type=int, default=500, metavar="N", help="steps between checkpoints")
     _common(r)
     r.set_defaults(run=_run_restore)
@@ -126,6 +135,7 @@ def _run_restore(args) -> int:
 
     result = train_restore(args.task, args.output, args.steps, batch=args.batch, patch=args.patch, lr=args.lr,
                            loss=args.loss, prediction=args.prediction, nf=args.nf, depth=args.depth, ema=args.ema,
+                           data_weight=args.data_weight, init_from=args.init_from,
                            threads=args.threads, checkpoint_every=args.checkpoint_every, seed=args.seed,
                            progress=_progress(args), resume=args.resume)
     return _finish(result, args.export and (lambda ckpt: export_weights(ckpt, args.export)))

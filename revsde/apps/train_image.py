@@ -173,14 +173,14 @@ def read_config(path) -> dict:
 
 def load_unet(path) -> tuple[nn.Module, dict]:
     """``(UNet2DModel, config)`` of an exported file, the UNet in eval mode without gradients."""
-    from safetensors.torch import load_file
+    from ..nets.model_files import load_tensors
 
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"image model weights {str(path)!r} are not a file")
     config = read_config(path)
     unet = build_unet(config["unet"])
-    unet.load_state_dict(load_file(str(path)))
+    unet.load_state_dict(load_tensors(path))
     return unet.eval().requires_grad_(False), config
 
 

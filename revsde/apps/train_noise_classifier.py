@@ -89,7 +89,7 @@ def read_config(path) -> dict:
 def load_weights(path=None) -> NoiseLevelClassifier:
     """The classifier in ``path`` (default: the committed one of the built-in digits model), in eval mode;
     its ``levels`` are times of the SDE it was trained on (``read_config(path)["sde"]``)."""
-    from safetensors.torch import load_file
+    from ..nets.model_files import load_tensors
 
     path = Path(DEFAULT_WEIGHTS if path is None else path)
     if not path.is_file():
@@ -97,5 +97,5 @@ def load_weights(path=None) -> NoiseLevelClassifier:
                                 "(train them with `revsde train noise-classifier`)")
     config = read_config(path)
     net = NoiseLevelClassifier(config["in_channels"], config["size"], config["levels"], width=config["width"])
-    net.load_state_dict(load_file(str(path)))
+    net.load_state_dict(load_tensors(path))
     return net.eval().requires_grad_(False)

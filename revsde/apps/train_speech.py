@@ -34,7 +34,7 @@ from ..audio.features import SGMSE_16K, SpecConfig, to_spec
 from ..model import ScoreModel
 from ..nets.ncsnpp import NCSNpp
 from ..sde.ouve import OUVESDE
-from .trainer import TrainResult, check_positive_ints, checkpoint_config, fit, read_export_config
+from .trainer import TrainResult, check_positive_ints, checkpoint_config, fit, init_provenance, read_export_config
 
 FORMAT = "revsde.speech/1"
 PREDICTIONS = ("score", "noise", "data", "velocity")
@@ -334,14 +334,12 @@ def read_model(path, what: str = "init_from") -> tuple[dict, dict]:
     if not path.is_file():
         raise ValueError(f"{what} {path}: no such file (a training checkpoint last.pt or an exported .safetensors)")
     if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
+        from ..nets.model_files import ModelFileError, load_tensors
 
         try:
-            return read_export_config(path, FORMAT, "speech model"), load_file(str(path))
-        except ValueError:
-            raise
-        except Exception as err:  # noqa: BLE001 - a file safetensors cannot parse
-            raise ValueError(f"{what} {path} is not a readable .safetensors: {err}") from err
+            return read_export_config(path, FORMAT, "speech model"), load_tensors(path)
+        except ModelFileError as err:
+            raise ValueError(f"{what} {path} is not a readable .safetensors: {err.reason}") from None
     try:
         state = load_checkpoint(path)
         base, weights = checkpoint_config(state), state["ema"]  # as saved (gaps: training_stages)
@@ -357,9 +355,4 @@ def load_init(path, config: dict) -> tuple[dict, dict]:
     unless it matches ``config`` on ``INIT_MATCH``."""
     path = Path(path)
     base, weights = read_model(path)
-    diff = {k: (base.get(k), config.get(k)) for k in INIT_MATCH if base.get(k) != config.get(k)}
-    if diff:
-        raise ValueError(f"init_from {path} has other settings than this run {diff} (it, this run)")
-    provenance = {"from": path.as_posix(), "trained_steps": int(base["trained_steps"]),
-                  "elapsed_s": round(float(base["elapsed_s"]), 1), **{k: base[k] for k in INIT_KEPT if k in base}}
-    return weights, provenance
+    return weights, init_provenance(path, base, config, INIT_MATCH, INIT_KEPT)

@@ -57,8 +57,11 @@ def save_checkpoint(path: Path, obj: dict) -> None:
 
 
 def load_checkpoint(path) -> dict:
-    """A training checkpoint (``torch.load(weights_only=True)``: tensors and plain values only)."""
-    return torch.load(path, map_location="cpu", weights_only=True)
+    """A training checkpoint (``torch.load(weights_only=True)``: tensors and plain values only); a file that
+    is not one is a ``ModelFileError`` naming it."""
+    from ..nets.model_files import torch_load
+
+    return torch_load(path, what="training checkpoint")
 
 
 @contextlib.contextmanager
@@ -215,8 +218,9 @@ def checkpoint_config(state: dict, defaults: dict | None = None) -> dict:
 def export_ema(checkpoint, path, fmt: str, *, defaults: dict | None = None, flat_keys: tuple = ()) -> Path:
     """Write a checkpoint's (path or dict) EMA weights to ``path`` as safetensors. The metadata holds
     ``format`` = ``fmt``, ``config`` as JSON (the training config plus ``trained_steps`` and
-    ``elapsed_s``), and ``flat_keys`` of it as plain strings for tools that read metadata only."""
-    from safetensors.torch import save
+    ``elapsed_s``), ``flat_keys`` of it as plain strings for tools that read metadata only, and the
+    tensors' checksum (``model_files.CHECKSUM_KEY``), verified whenever the file is loaded."""
+    from ..nets.model_files import save_tensors
 
     state = load_checkpoint(checkpoint) if not isinstance(checkpoint, dict) else checkpoint
     config = checkpoint_config(state, defaults)
@@ -226,16 +230,50 @@ def export_ema(checkpoint, path, fmt: str, *, defaults: dict | None = None, flat
                  for k in flat_keys})
     path = Path(path)
     with atomic_output(path) as f:
-        f.write(save(tensors, metadata=meta))
+        f.write(save_tensors(tensors, meta))
     return path
 
 
-def read_export_config(path, fmt: str, kind: str, defaults: dict | None = None) -> dict:
-    """The config in an exported ``.safetensors`` file; ``ValueError`` naming ``kind`` if its format is not ``fmt``."""
-    from safetensors import safe_open
+def rewrite_config(path, config: dict) -> Path:
+    """Replace the ``config`` in an exported file's metadata (the tensors verified first, so a damaged
+    file is not given a fresh checksum; the new file's checksum is written with it), atomically."""
+    from ..nets.model_files import load_tensors, read_metadata, save_tensors
 
-    with safe_open(str(path), framework="pt") as f:
-        meta = f.metadata() or {}
-    if meta.get("format") != fmt:
-        raise ValueError(f"{path} is not a revsde {kind} (metadata format {meta.get('format')!r}, expected {fmt!r})")
+    meta = {**read_metadata(path), "config": json.dumps(config, sort_keys=True)}
+    tensors = load_tensors(path)
+    path = Path(path)
+    with atomic_output(path) as f:
+        f.write(save_tensors(tensors, meta))
+    return path
+
+
+def init_provenance(path: Path, base: dict, config: dict, match: tuple, kept: tuple) -> dict:
+    """What a fine-tune records of the model it starts from (``base``, its stored config); ``ValueError``
+    unless ``base`` and this run's ``config`` agree on the ``match`` keys. ``kept``: the base's own
+    settings the record keeps (its stage's, for the model card)."""
+    diff = {k: (base.get(k), config.get(k)) for k in match if base.get(k) != config.get(k)}
+    if diff:
+        raise ValueError(f"init_from {path} has other settings than this run {diff} (it, this run)")
+    return {"from": Path(path).as_posix(), "trained_steps": int(base["trained_steps"]),
+            "elapsed_s": round(float(base["elapsed_s"]), 1), **{k: base[k] for k in kept if k in base}}
+
+
+#: what each revsde file format holds, and the command that runs it, for a file given to the wrong one
+FORMAT_KINDS = {"revsde.restore/1": "restoration model (for `revsde restore`)",
+                "revsde.speech/1": "speech model (for `revsde enhance`)",
+                "revsde.image/1": "unconditional image model (revsde.apps.train_image.load_weights)",
+                "revsde.noise_classifier/1": "noise-level classifier (for the dmcmc sampler)",
+                "revsde.fd_digits/1": "FD-digits feature extractor"}
+
+
+def read_export_config(path, fmt: str, kind: str, defaults: dict | None = None) -> dict:
+    """The config in an exported ``.safetensors`` file; ``ValueError`` naming ``kind`` (and what the file
+    is instead) if its format is not ``fmt``, ``ModelFileError`` if the file cannot be read."""
+    from ..nets.model_files import read_metadata
+
+    meta = read_metadata(path)
+    found = meta.get("format")
+    if found != fmt:
+        what = f"a revsde {FORMAT_KINDS[found]}, not a {kind}" if found in FORMAT_KINDS else f"not a revsde {kind}"
+        raise ValueError(f"{path} is {what} (metadata format {found!r}, expected {fmt!r})")
     return {**(defaults or {}), **json.loads(meta["config"])}

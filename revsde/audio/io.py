@@ -8,6 +8,7 @@ Writes are atomic (a temporary file in the destination folder renamed over it), 
 from __future__ import annotations
 
 import os
+import struct
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -64,6 +65,28 @@ def _checked_path(path) -> tuple[Path, str]:
     return path, fmt
 
 
+def _wav_data_claim(path: Path) -> tuple[int, int, int] | None:
+    """``(bytes the data chunk claims, bytes it has, bytes per frame)`` of a RIFF/RIFX WAVE file; None for
+    another layout, or a length the writer left open (0 or 0xFFFFFFFF, as streaming writers do)."""
+    size = path.stat().st_size
+    with open(path, "rb") as file:
+        head = file.read(12)
+        if len(head) < 12 or head[:4] not in (b"RIFF", b"RIFX") or head[8:12] != b"WAVE":
+            return None
+        order, pos, align = "<" if head[:4] == b"RIFF" else ">", 12, None
+        while pos + 8 <= size:
+            file.seek(pos)
+            chunk, length = file.read(4), struct.unpack(order + "I", file.read(4))[0]
+            if chunk == b"fmt " and length >= 14:
+                align = struct.unpack(order + "H", file.read(14)[12:14])[0]
+            elif chunk == b"data":
+                if length in (0, 0xFFFFFFFF) or not align:
+                    return None
+                return length, min(length, size - pos - 8), align
+            pos += 8 + length + (length & 1)
+    return None
+
+
 def _read(path, fmt: str, read):
     import soundfile as sf
 
@@ -77,6 +100,13 @@ def _read(path, fmt: str, read):
         raise AudioError(f"{path}: not a readable {fmt} file ({type(error).__name__}: {error})") from None
     if info.frames == 0 or (data is not None and data.shape[0] == 0):
         raise AudioError(f"{path}: the {info.format} file holds no audio samples")
+    claim = _wav_data_claim(path) if info.format == "WAV" else None
+    if claim is not None and claim[1] // claim[2] < claim[0] // claim[2]:
+        claimed, present, rate = claim[0] // claim[2], claim[1] // claim[2], info.sample_rate
+        raise AudioError(f"{path}: the WAV file is cut short: its header promises {claimed} frames "
+                         f"({claimed / rate:.2f} s) but it holds only {present} ({present / rate:.2f} s)")
+    if data is not None and not np.isfinite(data).all():
+        raise AudioError(f"{path}: the audio holds NaN or infinite samples")
     return info, data
 
 

@@ -23,6 +23,7 @@ from typing import Callable, Iterable, Iterator
 
 import numpy as np
 
+from ..apps.files import temp_path
 from .io import AudioError, audio_format, probe_audio, subtype_for
 
 #: peak level the written audio never exceeds (−0.01 dBFS); lossy codecs (Ogg Vorbis) overshoot their
@@ -73,10 +74,87 @@ class FileSource:
 
 def peak(source, block: int = 1 << 16) -> np.ndarray:
     """Per-channel ``max |x|`` of a source, streamed."""
+    return scan(source, block=block)[0]
+
+
+#: digital silence (exact zeros) at least this long, or a whole channel of it, is kept as exact zeros
+SILENCE_SECONDS = 0.01
+
+
+class _ZeroRuns:
+    """The stretches of exact zeros, ``[start, end)`` per channel, at least ``min_run`` samples long, found
+    block by block (a stretch may span blocks)."""
+
+    def __init__(self, channels: int, min_run: int):
+        self.min_run, self.pos = min_run, 0
+        self.runs: list[list[tuple[int, int]]] = [[] for _ in range(channels)]
+        self.open: list[int | None] = [None] * channels  # start of a stretch still going at the block's end
+
+    def _close(self, c: int, start: int, end: int) -> None:
+        if end - start >= self.min_run:
+            self.runs[c].append((start, end))
+
+    def update(self, block: np.ndarray) -> None:
+        n = len(block)
+        for c in range(block.shape[1]):
+            z = np.concatenate(([False], block[:, c] == 0, [False]))
+            edges = np.flatnonzero(z[1:] != z[:-1])
+            carry, self.open[c] = self.open[c], None
+            if carry is not None and (not len(edges) or edges[0] != 0):
+                self._close(c, carry, self.pos)  # the stretch ended where this block starts
+                carry = None
+            for s, e in zip(edges[0::2], edges[1::2]):
+                start = carry if s == 0 and carry is not None else self.pos + int(s)
+                if e == n:
+                    self.open[c] = start
+                else:
+                    self._close(c, start, self.pos + int(e))
+        self.pos += n
+
+    def finish(self) -> list[list[tuple[int, int]]]:
+        for c, start in enumerate(self.open):
+            if start is not None:
+                self._close(c, start, self.pos)
+        self.open = [None] * len(self.open)
+        return self.runs
+
+
+def scan(source, *, silence_seconds: float = SILENCE_SECONDS, block: int = 1 << 16):
+    """``(peak, silences)`` of a source in one streamed pass: per-channel ``max |x|``, and per channel the
+    ``[start, end)`` stretches of exact zeros at least ``silence_seconds`` long (or the whole source).
+    ``AudioError`` (a ``ValueError``) if a sample is NaN or infinite."""
     top = np.zeros(source.channels, dtype=np.float64)
+    runs = _ZeroRuns(source.channels, max(1, min(round(silence_seconds * source.samplerate), source.frames)))
     for b in source.blocks(block):
+        if not np.isfinite(b).all():
+            where = runs.pos + int(np.flatnonzero(~np.isfinite(b).all(axis=1))[0])
+            name = getattr(source, "path", "the waveform")
+            raise AudioError(f"{name}: the audio holds NaN or infinite samples (the first at "
+                             f"{where / source.samplerate:.3f} s); enhancement needs finite samples")
         np.maximum(top, np.abs(b).max(axis=0), out=top)
-    return top
+        runs.update(b)
+    return top, runs.finish()
+
+
+def keep_silence(blocks: Iterable[np.ndarray], silences: list[list[tuple[int, int]]]) -> Iterator[np.ndarray]:
+    """``(n, C)`` blocks with the samples inside ``silences`` (``scan``'s, per channel) set to exact zeros."""
+    pos, first = 0, [0] * len(silences)  # per channel: the first stretch not yet behind us
+    for b in blocks:
+        n = len(b)
+        hits = []
+        for c, runs in enumerate(silences):
+            while first[c] < len(runs) and runs[first[c]][1] <= pos:
+                first[c] += 1
+            i = first[c]
+            while i < len(runs) and runs[i][0] < pos + n:
+                hits.append((c, max(runs[i][0], pos) - pos, min(runs[i][1], pos + n) - pos))
+                i += 1
+        if hits:
+            b = b.copy()
+            for c, s, e in hits:
+                b[s:e, c] = 0.0
+        pos += n
+        yield b
 
 
 class _Resampler:
@@ -193,8 +271,7 @@ def write_peak_safe(path, blocks: Iterable[np.ndarray], samplerate: int, channel
     path = Path(path)
     fmt = format or audio_format(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    stage = path.with_name(f".{path.name}.{os.getpid()}.float.wav")
-    part = path.with_name(f".{path.name}.{os.getpid()}.part")
+    stage, part = temp_path(path, "float.wav"), temp_path(path, "part")
     top = 0.0
     try:
         with sf.SoundFile(str(stage), "w", samplerate, channels, subtype="FLOAT", format="WAV") as f:

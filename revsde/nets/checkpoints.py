@@ -26,3 +26,12 @@ def mismatch(expected: dict, state: dict) -> list[str]:
         lines.append(f"  {count(len(shapes), 'shape mismatch', 'es')} (checkpoint vs model): "
                      + "; ".join(f"{k} {a} vs {b}" for k, a, b in shapes[:5]) + ("; …" if len(shapes) > 5 else ""))
     return lines
+
+
+def load_state(net, state: dict, source: str) -> None:
+    """``net.load_state_dict(state)``, strict; a one-line ``ValueError`` naming ``source`` and its missing,
+    unexpected and mis-shaped keys when the tensors do not fit ``net``."""
+    problems = mismatch(net.state_dict(), state)
+    if problems:
+        raise ValueError(f"{source} does not fit {type(net).__name__}: " + "; ".join(p.strip() for p in problems))
+    net.load_state_dict(state)

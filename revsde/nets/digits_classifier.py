@@ -79,20 +79,18 @@ def to_model_space(images: torch.Tensor) -> torch.Tensor:
 
 def load_classifier(path=None) -> DigitsClassifier:
     """The classifier with the weights in ``path`` (default: the committed ``fd_digits.safetensors``), in eval mode."""
-    from safetensors import safe_open
-    from safetensors.torch import load_file
+    from .model_files import load_tensors, read_metadata
 
     path = Path(DEFAULT_WEIGHTS if path is None else path)
     if not path.is_file():
         raise FileNotFoundError(f"FD-digits weights {str(path)!r} are not a file "
                                 "(train them with scripts/train_fd_extractor.py)")
-    with safe_open(str(path), framework="pt") as f:
-        meta = f.metadata() or {}
+    meta = read_metadata(path)
     if meta.get("format") != FORMAT:
         raise ValueError(f"{path} is not an FD-digits classifier (metadata format {meta.get('format')!r}, "
                          f"expected {FORMAT!r})")
     net = DigitsClassifier(width=int(meta.get("width", 32)), feature_dim=int(meta.get("feature_dim", FEATURE_DIM)))
-    net.load_state_dict(load_file(str(path)))
+    net.load_state_dict(load_tensors(path))
     return net.eval().requires_grad_(False)
 
 

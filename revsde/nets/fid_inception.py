@@ -258,11 +258,13 @@ def load_fid_inception(path=None, *, map_location="cpu") -> FIDInceptionV3:
     ``num_batches_tracked`` counters may be absent (torch-fidelity's key set); they do not enter the
     forward pass. Its SHA-256 decides the label: ``"FID"`` for the official file only.
     """
+    from .model_files import ModelFileError, torch_load
+
     path = weights_path(path)
     try:
-        state = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as error:  # pickle, zip and unpickler errors have no common base class
-        raise ValueError(f"{path}: not a PyTorch state dict file ({type(error).__name__}: {error})") from None
+        state = torch_load(path, map_location, what="Inception weights")
+    except ModelFileError as error:
+        raise ValueError(f"{path}: not a PyTorch state dict file ({error.reason})") from None
     if not isinstance(state, dict) or not all(torch.is_tensor(v) for v in state.values()):
         raise ValueError(f"{path}: expected a plain state dict of tensors (got {type(state).__name__})")
     net = FIDInceptionV3()

@@ -26,6 +26,7 @@ from torch import nn
 from ..model import ScoreModel
 from ..sde.mr import MRSDE
 from .checkpoints import first, mismatch
+from .model_files import load_tensors, torch_load
 
 WRAPPER_KEYS = ("state_dict", "params", "model")  # checked in this order, one level deep
 
@@ -302,11 +303,10 @@ OFFICIAL_CONFIGS = {
 
 
 def _read_file(path: Path, map_location) -> dict:
+    """The file's content: tensors only (``.safetensors``, or ``torch.load(weights_only=True)``)."""
     if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
-        return load_file(str(path), device=str(map_location))
-    return torch.load(path, map_location=map_location, weights_only=True)
+        return load_tensors(path, map_location, what="IR-SDE checkpoint")
+    return torch_load(path, map_location, what="IR-SDE checkpoint")
 
 
 def _unwrap(obj, path: Path, key: str | None) -> dict:
@@ -367,12 +367,14 @@ def load_irsde_checkpoint(path, *, nf: int | None = None, depth: int | None = No
     if nf is None:
         init = state.get("init_conv.weight")
         if init is None:
-            raise ValueError(f"{path}: no init_conv.weight to infer nf from; pass nf= (keys: {first(list(state))})")
+            raise ValueError(f"{path} is not an IR-SDE ConditionalUNet checkpoint: it has no init_conv.weight "
+                             f"(its tensors: {first(list(state))})")
         nf = int(init.shape[0])
     if depth is None:
         depth = _levels(state)
         if depth == 0:
-            raise ValueError(f"{path}: no downs.* keys to infer depth from; pass depth= (keys: {first(list(state))})")
+            raise ValueError(f"{path} is not an IR-SDE ConditionalUNet checkpoint: it has no downs.* levels "
+                             f"(its tensors: {first(list(state))})")
     net = ConditionalUNet(in_nc, out_nc, nf, depth)
     check_state_dict(net, state, source=str(path))
     net.load_state_dict(state, strict=True)

@@ -36,6 +36,10 @@ SAFE_GLOBALS: dict[tuple[str, str], object] = {
 }
 
 
+class RefusedGlobal(pickle.UnpicklingError):
+    """A checkpoint asked to call or instantiate a global that this loader does not rebuild."""
+
+
 class _UnresolvedMeta(type):
     def __call__(cls, *args, **kwargs):
         cls._refuse()
@@ -54,7 +58,7 @@ class UnresolvedGlobal(metaclass=_UnresolvedMeta):
 
     @classmethod
     def _refuse(cls):
-        raise pickle.UnpicklingError(
+        raise RefusedGlobal(
             f"the file asks to call or instantiate {cls.global_name}; this loader never imports or runs "
             f"code named in a checkpoint (it rebuilds only tensors and plain containers)")
 
@@ -107,7 +111,7 @@ RESTRICTED_PICKLE.__doc__ = "torch.load(pickle_module=...) that never imports a 
 
 def restricted_load(path, map_location="cpu"):
     """``torch.load`` of ``path`` with ``RESTRICTED_PICKLE``; zip files are memory-mapped (a 1.3 GB Lightning
-    file then costs only the tensors that are used)."""
+    file then costs only the tensors that are used). Wrap it in ``model_files.reading`` for one-line errors."""
     path = Path(path)
     if not path.is_file():
         raise ValueError(f"checkpoint {str(path)!r} is not a file")

@@ -24,6 +24,7 @@ from ..audio.features import SpecConfig
 from ..model import ScoreModel
 from ..sde.ouve import OUVESDE
 from .checkpoints import mismatch
+from .model_files import reading
 from .ncsnpp import BACKBONES, NCSNpp, ncsnpp_backbone
 from .restricted_pickle import inert, restricted_load
 
@@ -174,7 +175,10 @@ def load_sgmse_checkpoint(path, *, weights: str = "ema", map_location="cpu") -> 
     if weights not in ("ema", "raw"):
         raise ValueError(f"weights must be 'ema' or 'raw' (got {weights!r})")
     path = Path(path)
-    ckpt = restricted_load(path, map_location=map_location)
+    if not path.is_file():
+        raise ValueError(f"SGMSE+ checkpoint {str(path)!r} is not a file")
+    with reading(path, "SGMSE+ checkpoint"):
+        ckpt = restricted_load(path, map_location=map_location)
     if not isinstance(ckpt, dict) or not isinstance(ckpt.get("hyper_parameters"), dict) \
             or not isinstance(ckpt.get("state_dict"), dict):
         keys = sorted(map(str, ckpt))[:10] if isinstance(ckpt, dict) else type(ckpt).__name__
