@@ -24,6 +24,34 @@ def check_nfe(nfe, least: int = 1) -> None:
         raise ValueError(f"--nfe must be an integer from {least} to {MAX_NFE} (got {nfe!r})")
 
 
+def fixed_step_sampler(sampler: str, options: dict | None = None):
+    """The registry's ``sampler`` with ``options``; ``ValueError`` for an adaptive one (a run's cost is
+    given as ``--nfe``, which only a fixed-step sampler can keep)."""
+    from .. import samplers as samplers_mod
+
+    smp = samplers_mod.get(sampler, **(options or {}))
+    if smp.adaptive:
+        raise ValueError(f"sampler {sampler!r} is adaptive: give a fixed-step sampler for --nfe")
+    return smp
+
+
+def run_settings(recommended: dict | None, sampler: str | None = None, nfe: int | None = None,
+                 options: dict | None = None, *, default_nfe: dict | None = None,
+                 card: str = "the model card's best setting") -> tuple[str, int, dict, str]:
+    """``(sampler, nfe, options, origin)`` of a ``restore`` or ``enhance`` run. What the caller gives wins;
+    with no sampler (or the recommended one), no NFE and no options, the model card's ``recommended``
+    setting (``{"sampler", "nfe", "options"}``); otherwise ``default_nfe`` of the sampler (10 where it
+    names none), and ``mrs`` where no sampler is given or recommended. ``origin`` says which, for the log
+    (``card`` for the recommendation)."""
+    options = dict(options or {})
+    if recommended and sampler in (None, recommended["sampler"]) and nfe is None and not options:
+        return recommended["sampler"], int(recommended["nfe"]), dict(recommended.get("options", {})), card
+    sampler = sampler or (recommended["sampler"] if recommended else "mrs")
+    if nfe is None:
+        return sampler, (default_nfe or {}).get(sampler, 10), options, "the default"
+    return sampler, nfe, options, "as given"
+
+
 @dataclass
 class FileResult:
     """One input: ``status`` is "ok", "skipped" or "failed" (with ``message``)."""

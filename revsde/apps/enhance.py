@@ -33,7 +33,6 @@ from typing import Callable
 import numpy as np
 import torch
 
-from .. import samplers as samplers_mod
 from ..audio.features import SpecConfig, from_spec, pad_frames, to_spec
 from ..audio.io import SUFFIXES, AudioError
 from ..audio.stream import (ArraySource, FileSource, collect, keep_silence, process_stream, scan, windows_count,
@@ -41,7 +40,8 @@ from ..audio.stream import (ArraySource, FileSource, collect, keep_silence, proc
 from ..model import ScoreModel
 from ..sde.ouve import OUVESDE
 from ..solve import sample
-from .batch import MAX_NFE, BatchReport, check_nfe, plan_batch, run_batch
+from .batch import MAX_NFE, BatchReport, check_nfe, fixed_step_sampler, plan_batch, run_batch
+from .batch import run_settings as batch_run_settings
 
 BUILTIN = "speech_enhance.safetensors"
 
@@ -74,14 +74,9 @@ def run_settings(speech: SpeechModel, sampler: str | None = None, nfe: int | Non
     """``(sampler, nfe, options, origin)`` of a run. What the caller gives wins; with no sampler (or
     ``mrs``), no NFE and no options, the model's ``recommended`` MR Sampler setting (its card's best);
     otherwise 10 NFE (60 for ``sgmse``, its published setting). ``origin`` says which, for the log."""
-    options = dict(options or {})
-    rec = speech.recommended
-    if sampler in (None, "mrs") and nfe is None and not options and rec:
-        return "mrs", int(rec["nfe"]), dict(rec.get("options", {})), "the model card's best MR Sampler setting"
-    sampler = sampler or "mrs"
-    if nfe is None:
-        return sampler, DEFAULT_NFE.get(sampler, 10), options, "the default"
-    return sampler, nfe, options, "as given"
+    recommended = {"sampler": "mrs", **speech.recommended} if speech.recommended else None
+    return batch_run_settings(recommended, sampler, nfe, options, default_nfe=DEFAULT_NFE,
+                              card="the model card's best MR Sampler setting")
 
 
 def load_speech_model(model: str = "builtin", *, device=None, weights: str = "ema") -> SpeechModel:
@@ -133,9 +128,7 @@ class Enhancer:
 
     def __init__(self, speech: SpeechModel, *, sampler: str = "mrs", nfe: int = 10, seed: int = 0,
                  options: dict | None = None, device=None, progress: bool = False, final_denoise: bool = True):
-        smp = samplers_mod.get(sampler, **(options or {}))
-        if smp.adaptive:
-            raise ValueError(f"sampler {sampler!r} is adaptive: give a fixed-step sampler for --nfe")
+        smp = fixed_step_sampler(sampler, options)
         self.final_denoise = bool(final_denoise) and smp.name != "sgmse"
         k, extra = smp.evals_per_step, int(self.final_denoise)
         if isinstance(nfe, bool) or not isinstance(nfe, int) or nfe - extra < k or (nfe - extra) % k:
@@ -208,9 +201,7 @@ def check_run(*, sampler: str | None = None, nfe: int | None = None, options: di
               chunk_seconds: float = 8.0, overlap_seconds: float = 0.5) -> None:
     """What can be checked of a run before its model is loaded: the sampler and its options, ``nfe`` (when
     given) at most ``batch.MAX_NFE``, and the window settings (``Enhancer`` checks the rest)."""
-    smp = samplers_mod.get(sampler or "mrs", **(options or {}))
-    if smp.adaptive:
-        raise ValueError(f"sampler {smp.name!r} is adaptive: give a fixed-step sampler for --nfe")
+    fixed_step_sampler(sampler or "mrs", options)
     if isinstance(nfe, int) and nfe > MAX_NFE:
         check_nfe(nfe)
     check_seconds(chunk_seconds, overlap_seconds)

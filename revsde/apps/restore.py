@@ -15,9 +15,9 @@ from typing import Callable
 import numpy as np
 import torch
 
-from .. import samplers as samplers_mod
 from ..solve import sample
-from .batch import BatchReport, check_nfe, plan_batch, run_batch
+from .batch import BatchReport, check_nfe, fixed_step_sampler, plan_batch, run_batch
+from .batch import run_settings  # noqa: F401 - the run's sampler and NFE: the card's, else mrs at 10
 from .images import SUFFIXES, ImageError, read_image, write_image
 from .restore_data import DEGRADATIONS
 
@@ -83,10 +83,6 @@ def load_restore_model(model: str = "builtin", task: str = "denoise", *, irsde_c
     return irsde_score_model(net, settings.sde()), f"{path.name}: official IR-SDE {irsde_config} checkpoint"
 
 
-#: the run of a model whose file recommends none (older exports, official IR-SDE checkpoints)
-DEFAULT_SAMPLER, DEFAULT_NFE = "mrs", 10
-
-
 def recommended_setting(model: str = "builtin", task: str = "denoise") -> dict | None:
     """What the card of a revsde restoration model recommends (``train.recommend``: ``sampler``, ``nfe``,
     ``options``, ``validated_nfe``), read from the file's metadata without loading it; None for a file
@@ -103,21 +99,6 @@ def recommended_setting(model: str = "builtin", task: str = "denoise") -> dict |
     if meta.get("format") != FORMAT:
         return None
     return json.loads(meta.get("config", "{}")).get("recommended")
-
-
-def run_settings(recommended: dict | None, sampler: str | None = None, nfe: int | None = None,
-                 options: dict | None = None) -> tuple[str, int, dict, str]:
-    """``(sampler, nfe, options, origin)`` of a run, as ``revsde enhance`` chooses them: what the caller
-    gives wins; with no sampler (or the recommended one), no NFE and no options, the model card's
-    ``recommended`` setting; otherwise ``DEFAULT_NFE``. ``origin`` says which, for the log."""
-    options = dict(options or {})
-    if recommended and sampler in (None, recommended["sampler"]) and nfe is None and not options:
-        return (recommended["sampler"], int(recommended["nfe"]), dict(recommended.get("options", {})),
-                "the model card's best setting")
-    sampler = sampler or (recommended["sampler"] if recommended else DEFAULT_SAMPLER)
-    if nfe is None:
-        return sampler, DEFAULT_NFE, options, "the default"
-    return sampler, nfe, options, "as given"
 
 
 def validation_warning(recommended: dict | None, sampler: str, nfe: int, options: dict | None = None) -> str | None:
@@ -197,9 +178,7 @@ DEFAULT_OVERLAP = 32
 
 
 def _fixed_step_sampler(sampler: str, nfe: int, options: dict | None):
-    smp = samplers_mod.get(sampler, **(options or {}))
-    if smp.adaptive:
-        raise ValueError(f"sampler {sampler!r} is adaptive: give a fixed-step sampler for --nfe")
+    smp = fixed_step_sampler(sampler, options)
     if isinstance(nfe, bool) or not isinstance(nfe, int) or nfe < smp.evals_per_step:
         raise ValueError(f"--nfe must be an integer >= {smp.evals_per_step} for sampler {sampler!r} (got {nfe!r})")
     check_nfe(nfe, smp.evals_per_step)
