@@ -1,10 +1,17 @@
 """Time grids: decreasing float64 tensors from ``t_max`` to ``t_min`` with ``steps + 1`` points.
 
 ``get(name)(sde, steps, **options)`` builds one; ``resolve`` also accepts an explicit ``(N+1,)`` or
-``(N+1, B)`` tensor (per-sample times) and validates it.
+``(N+1, B)`` tensor (per-sample times) or a callable ``grid(sde, steps)`` such as ``Shifted(3.0)``,
+and validates it.
+
+Time shifts (flow matching): SD3's static shift ``σ′ = sσ / (1 + (s − 1)σ)`` and Flux's dynamic shift
+(``time_shift``, with μ from the image's sequence length: ``flux_mu``) are, on rectified flow
+(σ = t), offsets of the half log-SNR: ``λ′ = e·λ − log s`` (``e`` the ``exponent``, 1 but for
+``time_shift``'s third argument). ``Shifted`` applies that to any base grid of any SDE.
 """
 from __future__ import annotations
 
+import math
 from typing import Callable
 
 import torch
@@ -21,13 +28,19 @@ def uniform_t(sde, steps: int) -> torch.Tensor:
     return torch.linspace(sde.t_max, sde.t_min, _check_steps(steps) + 1, dtype=torch.float64)
 
 
-def logsnr(sde, steps: int) -> torch.Tensor:
-    """Uniform in half log-SNR λ (DPM-Solver's "logSNR" / MR Sampler's "linear-lambda")."""
+def _finite_log_snr_ends(sde, name: str) -> torch.Tensor:
     ends = sde.log_snr(torch.tensor([sde.t_max, sde.t_min], dtype=torch.float64))
     if not bool(torch.isfinite(ends).all()):
-        raise ValueError(f"the logsnr grid needs a finite log-SNR at both ends, but {sde!r} has "
+        raise ValueError(f"the {name} grid needs a finite log-SNR at {'both ends' if name == 'logsnr' else 't_max'}, but {sde!r} has "
                          f"λ(t_max) = {float(ends[0])}, λ(t_min) = {float(ends[1])}; give the SDE a t_min > 0 "
-                         "with σ(t_min) > 0, or use another grid")
+                         "with σ(t_min) > 0 and α(t_max) > 0, or use another grid (uniform_t, Shifted for "
+                         "rectified flow)")
+    return ends
+
+
+def logsnr(sde, steps: int) -> torch.Tensor:
+    """Uniform in half log-SNR λ (DPM-Solver's "logSNR" / MR Sampler's "linear-lambda")."""
+    ends = _finite_log_snr_ends(sde, "logsnr")
     lam = torch.linspace(float(ends[0]), float(ends[1]), _check_steps(steps) + 1, dtype=torch.float64)
     return _pin_ends(sde.t_from_log_snr(lam), sde)
 
@@ -37,6 +50,8 @@ def karras(sde, steps: int, rho: float = 7.0) -> torch.Tensor:
     if rho <= 0:
         raise ValueError(f"karras grid needs rho > 0 (got {rho})")
     ends = -sde.log_snr(torch.tensor([sde.t_max, sde.t_min], dtype=torch.float64))  # log σ̃
+    if not bool(torch.isfinite(ends[0])):
+        _finite_log_snr_ends(sde, "karras")  # σ̃ = σ/α is infinite at t_max: refused with the same message
     ramp = torch.linspace(0, 1, _check_steps(steps) + 1, dtype=torch.float64)
     hi, lo = torch.exp(ends[0] / rho), torch.exp(ends[1] / rho)
     log_sigma = rho * torch.log(hi + ramp * (lo - hi))
@@ -57,6 +72,73 @@ def _pin_ends(t: torch.Tensor, sde) -> torch.Tensor:
 
 
 GRIDS: dict[str, Callable] = {"uniform_t": uniform_t, "logsnr": logsnr, "karras": karras, "quadratic": quadratic}
+TIME_SHIFT_TYPES = ("exponential", "linear")
+
+
+def static_shift(sigma, shift: float):
+    """SD3's shift of flow-matching σ (or t): ``shift · σ / (1 + (shift − 1) σ)``."""
+    return shift * sigma / (1 + (shift - 1) * sigma)
+
+
+def time_shift(sigma, mu: float, time_shift_type: str = "exponential", exponent: float = 1.0):
+    """diffusers' ``time_shift`` (Flux's dynamic shifting): ``e^μ / (e^μ + (1/σ − 1)^exponent)``, or
+    ``μ / (μ + (1/σ − 1)^exponent)`` for ``time_shift_type="linear"``. Exact at σ = 0 and 1."""
+    if time_shift_type not in TIME_SHIFT_TYPES:
+        raise ValueError(f"time_shift_type must be one of {', '.join(TIME_SHIFT_TYPES)} (got {time_shift_type!r})")
+    scale = math.exp(mu) if time_shift_type == "exponential" else mu
+    return scale / (scale + (1 / sigma - 1) ** exponent)
+
+
+def flux_mu(image_seq_len: int, base_seq_len: int = 256, max_seq_len: int = 4096, base_shift: float = 0.5,
+            max_shift: float = 1.15) -> float:
+    """Flux's μ for an image of ``image_seq_len`` latent tokens (diffusers' ``calculate_shift``): linear
+    from ``base_shift`` at ``base_seq_len`` to ``max_shift`` at ``max_seq_len``."""
+    slope = (max_shift - base_shift) / (max_seq_len - base_seq_len)
+    return image_seq_len * slope + (base_shift - slope * base_seq_len)
+
+
+class Shifted:
+    """A base grid (default ``uniform_t``) with a flow-matching time shift, as a grid for ``resolve`` and
+    ``revsde.sample(grid=Shifted(3.0))``.
+
+    ``shift``: SD3's static shift s (``λ′ = λ − log s``). ``mu``: Flux's dynamic shift (``time_shift``
+    with ``time_shift_type`` and ``exponent``: ``λ′ = e·λ − μ``, or ``− log μ`` when linear). Give one.
+    On rectified flow ``Shifted(s)`` is diffusers' FlowMatch σ with ``shift=s`` on the same base; on any
+    other SDE it moves the same base grid by the same λ offset.
+    """
+
+    def __init__(self, shift: float | None = None, *, mu: float | None = None,
+                 time_shift_type: str = "exponential", exponent: float = 1.0, base: str = "uniform_t"):
+        if (shift is None) == (mu is None):
+            raise ValueError("Shifted needs exactly one of shift (SD3's static shift) or mu (Flux's dynamic shift)")
+        if shift is not None and not (isinstance(shift, (int, float)) and not isinstance(shift, bool)
+                                      and math.isfinite(shift) and shift > 0):
+            raise ValueError(f"shift must be a positive number (got {shift!r})")
+        if time_shift_type not in TIME_SHIFT_TYPES:
+            raise ValueError(f"time_shift_type must be one of {', '.join(TIME_SHIFT_TYPES)} (got {time_shift_type!r})")
+        if mu is not None and time_shift_type == "linear" and not mu > 0:
+            raise ValueError(f"a linear time shift needs mu > 0 (got {mu!r})")
+        if not (isinstance(exponent, (int, float)) and exponent > 0):
+            raise ValueError(f"exponent must be a positive number (got {exponent!r})")
+        get(base)
+        self.shift, self.mu, self.time_shift_type, self.exponent, self.base = shift, mu, time_shift_type, exponent, base
+
+    def offset(self) -> float:
+        """``log s`` of the equivalent static shift."""
+        if self.shift is not None:
+            return math.log(self.shift)
+        return self.mu if self.time_shift_type == "exponential" else math.log(self.mu)
+
+    def __call__(self, sde, steps: int) -> torch.Tensor:
+        t = get(self.base)(sde, steps)
+        exponent = 1.0 if self.shift is not None else float(self.exponent)
+        return _pin_ends(sde.t_from_log_snr(exponent * sde.log_snr(t) - self.offset()), sde)
+
+    def __repr__(self) -> str:
+        if self.shift is not None:
+            return f"Shifted({self.shift!r}, base={self.base!r})"
+        return (f"Shifted(mu={self.mu!r}, time_shift_type={self.time_shift_type!r}, exponent={self.exponent!r}, "
+                f"base={self.base!r})")
 
 
 def get(name: str) -> Callable:
@@ -72,10 +154,15 @@ def available() -> list[str]:
 
 def resolve(grid, sde, steps: int | None, batch: int, device=None) -> torch.Tensor:
     """A validated ``(N+1, B)`` float64 grid from a name or an explicit tensor."""
-    if isinstance(grid, str):
+    if isinstance(grid, str) or (callable(grid) and not torch.is_tensor(grid)):
         if steps is None:
             raise ValueError(f"grid {grid!r} needs steps (an integer >= 1)")
-        t = get(grid)(sde, steps)
+        if isinstance(grid, str):
+            t = get(grid)(sde, steps)
+        else:
+            t = torch.as_tensor(grid(sde, steps), dtype=torch.float64)
+            if t.ndim != 1 or t.shape[0] != steps + 1 or not bool((t[1:] < t[:-1]).all()):
+                raise ValueError(f"grid {grid!r} gave times that are not {steps + 1} strictly decreasing values")
     else:
         t = torch.as_tensor(grid, dtype=torch.float64)
         if t.ndim not in (1, 2) or t.shape[0] < 2:

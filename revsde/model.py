@@ -4,7 +4,9 @@ With ``y = x − μ``, ``y = α y_0 + σ ε`` for every SDE, so
   noise ``ε``, data ``x_0 = μ + (y − σ ε)/α``, score ``−ε/σ``, and velocity
   ``v = (α c ε − σ y_0 / c) / r`` with ``c = sde.velocity_scale`` and ``r = sqrt(α² + σ²/c²)``.
 For VP (c = 1, r = 1) this is Salimans & Ho's ``v = α ε − σ x_0``; for MR (c = λ, r = 1) it is the MR
-Sampler's ``v = α λ ε − (σ/λ)(x_0 − μ)``.
+Sampler's ``v = α λ ε − (σ/λ)(x_0 − μ)``. The flow is the path's time derivative
+``u = α′ y_0 + σ′ ε`` (``ε − x_0`` for rectified flow, flow matching's target); with
+``y = α y_0 + σ ε`` it gives ``y_0 = (σ′ y − σ u)/D`` and ``ε = (α u − α′ y)/D``, ``D = α σ′ − σ α′``.
 """
 from __future__ import annotations
 
@@ -15,7 +17,7 @@ import torch
 
 from .tensors import as_time, bcast, real_dtype
 
-PREDICTIONS = ("noise", "data", "score", "velocity")
+PREDICTIONS = ("noise", "data", "score", "velocity", "flow")
 
 
 def check_prediction(kind: str) -> str:
@@ -25,7 +27,7 @@ def check_prediction(kind: str) -> str:
 
 
 class Prediction:
-    """One network output at ``(x, t)``, convertible exactly to noise / data / score / velocity."""
+    """One network output at ``(x, t)``, convertible exactly to noise / data / score / velocity / flow."""
 
     def __init__(self, kind: str, value: torch.Tensor, x: torch.Tensor, t: torch.Tensor, sde,
                  mu: torch.Tensor | None = None):
@@ -53,6 +55,9 @@ class Prediction:
                 eps = (self.y - a * y0) / s
             elif self.kind == "score":
                 eps = -s * self._cache["score"]
+            elif self.kind == "flow":
+                a_dot, s_dot, det = self._flow_frame()
+                eps = (a * self._cache["flow"] - a_dot * self.y) / det
             else:  # velocity: solve y = α y0 + σ ε, r v = α c ε − (σ/c) y0 for ε
                 c, r = self._velocity_frame()
                 eps = (a * r * self._cache["velocity"] + (s / c) * self.y) / (c * r**2)
@@ -66,6 +71,9 @@ class Prediction:
             if self.kind == "velocity":
                 c, r = self._velocity_frame()
                 y0 = (a * c * self.y - s * r * self._cache["velocity"]) / (c * r**2)
+            elif self.kind == "flow":  # finite where α = 0 (rectified flow at t = 1), unlike (y − σ ε)/α
+                a_dot, s_dot, det = self._flow_frame()
+                y0 = (s_dot * self.y - s * self._cache["flow"]) / det
             else:
                 y0 = (self.y - s * self.noise) / a
             self._cache["data"] = y0 if self.mu is None else y0 + self.mu
@@ -84,6 +92,20 @@ class Prediction:
             y0 = self.data if self.mu is None else self.data - self.mu
             self._cache["velocity"] = (self._alpha * c * self.noise - self._sigma * y0 / c) / r
         return self._cache["velocity"]
+
+    @property
+    def flow(self) -> torch.Tensor:
+        if "flow" not in self._cache:
+            a_dot, s_dot, _ = self._flow_frame()
+            y0 = self.data if self.mu is None else self.data - self.mu
+            self._cache["flow"] = a_dot * y0 + s_dot * self.noise
+        return self._cache["flow"]
+
+    def _flow_frame(self):
+        """``α′``, ``σ′`` and ``D = α σ′ − σ α′`` (> 0: λ decreases), broadcast against x."""
+        a_dot = bcast(self.sde.alpha_dot(self.t), self.x)
+        s_dot = bcast(self.sde.sigma_dot(self.t), self.x)
+        return a_dot, s_dot, self._alpha * s_dot - self._sigma * a_dot
 
     def __getitem__(self, kind: str) -> torch.Tensor:
         return getattr(self, check_prediction(kind))

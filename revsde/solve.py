@@ -68,7 +68,9 @@ def sample(model: ScoreModel, shape: Sequence[int] | None = None, *, sampler="eu
 
     ``sampler`` is a registry name (its options as keyword arguments) or a ``Sampler``; ``grid`` a
     name from ``revsde.grids`` (default: the sampler's) with ``steps`` intervals, or an explicit
-    ``(N+1,)`` / ``(N+1, B)`` tensor. The start is ``x_init`` or a prior draw of ``shape``.
+    ``(N+1,)`` / ``(N+1, B)`` tensor, or a callable ``grid(sde, steps)`` such as ``grids.Shifted(3.0)``
+    (the SDE's ``default_grid``, where it has one, before the sampler's: ``uniform_t`` on rectified
+    flow, whose log-SNR is infinite at both ends). The start is ``x_init`` or a prior draw of ``shape``.
     Randomness: ``seed`` gives sample ``b`` its own generator ``seed + b`` (a sample never depends on
     its batch); ``generator`` (one, or a list with one per sample) replaces it. ``noise`` is
     ``"gaussian"``, ``"brownian"`` (a fixed Brownian path per sample, the same at every step count)
@@ -104,7 +106,7 @@ def sample(model: ScoreModel, shape: Sequence[int] | None = None, *, sampler="eu
         model = model.graphed()
     if noise not in NOISES and not callable(noise):
         raise ValueError(f"noise must be one of {', '.join(NOISES)} or a noise source (got {noise!r})")
-    grid_name = smp.default_grid if grid is None else grid
+    grid_name = (sde.default_grid or smp.default_grid) if grid is None else grid
     if smp.adaptive and isinstance(grid_name, str) and steps is None:
         steps = 1  # only the end points matter
     t = grids_mod.resolve(grid_name, sde, steps, shape[0], device)

@@ -40,6 +40,7 @@ ALL_SDES = [
     ("mr_constant", lambda: S.MRSDE(schedule="constant")),
     ("mr_irsde", lambda: S.MRSDE(convention="irsde")),
     ("ouve", lambda: S.OUVESDE()),
+    ("rf", lambda: S.RectifiedFlow()),
 ]
 SDE_IDS = [name for name, _ in ALL_SDES]
 
@@ -52,6 +53,14 @@ def sde(request):
 def is_mean_reverting(sde) -> bool:
     """MR and OUVE SDEs revert to an observation μ ≠ 0; the others have μ = 0."""
     return isinstance(sde, (S.MRSDE, S.OUVESDE))
+
+
+def regular_t_max(sde) -> float:
+    """``t_max``, or 9/10 of the way there where f and g² are infinite at ``t_max`` (rectified flow's t = 1,
+    where α = 0): the end of the range a forward simulation or a quadrature of the coefficients can use."""
+    if torch.isfinite(sde.f(sde.t_max)):
+        return sde.t_max
+    return sde.t_min + 0.9 * (sde.t_max - sde.t_min)
 
 
 def knots(sde) -> torch.Tensor | None:

@@ -1,4 +1,4 @@
-"""Prediction conversions (noise / data / score / velocity) are exact, and ScoreModel calls the network
+"""Prediction conversions (noise / data / score / velocity / flow) are exact, and ScoreModel calls the network
 as DESIGN §3 promises (time value, μ in cond, dtype cast)."""
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from revsde.model import PREDICTIONS
 from conftest import ddpm_linear_alphas_cumprod, interior_times, is_mean_reverting
 
 F64 = torch.float64
-KINDS = ["noise", "data", "score", "velocity"]
+KINDS = ["noise", "data", "score", "velocity", "flow"]
 
 
 def scenario(sde, batch: int = 8, seed: int = 0):
@@ -28,7 +28,9 @@ def scenario(sde, batch: int = 8, seed: int = 0):
     x = a * x0 + (1 - a) * (0 if mu is None else mu) + s * eps
     c = sde.velocity_scale
     r = torch.sqrt(a**2 + s**2 / c**2)
-    targets = {"noise": eps, "data": x0, "score": -eps / s, "velocity": (a * c * eps - s * y0 / c) / r}
+    a_dot, s_dot = sde.alpha_dot(t)[:, None, None], sde.sigma_dot(t)[:, None, None]
+    targets = {"noise": eps, "data": x0, "score": -eps / s, "velocity": (a * c * eps - s * y0 / c) / r,
+               "flow": a_dot * y0 + s_dot * eps}
     return x, t, mu, targets, a, s
 
 

@@ -86,6 +86,11 @@ class GaussianMixture:
     # --- the score under a linear SDE -----------------------------------------------------------
     def noise(self, sde, x: torch.Tensor, t, mu: torch.Tensor | None = None) -> torch.Tensor:
         """Exact ``ε = −σ_t ∇log p_t(x)``; ``x`` of shape ``(B, D)`` or ``(B, …)`` with D elements."""
+        return self.denoise(sde, x, t, mu)[0]
+
+    def denoise(self, sde, x: torch.Tensor, t, mu: torch.Tensor | None = None):
+        """Exact ``(ε̂, x̂₀)``: the noise ``−σ_t ∇log p_t(x)`` and the posterior mean ``E[x₀ | x_t = x]``
+        (finite where α = 0, as rectified flow's prior, where ``x̂₀`` is the data's mean)."""
         shape, dtype = x.shape, x.dtype
         x = x.reshape(shape[0], -1).to(torch.float64)
         if x.shape[1] != self.dim:
@@ -94,34 +99,49 @@ class GaussianMixture:
         t = t.expand(shape[0]) if t.ndim == 0 else t
         a, s = sde.alpha(t)[:, None], sde.sigma(t)[:, None]
         means, vecs, vals = (v.to(x.device) for v in (self.means, self.eigvecs, self.eigvals))
+        shift = None if mu is None else mu.reshape(shape[0], -1).to(torch.float64)
         diff = x[:, None, :] - a[:, None, :] * means[None]                 # (B, K, D)
-        if mu is not None:
-            diff = diff - (1 - a)[:, None, :] * mu.reshape(shape[0], -1).to(torch.float64)[:, None, :]
+        if shift is not None:
+            diff = diff - (1 - a)[:, None, :] * shift[:, None, :]
         z = torch.einsum("kji,bkj->bki", vecs, diff)                        # in each component's eigenbasis
         var = a[:, None, :] ** 2 * vals[None] + s[:, None, :] ** 2          # (B, K, D)
         log_p = torch.log(self.weights.to(x.device))[None] - 0.5 * ((z**2 / var) + torch.log(var)).sum(-1)
-        resp = torch.softmax(log_p, dim=1)                                   # (B, K)
-        score = -torch.einsum("kij,bkj->bki", vecs, z / var)                # (B, K, D)
-        score = (resp[:, :, None] * score).sum(1)
-        return (-s * score).to(dtype).reshape(shape)
+        resp = torch.softmax(log_p, dim=1)[:, :, None]                      # (B, K, 1)
+        score = (resp * -torch.einsum("kij,bkj->bki", vecs, z / var)).sum(1)
+        # E[x0 | x, k] = m_k + C_k α (α² C_k + σ² I)⁻¹ (y − α m̃_k), in the eigenbasis of C_k
+        x0 = (resp * (means[None] + torch.einsum("kij,bkj->bki", vecs, a[:, None, :] * vals[None] * z / var))).sum(1)
+        return (-s * score).to(dtype).reshape(shape), x0.to(dtype).reshape(shape)
 
 
 class MixtureDenoiser(torch.nn.Module):
-    """The mixture's exact noise prediction as a network ``net(x, t, mu=None)`` (t = continuous time).
+    """The mixture's exact prediction as a network ``net(x, t, mu=None)`` (t = continuous time):
+    ``"noise"`` (ε̂), ``"data"`` (x̂₀) or ``"flow"`` (``α′ (x̂₀ − μ) + σ′ ε̂``).
 
     Use with ``ScoreModel(MixtureDenoiser(gmm, sde), sde, "noise", time_fn=lambda t: t)``.
     """
 
-    def __init__(self, mixture: GaussianMixture, sde):
+    def __init__(self, mixture: GaussianMixture, sde, prediction: str = "noise"):
         super().__init__()
-        self.mixture, self.sde = mixture, sde
+        if prediction not in ("noise", "data", "flow"):
+            raise ValueError(f"MixtureDenoiser predicts 'noise', 'data' or 'flow' (got {prediction!r})")
+        self.mixture, self.sde, self.prediction = mixture, sde, prediction
 
     def forward(self, x, t, mu=None):
-        return self.mixture.noise(self.sde, x, t, mu)
+        if self.prediction == "noise":
+            return self.mixture.noise(self.sde, x, t, mu)
+        eps, x0 = self.mixture.denoise(self.sde, x, t, mu)
+        if self.prediction == "data":
+            return x0
+        t = as_time(t, like=x).expand(x.shape[0]).reshape(-1, *([1] * (x.ndim - 1)))
+        y0 = x0 if mu is None else x0 - mu
+        return (self.sde.alpha_dot(t) * y0 + self.sde.sigma_dot(t) * eps).to(x.dtype)
 
 
-def exact_model(mixture: GaussianMixture, sde):
-    """A ``ScoreModel`` whose noise prediction is exact for ``mixture`` under ``sde``."""
+def exact_model(mixture: GaussianMixture, sde, prediction: str | None = None):
+    """A ``ScoreModel`` whose prediction is exact for ``mixture`` under ``sde``: ``"noise"`` by default,
+    ``"flow"`` where α reaches 0 at ``t_max`` (rectified flow: ε̂ says nothing of x₀ there)."""
     from ..model import ScoreModel
 
-    return ScoreModel(MixtureDenoiser(mixture, sde), sde, "noise", time_fn=lambda t: t)
+    if prediction is None:
+        prediction = "flow" if float(sde.alpha(sde.t_max)) == 0 else "noise"
+    return ScoreModel(MixtureDenoiser(mixture, sde, prediction), sde, prediction, time_fn=lambda t: t)

@@ -94,7 +94,12 @@ class MRSampler(Sampler):
                              "use warmup='multistep' for a step-by-step driver")
         return super().query_times(grid)
 
-    def step_order(self, i: int, n: int, history: int) -> int:
+    def step_order(self, i: int, n: int, history: int, to_data: bool = False) -> int:
+        """The order of step ``i`` of ``n``. ``to_data``: the step ends at σ = 0 (λ = +∞, rectified flow's
+        t = 0), where a polynomial through the last outputs would be integrated to infinity: first order
+        (x̂₀ itself), as diffusers' solvers with ``final_sigmas_type="zero"``."""
+        if to_data:
+            return 1
         order = min(self.solver_order, history)  # warm-up: not enough history yet
         if self.lower_order_final and n < 15:
             if i == n - 1:
@@ -112,6 +117,11 @@ class MRSampler(Sampler):
             x = yield from self._run_planned(sde, grid, x, mu, noise)
             return x
         lam = sde.log_snr(grid)  # (N+1, B)
+        to_data = torch.isposinf(lam[1:]).any(1).tolist()
+        if self.warmup == "midpoint" and bool(torch.isneginf(lam[0]).any()):
+            raise ValueError("sampler 'mrs' with warmup='midpoint' needs a finite log-SNR at the grid's start (its "
+                             "midpoint is a λ-midpoint); the grid starts where α = 0 (λ = −∞, rectified flow's "
+                             "t = 1): use warmup='multistep'")
         history: list[tuple[torch.Tensor, torch.Tensor]] = []  # (λ or φ, converted output), newest first
         for i in range(n):
             t_cur, t_next = grid[i], grid[i + 1]
@@ -129,7 +139,8 @@ class MRSampler(Sampler):
                 history = [(self._node(sde, t_mid, None), self._convert(sde, pred_mid, mu))] + history[:2]
                 x = self._advance(sde, x, mu, t_cur, t_next, history, 2, noise, start=history[1][0])
             else:
-                x = self._advance(sde, x, mu, t_cur, t_next, history, self.step_order(i, n, len(history)), noise)
+                order = self.step_order(i, n, len(history), to_data[i])
+                x = self._advance(sde, x, mu, t_cur, t_next, history, order, noise)
             yield Step(i, x, t_next, pred.data)
         return x
 
@@ -138,8 +149,16 @@ class MRSampler(Sampler):
         grid (one pass of small tensor ops instead of one per step); each step is then
         ``y ← L y + Σ_j W_j q_j (+ s z)`` with the last ``order`` outputs q."""
         n = grid.shape[0] - 1
-        orders = [self.step_order(i, n, min(i + 1, 3)) for i in range(n)]
         lam = sde.log_snr(grid)
+        to_data = torch.isposinf(lam[1:]).any(1).tolist()  # one host read per run
+        orders = [self.step_order(i, n, min(i + 1, 3), to_data[i]) for i in range(n)]
+        # Steps from α = 0 (λ = −∞, rectified flow's t = 1): the noise form's α_t/α_s is infinite there, so
+        # it takes that (first-order) step as α_t x̂₀ + σ_t ε̂, the same update in the data form.
+        from_prior = torch.isneginf(lam[:-1]).any(1).tolist() if self.prediction == "noise" else [False] * n
+        if self.stochastic and any(from_prior):
+            raise ValueError("sampler 'mrs' with stochastic=True and prediction='noise' cannot start where α = 0 "
+                             "(λ = −∞, rectified flow's t = 1): its noise term e^h is infinite there; use "
+                             "prediction='data'")
         lam0, lam_t = lam[:-1], lam[1:]
         lam1 = torch.cat([lam0[:1] - 1, lam0[:-1]])  # the node before; a stand-in where there is none
         lam2 = torch.cat([lam1[:1] - 1, lam1[:-1]])
@@ -162,9 +181,12 @@ class MRSampler(Sampler):
                 return x
             history = [self._convert(sde, pred, mu)] + history[:2]
             k = orders[i]
-            y = linear[k][i] * to_y(x, mu)
-            for w, q in zip(weights[k], history):
-                y = y + w[i] * q
+            if from_prior[i]:
+                y = self._from_prior(sde, grid, i, x, pred, mu, linear[k][i], weights[k][0][i], history[0])
+            else:
+                y = linear[k][i] * to_y(x, mu)
+                for w, q in zip(weights[k], history):
+                    y = y + w[i] * q
             if self.stochastic:
                 y = y + noise_std[k][i] * noise(grid[i], t_next)
             x = to_x(y, mu)
@@ -172,6 +194,13 @@ class MRSampler(Sampler):
         if self.stochastic and self.prediction == "noise":
             self._check_divergence(x, x_start, mu)
         return x
+
+    @staticmethod
+    def _from_prior(sde, grid, i, x, pred, mu, linear, weight, eps):
+        """Step ``i`` of the noise form in the samples that start at α = 0: ``α_t ŷ₀ + σ_t ε̂``."""
+        start = bcast(torch.isneginf(sde.log_snr(grid[i])).double(), x) != 0
+        ddim = bcast(sde.alpha(grid[i + 1]), x) * to_y(pred.data, mu) + bcast(sde.sigma(grid[i + 1]), x) * eps
+        return torch.where(start, ddim, linear * to_y(x, mu) + weight * eps)
 
     def _check_divergence(self, x, x_start, mu):
         """Noise-prediction SDE steps amplify errors by e^h: flag a result far outside the start's scale."""
@@ -221,6 +250,15 @@ class MRSampler(Sampler):
             noise_std = s_t * torch.sqrt(torch.expm1(2 * h)) if self.stochastic else None
         midpoint = order == 2 and self.second_order == "midpoint"
         m = _exp_moments(a, h, 1 if order == 1 or midpoint else order)
+        if order == 1 and self.prediction == "noise":
+            # to σ_t = 0 (h = ∞): σ_t e^h = α_t σ_s / α_s is finite where σ_t (e^h − 1) reads 0 · ∞
+            to_data = torch.isposinf(h)
+            lifted = a_t * s_s / a_s
+            k = 2 if self.stochastic else 1
+            w = torch.where(to_data, -k * (lifted - s_t), weight * m[0])
+            if self.stochastic:
+                noise_std = torch.where(to_data, torch.sqrt(torch.clamp(lifted**2 - s_t**2, min=0)), noise_std)
+            return linear, [w], noise_std
         if order == 1:
             return linear, [weight * m[0]], noise_std
         lam0, lam1 = nodes[0], nodes[1]

@@ -8,7 +8,7 @@ from .base import Query, Sampler, Step
 
 
 def ode_velocity(sde, x, t, pred, mu):
-    return sde.reverse_drift(x, t, pred.score, mu, ode=True)
+    return sde.pf_ode_drift(x, t, pred, mu)
 
 
 class _ODESampler(Sampler):

@@ -13,6 +13,7 @@ import math
 import torch
 
 from ..tensors import bcast
+from . import updates
 from .base import Query, Sampler, Step, check_choice, check_number
 
 #: method → (SDE type it is written for, strong order with additive noise)
@@ -164,6 +165,15 @@ class TorchSDE(Sampler):
             atol=self.atol, dt_min=1e-4, options={})
         extra = None
         for i in range(grid.shape[0] - 1):
+            if i == 0 and updates.singular_at_start(sde) and not bool(torch.isfinite(sde.f(grid[0])).all()):
+                # The reverse SDE's coefficients are infinite at the start (rectified flow's t = 1): the first
+                # step is the exact posterior step there (revsde.samplers.updates), then torchsde takes over.
+                pred = yield Query(x, grid[0])
+                mean, std = updates.posterior(sde, x, grid[0], grid[1], pred, mu)
+                x = mean + std * noise(grid[0], grid[1])
+                y = flat(x).contiguous()
+                yield Step(0, x, grid[1], pred.data)
+                continue
             bm.set_interval(i, grid[i], grid[i + 1])
             replay.__init__()
             u = torch.tensor([float(i), float(i + 1)], dtype=y.dtype, device=y.device)

@@ -1,8 +1,15 @@
 """One-step updates of the reverse SDE shared by several samplers: each returns ``(mean, std)``.
 
 ``t_cur > t_next`` are ``(B,)`` times; the caller adds ``std · z``. ``y = x − μ`` throughout.
+
+Where the SDE's coefficients are infinite at a step's start (rectified flow at t = 1: α = 0,
+f = −∞, g² = ∞) the Euler-type steps do not exist; they take the exact Gaussian posterior step
+there instead (``posterior``: x_next ~ N(α_next x̂₀, σ_next²) from the prior, DDIM's and the flow's
+first step in distribution).
 """
 from __future__ import annotations
+
+import math
 
 import torch
 
@@ -19,11 +26,26 @@ def to_x(y, mu):
     return y if mu is None else y + mu
 
 
+def singular_at_start(sde) -> bool:
+    """Whether ``f`` is infinite at ``t_max`` (a host-side check on a float: no device sync)."""
+    return not math.isfinite(float(sde.f(float(sde.t_max))))
+
+
+def _posterior_where_singular(sde, x, t_cur, t_next, pred, mu, mean, std):
+    """``(mean, std)`` with the posterior step's in the samples whose ``t_cur`` is a singular point."""
+    if not singular_at_start(sde):
+        return mean, std
+    singular = bcast((~torch.isfinite(sde.f(t_cur))).double(), x) != 0
+    post_mean, post_std = posterior(sde, x, t_cur, t_next, pred, mu)
+    return torch.where(singular, post_mean, mean), torch.where(singular, post_std, std)
+
+
 def euler_maruyama(sde, x, t_cur, t_next, pred, mu):
     """``x − [f (x − μ) − g² s] Δ`` and ``g sqrt(Δ)``."""
     dt = t_cur - t_next
     mean = x - sde.reverse_drift(x, t_cur, pred.score, mu) * bcast(dt, x)
-    return mean, bcast(torch.sqrt(sde.g2(t_cur) * dt), x)
+    std = bcast(torch.sqrt(sde.g2(t_cur) * dt), x)
+    return _posterior_where_singular(sde, x, t_cur, t_next, pred, mu, mean, std)
 
 
 def reverse_diffusion(sde, x, t_cur, t_next, pred, mu, discretization: str = "exact"):
@@ -40,6 +62,8 @@ def reverse_diffusion(sde, x, t_cur, t_next, pred, mu, discretization: str = "ex
         dt = t_cur - t_next
         f_i = bcast(sde.f(t_cur) * dt, x) * to_y(x, mu)
         G2 = sde.g2(t_cur) * dt
+        mean, std = x - f_i + bcast(G2, x) * pred.score, bcast(torch.sqrt(G2), x)
+        return _posterior_where_singular(sde, x, t_cur, t_next, pred, mu, mean, std)
     return x - f_i + bcast(G2, x) * pred.score, bcast(torch.sqrt(G2), x)
 
 

@@ -25,6 +25,8 @@ class LinearSDE(abc.ABC):
     t_min: float
     t_max: float
     prior_std: float
+    #: the grid ``revsde.sample`` uses when none is given, before the sampler's default (None: the sampler's)
+    default_grid: str | None = None
     #: the ``c`` of the velocity ``v = (α c ε − σ (x_0 − μ) / c) / sqrt(α² + σ²/c²)`` (``Prediction``)
     velocity_scale: float = 1.0
 
@@ -48,6 +50,15 @@ class LinearSDE(abc.ABC):
     # --- derived quantities --------------------------------------------------------------------
     def alpha(self, t) -> torch.Tensor:
         return torch.exp(self.log_alpha(t))
+
+    def alpha_dot(self, t) -> torch.Tensor:
+        """``dα_t/dt = f α``."""
+        return self.f(t) * self.alpha(t)
+
+    def sigma_dot(self, t) -> torch.Tensor:
+        """``dσ_t/dt = (g² + 2 f σ²) / (2σ)``."""
+        sigma = self.sigma(t)
+        return (self.g2(t) + 2 * self.f(t) * sigma**2) / (2 * sigma)
 
     def log_snr(self, t) -> torch.Tensor:
         """Half log-SNR ``λ_t = log(α_t / σ_t)``, decreasing in t."""
@@ -110,6 +121,11 @@ class LinearSDE(abc.ABC):
         y = x if mu is None else x - mu
         g2 = self.g2(t) * (0.5 if ode else 1.0)
         return bcast(self.f(t), x) * y - bcast(g2, x) * score
+
+    def pf_ode_drift(self, x: torch.Tensor, t, pred, mu: torch.Tensor | None = None) -> torch.Tensor:
+        """The PF-ODE drift at a ``Prediction``: ``f (x − μ) − ½ g² ∇log p_t``, equal to the flow
+        ``α′ x̂₀ + σ′ ε̂`` (SDEs whose f or g² is infinite somewhere compute it as that)."""
+        return self.reverse_drift(x, t, pred.score, mu, ode=True)
 
     def table_on(self, name: str, device) -> torch.Tensor:
         """The tensor attribute ``name`` on ``device``, copied there once: a host→device copy at every

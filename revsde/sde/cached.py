@@ -14,7 +14,7 @@ import types
 import torch
 
 #: the time functions served from the cache
-CACHED = ("log_alpha", "alpha", "sigma", "log_snr", "f", "g2", "model_time")
+CACHED = ("log_alpha", "alpha", "sigma", "log_snr", "f", "g2", "model_time", "alpha_dot", "sigma_dot")
 
 
 def _key(t: torch.Tensor):
