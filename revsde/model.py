@@ -56,8 +56,7 @@ class Prediction:
             elif self.kind == "score":
                 eps = -s * self._cache["score"]
             elif self.kind == "flow":
-                a_dot, s_dot, det = self._flow_frame()
-                eps = (a * self._cache["flow"] - a_dot * self.y) / det
+                eps = self.sde.noise_from_flow(self.y, self._cache["flow"], self.t)
             else:  # velocity: solve y = α y0 + σ ε, r v = α c ε − (σ/c) y0 for ε
                 c, r = self._velocity_frame()
                 eps = (a * r * self._cache["velocity"] + (s / c) * self.y) / (c * r**2)
@@ -72,8 +71,7 @@ class Prediction:
                 c, r = self._velocity_frame()
                 y0 = (a * c * self.y - s * r * self._cache["velocity"]) / (c * r**2)
             elif self.kind == "flow":  # finite where α = 0 (rectified flow at t = 1), unlike (y − σ ε)/α
-                a_dot, s_dot, det = self._flow_frame()
-                y0 = (s_dot * self.y - s * self._cache["flow"]) / det
+                y0 = self.sde.data_from_flow(self.y, self._cache["flow"], self.t)
             else:
                 y0 = (self.y - s * self.noise) / a
             self._cache["data"] = y0 if self.mu is None else y0 + self.mu
@@ -96,16 +94,11 @@ class Prediction:
     @property
     def flow(self) -> torch.Tensor:
         if "flow" not in self._cache:
-            a_dot, s_dot, _ = self._flow_frame()
+            a_dot = bcast(self.sde.alpha_dot(self.t), self.x)
+            s_dot = bcast(self.sde.sigma_dot(self.t), self.x)
             y0 = self.data if self.mu is None else self.data - self.mu
             self._cache["flow"] = a_dot * y0 + s_dot * self.noise
         return self._cache["flow"]
-
-    def _flow_frame(self):
-        """``α′``, ``σ′`` and ``D = α σ′ − σ α′`` (> 0: λ decreases), broadcast against x."""
-        a_dot = bcast(self.sde.alpha_dot(self.t), self.x)
-        s_dot = bcast(self.sde.sigma_dot(self.t), self.x)
-        return a_dot, s_dot, self._alpha * s_dot - self._sigma * a_dot
 
     def __getitem__(self, kind: str) -> torch.Tensor:
         return getattr(self, check_prediction(kind))

@@ -1,6 +1,6 @@
 """Tiny, deterministic diffusers pipelines built offline, for tests: DDPM (a ``UNet2DModel``), Stable
-Diffusion (text-conditioned latents) and DiT (class-conditioned latents, a transformer with a learned
-variance).
+Diffusion (text-conditioned latents), DiT (class-conditioned latents, a transformer with a learned
+variance), and the flow-matching Stable Diffusion 3 (text-to-image and image-to-image) and Flux.
 
 Every builder constructs its models from configs (never from a hub name) with weights drawn under
 ``torch.manual_seed(seed)`` inside ``torch.random.fork_rng``, so the same seed gives the same weights
@@ -18,7 +18,9 @@ from pathlib import Path
 
 import torch
 from diffusers import (AutoencoderKL, DDIMScheduler, DDPMPipeline, DDPMScheduler, DiTPipeline, DiTTransformer2DModel,
-                       SchedulerMixin, StableDiffusionPipeline, UNet2DConditionModel, UNet2DModel)
+                       FlowMatchEulerDiscreteScheduler, FluxPipeline, FluxTransformer2DModel, SchedulerMixin,
+                       SD3Transformer2DModel, StableDiffusion3Img2ImgPipeline, StableDiffusion3Pipeline,
+                       StableDiffusionPipeline, UNet2DConditionModel, UNet2DModel)
 
 TOKENIZER_DIR = Path(__file__).parent / "fixtures" / "tiny_clip_tokenizer"
 # Whole words of the fixture vocabulary: each tokenizes to a single id.
@@ -133,6 +135,77 @@ def tiny_dit_pipeline(scheduler: SchedulerMixin | None = None, seed: int = 0) ->
     return pipe.to("cpu")
 
 
+def _tiny_flow_vae(latent_channels: int, block_out_channels: tuple) -> AutoencoderKL:
+    """The SD3 / Flux VAE of diffusers' fast tests: a latent shift and scale, no quant convs."""
+    return AutoencoderKL(in_channels=3, out_channels=3, latent_channels=latent_channels,
+                         block_out_channels=block_out_channels, layers_per_block=1, norm_num_groups=4,
+                         down_block_types=("DownEncoderBlock2D",) * len(block_out_channels),
+                         up_block_types=("UpDecoderBlock2D",) * len(block_out_channels),
+                         use_quant_conv=False, use_post_quant_conv=False, shift_factor=0.0609, scaling_factor=1.5035)
+
+
+#: SD3's two CLIP encoders (each width 16) concatenate to 32: the joint attention and pooled widths
+SD3_WIDTH = 2 * CROSS_ATTENTION_DIM
+
+
+def tiny_sd3_pipeline(scheduler: SchedulerMixin | None = None, seed: int = 0, img2img: bool = False):
+    """A CPU ``StableDiffusion3Pipeline`` (``img2img``: ``StableDiffusion3Img2ImgPipeline``): a 1-layer
+    ``SD3Transformer2DModel`` on 4-channel 8 x 8 latents, the two CLIP encoders with projection on the
+    fixture tokenizer and no T5 (its embeddings are zeros, as diffusers does without it), the tiny
+    VAE (16 x 16 px). Default scheduler: ``FlowMatchEulerDiscreteScheduler(shift=3.0)`` (SD3's)."""
+    from transformers import CLIPTextConfig, CLIPTextModelWithProjection
+
+    tokenizer = tiny_clip_tokenizer()
+    config = CLIPTextConfig(vocab_size=len(tokenizer), hidden_size=CROSS_ATTENTION_DIM, intermediate_size=32,
+                            num_hidden_layers=2, num_attention_heads=2, max_position_embeddings=77,
+                            projection_dim=CROSS_ATTENTION_DIM, bos_token_id=tokenizer.bos_token_id,
+                            eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
+    with _seeded(seed):
+        text_encoders = [CLIPTextModelWithProjection(config).eval() for _ in range(2)]
+        transformer = SD3Transformer2DModel(sample_size=LATENT_SIZE, patch_size=1, in_channels=4, out_channels=4,
+                                            num_layers=1, attention_head_dim=8, num_attention_heads=2,
+                                            caption_projection_dim=16, joint_attention_dim=SD3_WIDTH,
+                                            pooled_projection_dim=SD3_WIDTH)
+        vae = _tiny_flow_vae(4, (8, 16))
+    cls = StableDiffusion3Img2ImgPipeline if img2img else StableDiffusion3Pipeline
+    pipe = cls(transformer=transformer.eval(), vae=vae.eval(), text_encoder=text_encoders[0], tokenizer=tokenizer,
+               text_encoder_2=text_encoders[1], tokenizer_2=tokenizer, text_encoder_3=None, tokenizer_3=None,
+               scheduler=scheduler if scheduler is not None else FlowMatchEulerDiscreteScheduler(shift=3.0))
+    pipe.set_progress_bar_config(disable=True)
+    return pipe.to("cpu")
+
+
+#: Flux-dev's scheduler config: Flux's dynamic shift from the image's sequence length
+FLUX_SCHEDULER = dict(shift=3.0, use_dynamic_shifting=True, base_shift=0.5, max_shift=1.15, base_image_seq_len=256,
+                      max_image_seq_len=4096)
+FLUX_WIDTH = 32
+
+
+def tiny_flux_pipeline(scheduler: SchedulerMixin | None = None, seed: int = 0) -> FluxPipeline:
+    """A CPU ``FluxPipeline`` without text encoders (call it with ``prompt_embeds`` and
+    ``pooled_prompt_embeds`` of width :data:`FLUX_WIDTH`: :func:`flux_embeddings`): diffusers' fast-test
+    ``FluxTransformer2DModel`` (1 double and 1 single block) on 1-channel latents packed 2 x 2, a
+    one-level VAE (8 x 8 px images). Default scheduler: ``FlowMatchEulerDiscreteScheduler(**FLUX_SCHEDULER)``."""
+    with _seeded(seed):
+        transformer = FluxTransformer2DModel(patch_size=1, in_channels=4, num_layers=1, num_single_layers=1,
+                                             attention_head_dim=16, num_attention_heads=2,
+                                             joint_attention_dim=FLUX_WIDTH, pooled_projection_dim=FLUX_WIDTH,
+                                             axes_dims_rope=[4, 4, 8])
+        vae = _tiny_flow_vae(1, (4,))
+    scheduler = scheduler if scheduler is not None else FlowMatchEulerDiscreteScheduler(**FLUX_SCHEDULER)
+    pipe = FluxPipeline(scheduler=scheduler, vae=vae.eval(), text_encoder=None, tokenizer=None, text_encoder_2=None,
+                        tokenizer_2=None, transformer=transformer.eval())
+    pipe.set_progress_bar_config(disable=True)
+    return pipe.to("cpu")
+
+
+def flux_embeddings(batch: int, seed: int = 0, tokens: int = 6) -> dict:
+    """Stand-in text embeddings for :func:`tiny_flux_pipeline` (``prompt_embeds``, ``pooled_prompt_embeds``)."""
+    gen = torch.Generator().manual_seed(seed)
+    return {"prompt_embeds": torch.randn(batch, tokens, FLUX_WIDTH, generator=gen),
+            "pooled_prompt_embeds": torch.randn(batch, FLUX_WIDTH, generator=gen)}
+
+
 @dataclass
 class UNetCalls:
     """What :func:`count_unet_calls` saw: forward ``calls`` and the batch ``rows`` they evaluated."""
@@ -142,16 +215,17 @@ class UNetCalls:
 
 @contextlib.contextmanager
 def count_unet_calls(pipe) -> Iterator[UNetCalls]:
-    """Count ``pipe.unet`` forward calls inside the block (a classifier-free-guidance step is one call
-    of twice the batch: NFE = ``calls``, rows = ``calls x 2 x batch``)."""
+    """Count ``pipe.unet`` (or ``pipe.transformer``) forward calls inside the block (a classifier-free-guidance
+    step is one call of twice the batch: NFE = ``calls``, rows = ``calls x 2 x batch``)."""
     counter = UNetCalls()
 
     def hook(module, args, kwargs):
-        sample = args[0] if args else kwargs["sample"]
+        sample = args[0] if args else kwargs.get("sample", kwargs.get("hidden_states"))
         counter.calls += 1
         counter.rows += sample.shape[0]
 
-    handle = pipe.unet.register_forward_pre_hook(hook, with_kwargs=True)
+    network = pipe.unet if hasattr(pipe, "unet") else pipe.transformer
+    handle = network.register_forward_pre_hook(hook, with_kwargs=True)
     try:
         yield counter
     finally:

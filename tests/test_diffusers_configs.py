@@ -1,7 +1,7 @@
 """RevSDEScheduler with the configurations real pipelines hand it (issue 21, items 5–10): every
 training index as a timestep, zero-terminal-SNR tables, learned variances and dynamic thresholding,
-DiT's doubled guidance batch, flow-matching configs (refused), and loading a saved pipeline in a
-fresh process. Where DPMSolverMultistepScheduler runs the same configuration, the images agree."""
+DiT's doubled guidance batch, flow-matching configs (read as rectified flow), and loading a saved
+pipeline in a fresh process. Where DPMSolverMultistepScheduler runs the same configuration, the images agree."""
 from __future__ import annotations
 
 import json
@@ -310,32 +310,25 @@ def test_only_the_mirrored_second_half_is_accepted_as_an_edit():
         rev.step(net(out.prev_sample, rev.timesteps[2]), rev.timesteps[2], out.prev_sample + 1)
 
 
-# --- item 9: flow matching (refused until supported) ------------------------------------------------------
-@pytest.mark.parametrize("source, keys, said", [
-    ("FlowMatchEulerDiscreteScheduler", {}, "key 'shift'"),
-    ("FlowMatchEulerDiscreteScheduler", {"shift": 3.0, "use_dynamic_shifting": True}, "use_dynamic_shifting=True"),
-    ("FlowMatchHeunDiscreteScheduler", {}, "key 'shift'"),
-    ("UniPCMultistepScheduler", {"use_flow_sigmas": True, "prediction_type": "flow_prediction"},
-     "use_flow_sigmas=True"),
-    ("DPMSolverMultistepScheduler", {"use_flow_sigmas": True, "flow_shift": 3.0}, "flow_shift=3.0"),
+# --- item 9: flow matching (tests/test_diffusers_flow.py covers it; issue 22) -------------------------------
+@pytest.mark.parametrize("source, keys, family", [
+    ("FlowMatchEulerDiscreteScheduler", {}, "flow_match"),
+    ("FlowMatchEulerDiscreteScheduler", {"shift": 3.0, "use_dynamic_shifting": True}, "flow_match"),
+    ("FlowMatchHeunDiscreteScheduler", {}, "flow_match"),
+    ("UniPCMultistepScheduler", {"use_flow_sigmas": True, "prediction_type": "flow_prediction"}, "unipc"),
+    ("DPMSolverMultistepScheduler", {"use_flow_sigmas": True, "flow_shift": 3.0}, "dpm_solver"),
 ])
-def test_flow_matching_configs_are_refused(source, keys, said, tmp_path):
-    """A config made in memory names no class: the message names the flow schedulers to keep; a saved
-    one (what a pipeline folder holds) names its own class."""
+def test_flow_matching_configs_sample_rectified_flow(source, keys, family, tmp_path):
+    """Made in memory (no class name) or saved (a pipeline folder's), a flow config gets its family."""
     scheduler = getattr(diffusers, source)(**keys)
-    with pytest.raises(ValueError, match=f"{said}.*does not support flow matching yet.*Keep the pipeline's "
-                                         "flow-matching scheduler \\(FlowMatchEulerDiscreteScheduler"):
-        RevSDEScheduler.from_config(scheduler.config, sampler="mrs")
     scheduler.save_pretrained(tmp_path)
-    loaded = getattr(diffusers, source).from_pretrained(tmp_path)
-    for load in (lambda: RevSDEScheduler.from_config(loaded.config), lambda: RevSDEScheduler.from_pretrained(tmp_path)):
-        with pytest.raises(ValueError, match=f"{said}.*Keep {source} for this pipeline"):
-            load()
+    for rev in (RevSDEScheduler.from_config(scheduler.config, sampler="mrs"), RevSDEScheduler.from_pretrained(tmp_path)):
+        assert rev.config.flow_schedule == family and isinstance(rev.sde, revsde.sde.RectifiedFlow)
 
 
-def test_flow_keys_given_as_arguments_are_refused():
-    with pytest.raises(ValueError, match="use_flow_sigmas=True"):
-        RevSDEScheduler.from_config(diffusers.DPMSolverMultistepScheduler().config, use_flow_sigmas=True)
+def test_flow_keys_given_as_arguments_make_a_flow_schedule():
+    rev = RevSDEScheduler.from_config(diffusers.DPMSolverMultistepScheduler().config, use_flow_sigmas=True)
+    assert rev.config.flow_schedule == "dpm_solver" and rev.config.prediction_type == "epsilon"
 
 
 @pytest.mark.parametrize("source", ["DPMSolverMultistepScheduler", "UniPCMultistepScheduler", "DEISMultistepScheduler",

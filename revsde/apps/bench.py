@@ -50,7 +50,22 @@ def problems() -> dict[str, Problem]:
         # restoration-like: clean data near the observation μ, IR-SDE's schedule (λ = 50/255, cosine, T = 100)
         "mr": Problem("mr", sde_mod.MRSDE(), GaussianMixture.ring(radius=0.5, std=0.08),
                       torch.tensor([0.3, -0.2], dtype=torch.float64)),
+        # flow matching: the same ring on rectified flow (x_t = (1 − t) x_0 + t ε), the exact velocity field
+        "flow": Problem("flow", sde_mod.RectifiedFlow(), GaussianMixture.ring(), None),
+        # the 6-component mixture of 3×8×8 images of the diffusers pipeline bench (D = 192) on rectified flow:
+        # where few-step errors, not sampling noise, set the FD
+        "flow192": Problem("flow192", sde_mod.RectifiedFlow(), image_mixture(), None),
     }
+
+
+FLOW_PROBLEMS = {"flow", "flow192"}
+
+
+def image_mixture() -> GaussianMixture:
+    """``ExactMixtureUNet.default()``'s data: six coloured 3×8×8 patterns, std 0.1, unequal weights."""
+    from ..integrations.mixture_unet import ExactMixtureUNet
+
+    return ExactMixtureUNet.default().mixture()
 
 
 @dataclass
@@ -64,6 +79,7 @@ class Config:
     scheduler: Callable | None = None
     tolerances: tuple = ()  # adaptive samplers: one run per tolerance instead of per NFE
     problems: tuple = ("vp", "mr")
+    flow: bool = False  # a diffusers flow-matching scheduler (fed the velocity at σ = timestep / 1000)
 
     def steps_for(self, nfe: int) -> int:
         # diffusers' Heun makes 2 N − 1 evaluations for N steps (the last is first-order)
@@ -96,6 +112,31 @@ def revsde_configs() -> list[Config]:
         Config("ode_heun", "ode_heun", evals_per_step=2),
         Config("ode_rk45", "ode_rk45", tolerances=(3e-1, 1e-1, 3e-2, 1e-2, 1e-3, 1e-4)),
     ]
+    return configs + flow_configs()
+
+
+def flow_configs() -> list[Config]:
+    """revsde's samplers on the rectified-flow problem: the data-prediction MR Sampler (= DPM-Solver++ on
+    flow; order 1 is the flow's Euler step), the same with SD3's time shift (``shift``), the velocity form,
+    the SDE forms and the classic solvers. Noise-prediction SDE forms cannot start at α = 0 (refused)."""
+    flow = ("flow", "flow192")
+    configs = []
+    for order in (1, 2, 3):
+        configs.append(Config(f"mrs ODE {order} data", "mrs", {"order": order}, problems=flow))
+    configs += [
+        Config("mrs ODE 2 data midpoint", "mrs", {"order": 2, "second_order": "midpoint"}, problems=flow),
+        Config("mrs ODE 2 noise", "mrs", {"order": 2, "prediction": "noise"}, problems=flow),
+        Config("mrs ODE 2 velocity", "mrs", {"order": 2, "prediction": "velocity"}, problems=flow),
+        Config("mrs SDE 1 data", "mrs", {"order": 1, "stochastic": True}, problems=flow),
+        Config("mrs SDE 2 data", "mrs", {"order": 2, "stochastic": True}, problems=flow),
+    ]
+    for shift in (0.5, 2.0, 3.0):
+        for order in (2, 3):
+            configs.append(Config(f"mrs ODE {order} data shift {shift:g}", "mrs", {"order": order, "shift": shift},
+                                  problems=flow))
+    configs += [Config("posterior", "posterior", problems=flow), Config("euler_maruyama", "euler_maruyama", problems=flow),
+                Config("ode_heun", "ode_heun", evals_per_step=2, problems=flow),
+                Config("ode_rk45", "ode_rk45", tolerances=(3e-1, 1e-1, 3e-2, 1e-2, 1e-3, 1e-4), problems=flow)]
     return configs
 
 
@@ -193,10 +234,36 @@ def diffusers_configs() -> list[Config]:
         ("diffusers DDIM", make(d.DDIMScheduler, clip_sample=False), 1),  # the ring reaches |x| = 2.5
         ("diffusers Euler", make(d.EulerDiscreteScheduler), 1),
         ("diffusers Heun", make(d.HeunDiscreteScheduler), 2),
-    ]]
+    ]] + diffusers_flow_configs()
+
+
+def diffusers_flow_configs() -> list[Config]:
+    """diffusers' flow-matching schedulers on the rectified-flow problem (SD3's, and those of Wan/Sana
+    with ``use_flow_sigmas``), without shift and with SD3's shift 3."""
+    import diffusers as d
+
+    flow_dpm = dict(use_flow_sigmas=True, prediction_type="flow_prediction")
+    out = []
+    for shift in (1.0, 3.0, 0.5):
+        tag = "" if shift == 1.0 else f" shift {shift:g}"
+        out += [
+            (f"diffusers FlowMatchEuler{tag}", lambda s=shift: d.FlowMatchEulerDiscreteScheduler(shift=s), 1),
+            (f"diffusers FlowMatchHeun{tag}", lambda s=shift: d.FlowMatchHeunDiscreteScheduler(shift=s), 2),
+            (f"diffusers DPM-Solver++ 2M flow{tag}",
+             lambda s=shift: d.DPMSolverMultistepScheduler(solver_order=2, flow_shift=s, **flow_dpm), 1),
+            (f"diffusers DPM-Solver++ 3M flow{tag}",
+             lambda s=shift: d.DPMSolverMultistepScheduler(solver_order=3, flow_shift=s, **flow_dpm), 1),
+            (f"diffusers UniPC flow{tag}", lambda s=shift: d.UniPCMultistepScheduler(flow_shift=s, **flow_dpm), 1),
+        ]
+    out.append(("diffusers FlowMatchEuler stochastic",
+                lambda: d.FlowMatchEulerDiscreteScheduler(stochastic_sampling=True), 1))
+    return [Config(label, scheduler=factory, evals_per_step=per_step, problems=("flow", "flow192"), flow=True)
+            for label, factory, per_step in out]
 
 
 def _run_diffusers(config: Config, problem: Problem, x_prior: torch.Tensor, nfe: int, seed: int):
+    if config.flow:
+        return _run_diffusers_flow(config, problem, x_prior, nfe, seed)
     scheduler = config.scheduler()
     scheduler.set_timesteps(config.steps_for(nfe))
     x = x_prior.to(torch.float64) * float(scheduler.init_noise_sigma)
@@ -213,11 +280,35 @@ def _run_diffusers(config: Config, problem: Problem, x_prior: torch.Tensor, nfe:
     return x, count, 0.0  # diffusers' schedulers end at σ = 0: the data
 
 
+def _run_diffusers_flow(config: Config, problem: Problem, x_prior: torch.Tensor, nfe: int, seed: int):
+    """A flow-matching scheduler as SD3's pipeline drives it: timesteps σ · 1000, the velocity at σ."""
+    from ..nets.gmm import MixtureDenoiser
+
+    scheduler = config.scheduler()
+    scheduler.set_timesteps(config.steps_for(nfe))
+    velocity = MixtureDenoiser(problem.mixture, problem.sde, "flow")
+    x = x_prior.to(torch.float64)
+    generator = torch.Generator().manual_seed(seed)
+    count = 0
+    for t in scheduler.timesteps:
+        sigma = torch.full((x.shape[0],), float(t) / scheduler.config.num_train_timesteps, dtype=torch.float64)
+        v = velocity(x, sigma)
+        count += 1
+        extra = {"generator": generator} if "generator" in inspect.signature(scheduler.step).parameters else {}
+        x = scheduler.step(v, t, x, **extra).prev_sample
+    return x, count, 0.0
+
+
 def _run_revsde(config: Config, problem: Problem, x_prior: torch.Tensor, nfe: int | None, seed: int,
                 tolerance: float | None = None):
     n = x_prior.shape[0]
     options = dict(config.options)
     grid = options.pop("grid", None)
+    shift = options.pop("shift", None)
+    if shift is not None:
+        from ..grids import Shifted
+
+        grid = Shifted(shift)
     if tolerance is not None:
         options.update(rtol=tolerance, atol=tolerance)
     mu = None if problem.mu is None else problem.mu.expand(n, -1)
@@ -398,12 +489,16 @@ def load(path) -> BenchResult:
                        data.get("floors", {}))
 
 
-def write(result: BenchResult, out_dir) -> dict:
-    """``bench_gmm.md``, ``bench_gmm.json`` and ``bench_gmm.png`` in ``out_dir`` (written atomically)."""
+def write(result: BenchResult, out_dir, stem: str | None = None) -> dict:
+    """``bench_gmm.md``, ``.json`` and ``.png`` in ``out_dir`` (written atomically); ``stem`` other than
+    ``bench_gmm`` (default: ``bench_flow`` when every problem is a rectified-flow one)."""
     from pathlib import Path
 
+    if stem is None:
+        flow = {r["problem"] for r in result.records} <= FLOW_PROBLEMS
+        stem = "bench_flow" if flow else "bench_gmm"
     out = Path(out_dir)
-    paths = {"markdown": out / "bench_gmm.md", "json": out / "bench_gmm.json", "plot": out / "bench_gmm.png"}
+    paths = {"markdown": out / f"{stem}.md", "json": out / f"{stem}.json", "plot": out / f"{stem}.png"}
     with atomic_output(paths["markdown"]) as f:
         f.write(result.markdown().encode())
     with atomic_output(paths["json"]) as f:

@@ -1,9 +1,11 @@
 """Sampling a local diffusers pipeline folder with any fixed-step revsde sampler.
 
 ``sample_diffusers`` loads the folder offline, swaps its scheduler for ``RevSDEScheduler`` built
-from the folder's own scheduler config (same training schedule and prediction type), runs the
-pipeline, and returns the images with the counted network evaluations; ``revsde sample --diffusers``
-only parses, prints and writes. The folder is only read.
+from the folder's own scheduler config (same training schedule and prediction type; for a
+flow-matching folder — SD3, Flux, Wan/Sana-style UniPC or DPM-Solver flow configs — the same
+rectified flow and shifted sigmas), runs the pipeline, and returns the images with the counted
+network evaluations; ``revsde sample --diffusers`` only parses, prints and writes. The folder is
+only read.
 """
 from __future__ import annotations
 
@@ -83,9 +85,12 @@ class DiffusersSample:
 
 
 def load_pipeline(path: str | os.PathLike, progress: bool = False):
-    """A diffusers pipeline from a local folder (``model_index.json`` inside), never from a hub."""
-    from diffusers import DiffusionPipeline
+    """A diffusers pipeline from a local folder (``model_index.json`` inside), never from a hub; a folder
+    that names revsde's classes (``UnconditionalPipeline``, ``RevSDEScheduler``) loads with them
+    (``integrations.pipelines.load_pipeline``)."""
     from diffusers.utils import logging as diffusers_logging
+
+    from ..integrations.pipelines import load_pipeline as load_with_revsde_classes
 
     folder = Path(path)
     if not folder.is_dir():
@@ -101,8 +106,8 @@ def load_pipeline(path: str | os.PathLike, progress: bool = False):
 
                 quiet.enter_context(_bars_off(transformers_logging))
         try:
-            return DiffusionPipeline.from_pretrained(folder, local_files_only=True, low_cpu_mem_usage=False)
-        except (OSError, KeyError, AttributeError, TypeError) as error:
+            return load_with_revsde_classes(folder, local_files_only=True, low_cpu_mem_usage=False)
+        except (OSError, KeyError, AttributeError, TypeError, json.JSONDecodeError) as error:
             raise ValueError(f"could not load the diffusers pipeline in {str(path)!r}: {error}") from None
 
 
@@ -129,7 +134,8 @@ def sample_diffusers(path: str | os.PathLike, *, sampler: str = "mrs", steps: in
     options or any other ``RevSDEScheduler`` key (e.g. ``final_sigmas_type``). Text-conditioned pipelines
     need ``prompt`` (with optional ``negative_prompt`` and ``guidance_scale``); unconditional ones
     refuse it. Image ``b`` draws all its noise from a generator seeded ``seed + b``. ``graphs``: replay
-    the UNet from CUDA graphs (``graph_unet``): ``"auto"`` on CUDA devices, ``True`` or ``False``.
+    the UNet from CUDA graphs (``graph_unet``): ``"auto"`` on CUDA devices for pipelines with a UNet
+    (transformer pipelines run as they are), ``True`` or ``False``.
     """
     from ..integrations.diffusers import RevSDEScheduler, graph_unet
 
@@ -139,13 +145,16 @@ def sample_diffusers(path: str | os.PathLike, *, sampler: str = "mrs", steps: in
         raise ValueError(f"seed must be an integer >= 0 (got {seed!r})")
     device = _device(device)
     options = dict(options or {})
-    valid = [k for k in inspect.signature(RevSDEScheduler.__init__).parameters if k not in ("self", "sampler")]
+    parameters = inspect.signature(RevSDEScheduler.__init__).parameters
+    valid = [k for k in parameters if k not in ("self", "sampler")]
     unknown = sorted(set(options) - set(valid))
     if unknown:
         raise ValueError(f"RevSDEScheduler has no option {', '.join(map(repr, unknown))}; "
                          f"its options are: {', '.join(valid)}")
     keys = {"grid": grid or "discrete", "noise": noise}
-    RevSDEScheduler(sampler=sampler, **keys, **options)  # refuse bad choices before loading anything
+    flow_keys = {k for k, p in parameters.items() if p.kind is inspect.Parameter.KEYWORD_ONLY}
+    if not set(options) & flow_keys:  # flow keys are checked against the folder's schedule, once loaded
+        RevSDEScheduler(sampler=sampler, **keys, **options)  # refuse bad choices before loading anything
     pipe = load_pipeline(path, progress)
     if not hasattr(pipe, "scheduler") or not hasattr(pipe.scheduler, "config"):
         raise ValueError(f"the pipeline in {str(path)!r} ({type(pipe).__name__}) has no scheduler to replace")
@@ -154,8 +163,11 @@ def sample_diffusers(path: str | os.PathLike, *, sampler: str = "mrs", steps: in
     pipe.to(device)
     if graphs not in ("auto", True, False):
         raise ValueError(f"graphs must be 'auto', True or False (got {graphs!r})")
-    if graphs is True or (graphs == "auto" and device.type == "cuda"):
-        graph_unet(pipe.unet)
+    unet = getattr(pipe, "unet", None)
+    if graphs is True and unet is None:
+        raise ValueError(f"graphs=True replays a UNet; {type(pipe).__name__} has none (use graphs='auto' or False)")
+    if unet is not None and (graphs is True or (graphs == "auto" and device.type == "cuda")):
+        graph_unet(unet)
 
     call = inspect.signature(pipe.__call__).parameters
     generators = [torch.Generator().manual_seed(seed + b) for b in range(n)]

@@ -3,11 +3,14 @@
     pipe.scheduler = RevSDEScheduler.from_config(pipe.scheduler.config, sampler="mrs", order=2)
 
 The scheduler builds the discrete VP SDE of the training schedule in the config it replaces
-(``DiscreteVPSDE.from_schedule``: DDPM index = the model's time), and each ``step()`` answers one
-``Query`` of the same sampler generator that ``revsde.sample`` drives: one implementation of the
-maths. ``timesteps`` are the sampler's evaluation times in model units, repeated where a step
-evaluates more than once (``order`` = evaluations per step, as diffusers' Heun). The config keys it
-reads and what they mean are in ``scheduler_config``; flow-matching configs are refused.
+(``DiscreteVPSDE.from_schedule``: DDPM index = the model's time), or for a flow-matching config
+(FlowMatch*, or DPM-Solver / UniPC / DEIS with ``use_flow_sigmas``) ``RectifiedFlow`` on diffusers'
+sigmas for that config, and each ``step()`` answers one ``Query`` of the same sampler generator that
+``revsde.sample`` drives: one implementation of the maths. ``timesteps`` are the sampler's
+evaluation times in model units, repeated where a step evaluates more than once (``order`` =
+evaluations per step, as diffusers' Heun). The config keys it reads and what they mean are in
+``scheduler_config`` (DDPM-style tables) and ``flow_schedule`` (flow matching); a config that is
+neither is refused.
 
 A pipeline saved with this scheduler records it as ``["revsde.integrations.diffusers",
 "RevSDEScheduler"]``. diffusers (0.42) resolves such a library only among the modules the process
@@ -32,8 +35,11 @@ from ..samplers.base import Query, Step
 from ..sde.vp import DiscreteVPSDE
 from ..sde.cached import GridCoefficients
 from ..solve import FiniteGuard, _state_dtype, check_finite
-from .scheduler_config import (FINAL_SIGMAS_TYPES, NOISES, PREDICTION_TYPES, SAMPLER_OPTIONS,  # noqa: F401
-                               TIMESTEP_SPACINGS, check_not_flow, check_output_keys, discrete_timesteps,
+from .graphed_unet import GraphedUNetOutput, graph_unet  # noqa: F401  (their home before issue 22)
+from .flow_schedule import (FLOW_MATCH_CLASSES, FLOW_PREDICTION_TYPES, FLOW_SCHEDULES, FlowSchedule,
+                            config_schedule)
+from .scheduler_config import (FINAL_SIGMAS_TYPES, LEARNED_VARIANCE_TYPES, NOISES, PREDICTION_TYPES,  # noqa: F401
+                               SAMPLER_OPTIONS, TIMESTEP_SPACINGS, VPSchedule, check_output_keys, discrete_timesteps,
                                dynamic_threshold, prediction_channels)
 
 
@@ -47,29 +53,42 @@ class RevSDESchedulerOutput(BaseOutput):
 
 
 class RevSDEScheduler(SchedulerMixin, ConfigMixin):
-    """A diffusers scheduler that runs a revsde sampler on the config's discrete VP SDE.
+    """A diffusers scheduler that runs a revsde sampler on the config's discrete VP SDE or rectified flow.
 
     ``sampler``: a registry name with query times known in advance (all but ``ode_rk45`` and
     ``torchsde``); its options as values (``order``, ``prediction``, ``stochastic``, ``corrector``,
     ``snr``, …; ``None`` keeps the sampler's default). ``grid``: ``"discrete"`` (diffusers'
     DPMSolverMultistep/UniPC integer timesteps for ``timestep_spacing``, then the table's first
-    point) or a continuous grid of ``revsde.grids`` (``logsnr``, ``karras``, ``uniform_t``,
-    ``quadratic``) over the whole table. ``final_sigmas_type``: ``"zero"`` — the last step goes to
+    point; for a flow schedule, diffusers' sigmas for the config) or a continuous grid of
+    ``revsde.grids`` (``logsnr``, ``karras``, ``uniform_t``, ``quadratic``) over the whole table
+    (DDPM-style tables only). ``final_sigmas_type``: ``"zero"`` — the last step goes to
     σ = 0, i.e. returns x̂₀ of its first evaluation, as diffusers' solvers do — or ``"sigma_min"``
-    (the sampler's own last step, to the table's first point). With as many steps as training steps
-    the discrete timesteps are every index, down to 0, whose x̂₀ is then the result (``"zero"`` only).
+    (the sampler's own last step, to the table's first point; for a flow schedule, to t = 0). With as
+    many steps as training steps the discrete timesteps are every index, down to 0, whose x̂₀ is then
+    the result (``"zero"`` only).
     ``noise``: ``"gaussian"`` or ``"brownian"`` (a fixed Brownian path, the same at every step count),
     drawn from the ``generator`` passed to ``step`` (one, or a list with one per sample), else from a
     seed drawn from torch's global generator. The rest are keys of the config it replaces: the
     training schedule (``rescale_betas_zero_snr``: sampling starts at diffusers' finite stand-in
-    ᾱ = 2⁻²⁴), ``prediction_type`` (epsilon, sample or v_prediction), ``variance_type`` (``learned`` /
+    ᾱ = 2⁻²⁴), ``prediction_type`` (epsilon, sample or v_prediction; flow_prediction, epsilon or
+    sample for a flow schedule), ``variance_type`` (``learned`` /
     ``learned_range``: the output's second half of channels, a variance, is dropped; DDPM's ``fixed_*``
     and ``None``: the output is the prediction alone), and ``thresholding`` (Imagen's dynamic
     thresholding of every x̂₀ at ``dynamic_thresholding_ratio``, ``sample_max_value``; the sampler then
     uses the thresholded x̂₀ and the noise it implies, as DPMSolverMultistep does).
+
+    ``flow_schedule`` (``None``: the DDPM table of ``beta_*``) names the flow-matching family whose
+    sigmas the keyword-only keys after it describe (``"flow_match"``: ``shift``,
+    ``use_dynamic_shifting`` with the pipeline's ``mu``, ``time_shift_type``, ``shift_terminal``,
+    ``use_karras_sigmas`` / ``use_exponential_sigmas`` / ``use_beta_sigmas``, ``invert_sigmas``;
+    ``"dpm_solver"`` and ``"unipc"``: ``flow_shift``, …; see ``flow_schedule``): the SDE is then
+    ``RectifiedFlow`` and ``from_config`` fills it in from a FlowMatch config or a
+    ``use_flow_sigmas=True`` one. In a DDPM-style config ``use_karras_sigmas`` and its kin, the
+    replaced scheduler's grid choice, are ignored (``grid`` chooses) and ``flow_shift`` is unused, as
+    there in diffusers.
     """
 
-    _compatibles = [e.name for e in KarrasDiffusionSchedulers]
+    _compatibles = [e.name for e in KarrasDiffusionSchedulers] + list(FLOW_MATCH_CLASSES[:2])
 
     @register_to_config
     def __init__(self, sampler: str = "mrs", order: int | None = None, prediction: str | None = None,
@@ -83,7 +102,11 @@ class RevSDEScheduler(SchedulerMixin, ConfigMixin):
                  trained_betas=None, prediction_type: str = "epsilon", timestep_spacing: str = "linspace",
                  steps_offset: int = 0, rescale_betas_zero_snr: bool = False, variance_type: str | None = None,
                  thresholding: bool = False, dynamic_thresholding_ratio: float = 0.995,
-                 sample_max_value: float = 1.0):
+                 sample_max_value: float = 1.0, *, flow_schedule: str | None = None, shift: float = 1.0,
+                 use_dynamic_shifting: bool = False, time_shift_type: str = "exponential",
+                 shift_terminal: float | None = None, use_karras_sigmas: bool = False,
+                 use_exponential_sigmas: bool = False, use_beta_sigmas: bool = False, invert_sigmas: bool = False,
+                 flow_shift: float = 1.0):
         given = dict(order=order, prediction=prediction, stochastic=stochastic, lower_order_final=lower_order_final,
                      denoise_last=denoise_last, warmup=warmup, second_order=second_order, third_order=third_order,
                      predictor=predictor, corrector=corrector, snr=snr, corrector_steps=corrector_steps,
@@ -98,21 +121,58 @@ class RevSDEScheduler(SchedulerMixin, ConfigMixin):
             raise ValueError(f"RevSDEScheduler cannot drive this sampler: {err}") from None
         if grid != "discrete" and grid not in grids_mod.available():
             raise ValueError(f"grid must be 'discrete' or one of {', '.join(grids_mod.available())} (got {grid!r})")
+        flow = flow_schedule is not None
+        predictions = FLOW_PREDICTION_TYPES if flow else PREDICTION_TYPES
         for key, value, valid in (("final_sigmas_type", final_sigmas_type, FINAL_SIGMAS_TYPES),
                                   ("noise", noise, NOISES), ("timestep_spacing", timestep_spacing, TIMESTEP_SPACINGS),
-                                  ("prediction_type", prediction_type, tuple(PREDICTION_TYPES))):
+                                  ("prediction_type", prediction_type, tuple(predictions))):
             if value not in valid:
-                raise ValueError(f"RevSDEScheduler supports {key} in {{{', '.join(valid)}}} (got {value!r})")
+                hint = {("prediction_type", False): " for a DDPM-style table (flow_prediction needs a flow_schedule)",
+                        ("prediction_type", True): " for a flow schedule (v_prediction is the VP velocity)"}
+                raise ValueError(f"RevSDEScheduler supports {key} in {{{', '.join(valid)}}} (got {value!r})"
+                                 + hint.get((key, flow), ""))
         check_output_keys(variance_type, thresholding, dynamic_thresholding_ratio, sample_max_value)
-        self.sde = DiscreteVPSDE.from_schedule(num_train_timesteps, beta_start, beta_end, beta_schedule,
-                                               trained_betas, rescale_betas_zero_snr)
-        self.alphas_cumprod = self.sde.alphas_cumprod.float()
+        table = None
+        if not flow or (flow_schedule == "unipc" and use_karras_sigmas):
+            table = DiscreteVPSDE.from_schedule(num_train_timesteps, beta_start, beta_end, beta_schedule,
+                                                trained_betas, rescale_betas_zero_snr)
+        if flow:
+            if grid != "discrete":
+                raise ValueError(f"a flow schedule samples on diffusers' sigmas for its config (grid='discrete'; got "
+                                 f"grid={grid!r}); pass custom sigmas to set_timesteps for another grid")
+            ac = table.alphas_cumprod.float() if table is not None else None
+            self._schedule = FlowSchedule(
+                flow_schedule, num_train_timesteps, shift=shift, use_dynamic_shifting=use_dynamic_shifting,
+                time_shift_type=time_shift_type, shift_terminal=shift_terminal, use_karras_sigmas=use_karras_sigmas,
+                use_exponential_sigmas=use_exponential_sigmas, use_beta_sigmas=use_beta_sigmas,
+                invert_sigmas=invert_sigmas, flow_shift=flow_shift,
+                vp_sigmas=None if ac is None else ((1 - ac) / ac) ** 0.5)
+            self.sde = self._schedule.sde
+            self.alphas_cumprod = None
+        else:
+            flow_keys = dict(shift=shift != 1, use_dynamic_shifting=use_dynamic_shifting,
+                             shift_terminal=shift_terminal is not None, invert_sigmas=invert_sigmas)
+            wrong = [key for key, set_ in flow_keys.items() if set_]
+            if wrong:
+                raise ValueError(f"{', '.join(wrong)}: flow-matching keys, which need a flow_schedule (one of "
+                                 f"{', '.join(FLOW_SCHEDULES)}; from_config of a flow scheduler's config sets it)")
+            self.sde = table
+            self.alphas_cumprod = self.sde.alphas_cumprod.float()
+            self._schedule = VPSchedule(self.sde, num_train_timesteps, grid, timestep_spacing, steps_offset,
+                                        final_sigmas_type == "zero")
+        self._kind = predictions[prediction_type]
+        # read once, not in every step()
+        self._final_zero = final_sigmas_type == "zero"
+        self._negate = flow and invert_sigmas
+        self._learned_variance = variance_type in LEARNED_VARIANCE_TYPES
         #: timesteps per logical step (diffusers' meaning), not the solver's convergence order
         self.order = self.sampler.evals_per_step
         self.init_noise_sigma = 1.0
         self.timesteps: torch.Tensor | None = None
+        #: flow schedules: diffusers' sigmas of the grid (one per step, then the end)
+        self.sigmas: torch.Tensor | None = None
         self.num_inference_steps: int | None = None
-        self._grid = self._query_model_t = None
+        self._grid = self._query_t = self._query_model_t = self._query_model_list = None
         self._begin_index = None
         self._reset_run()
 
@@ -125,11 +185,28 @@ class RevSDEScheduler(SchedulerMixin, ConfigMixin):
         the old class's (``HeunDiscreteScheduler()``'s β 0.00085–0.012 would become 1e-4–0.02): here
         every value is taken as written. Naming a ``sampler`` drops the sampler
         options the config carries from an earlier sampler (``from_config(rev.config, sampler="pc")``
-        does not inherit ``order``). A flow-matching config is refused (not supported yet)."""
+        does not inherit ``order``). A flow-matching config gets its ``flow_schedule`` (and a FlowMatch
+        config ``prediction_type="flow_prediction"``); a config that is neither DDPM-style nor flow
+        is refused. The replaced scheduler's own sampler choices (``solver_order``, ``algorithm_type``,
+        FlowMatch's ``stochastic_sampling``) are not carried over: the sampler is ``sampler``'s. Only
+        ``stochastic_sampling=True`` with no sampler named is refused: its full re-noising of x̂₀ at
+        every step (``x_next = (1 − σ_next) x̂₀ + σ_next z``) is no revsde sampler's, so name a
+        stochastic one (``sampler="mrs", stochastic=True``, ``"euler_maruyama"``, …)."""
         if config is not None:
             config = dict(config)
-            check_not_flow({**config, **kwargs})
             config.pop("_use_default_values", None)  # the values as written (for our own config, the same)
+            merged = {**config, **kwargs}
+            if "flow_schedule" not in merged:  # a diffusers scheduler's config: which process it samples
+                family = config_schedule(merged, cls._get_init_keys(cls))
+                if family is not None:
+                    config["flow_schedule"] = family
+                    if family == "flow_match":
+                        config.setdefault("prediction_type", "flow_prediction")
+                if merged.get("stochastic_sampling") and "sampler" not in merged:
+                    raise ValueError("this FlowMatch config has stochastic_sampling=True, which re-noises x̂₀ "
+                                     "fully at every step (x_next = (1 - sigma_next) x0 + sigma_next z), as no "
+                                     "revsde sampler does: name a sampler (a stochastic one: sampler='mrs', "
+                                     "stochastic=True, or 'euler_maruyama', 'ancestral', ...)")
             if "sampler" in kwargs:
                 config = {k: v for k, v in config.items() if k not in SAMPLER_OPTIONS or k in kwargs}
         return super().from_config(config, return_unused_kwargs=return_unused_kwargs, **kwargs)
@@ -138,55 +215,31 @@ class RevSDEScheduler(SchedulerMixin, ConfigMixin):
     def __len__(self) -> int:
         return self.config.num_train_timesteps
 
-    def _model_time_to_t(self, timesteps) -> torch.Tensor:
-        n = self.config.num_train_timesteps - 1
-        t = torch.as_tensor(timesteps).to(torch.float64) / n
-        if bool(((t < 0) | (t > 1)).any()):
-            raise ValueError(f"timesteps must lie in [0, {n}] (the training table's indices)")
-        return t
+    @property
+    def flow(self) -> bool:
+        """Whether the SDE is rectified flow (a ``flow_schedule``)."""
+        return self.config.flow_schedule is not None
 
-    def set_timesteps(self, num_inference_steps: int | None = None, device=None, timesteps=None):
+    def set_timesteps(self, num_inference_steps: int | None = None, device=None, timesteps=None, *, sigmas=None,
+                      mu: float | None = None):
         """Evaluation times of ``num_inference_steps`` steps, or of custom decreasing ``timesteps`` in
         model units (then the grid ends at the table's first point; with ``final_sigmas_type="zero"``
-        they may end at index 0 itself, whose x̂₀ is then the result)."""
-        if (num_inference_steps is None) == (timesteps is None):
-            raise ValueError("give exactly one of num_inference_steps or timesteps")
-        zero = self.config.final_sigmas_type == "zero"
-        if timesteps is not None:
-            ts = torch.as_tensor(timesteps).flatten().to(torch.float64)
-            self._model_time_to_t(ts)
-            lowest = 0 if zero else 1e-12
-            if ts.numel() < 1 or not bool((ts[1:] < ts[:-1]).all()) or float(ts[-1]) < lowest:
-                raise ValueError("custom timesteps must be strictly decreasing and above 0 (0, the table's first "
-                                 "point, is where the grid ends; it may be the last timestep with "
-                                 "final_sigmas_type='zero')")
-            grid = self._discrete_grid(ts)
-        elif self.config.grid == "discrete":
-            ts = discrete_timesteps(self.config.num_train_timesteps, num_inference_steps,
-                                    self.config.timestep_spacing, self.config.steps_offset, allow_zero=zero)
-            grid = self._discrete_grid(torch.from_numpy(ts).double())
-        else:
-            grid = grids_mod.get(self.config.grid)(self.sde, num_inference_steps)
+        they may end at index 0 itself, whose x̂₀ is then the result). A flow schedule also takes
+        custom ``sigmas`` (shifted as the config says, as Flux passes them) and ``mu``, the dynamic
+        shift (``use_dynamic_shifting``; ignored otherwise, as diffusers does)."""
+        grid = self._schedule.grid(num_inference_steps, sigmas=sigmas, mu=mu, timesteps=timesteps)
         steps = grid.shape[0] - 1
         query_t = self.sampler.query_times(grid)
         if self.config.final_sigmas_type == "zero":  # the last step: its first evaluation, then x̂₀
             query_t = query_t[: (steps - 1) * self.order + 1]
-        model_t = self.sde.model_time(query_t)
-        integral = bool(((model_t - model_t.round()).abs() < 1e-6).all())  # i/(N−1)·(N−1) is off by an ulp
-        if integral:
-            model_t = model_t.round()
-        self._grid, self._query_model_t = grid, model_t
-        self.timesteps = model_t.to(device=device, dtype=torch.int64 if integral else torch.float32)
+        model_t = self._schedule.model_time(query_t)
+        self._grid, self._query_t, self._query_model_t = grid, query_t, model_t.to(torch.float64)
+        self._query_model_list = self._query_model_t.tolist()
+        self.timesteps = model_t.to(device=device)
+        self.sigmas = self._schedule.sigmas(grid) if self.flow else None
         self.num_inference_steps = steps
         self._begin_index = None
         self._reset_run()
-
-    def _discrete_grid(self, ts: torch.Tensor) -> torch.Tensor:
-        """The times of timesteps ``ts``, then where the last step ends: the table's first point, or one
-        index below it where the last timestep is index 0 itself (final σ = 0: the run ends with that
-        evaluation's x̂₀ and never goes there; the sampler's plan there extrapolates λ)."""
-        end = -1.0 if float(ts[-1]) == 0 else 0.0
-        return torch.cat([ts, ts.new_tensor([end])]) / (self.config.num_train_timesteps - 1)
 
     # --- diffusers conventions ------------------------------------------------------------------
     @property
@@ -203,23 +256,52 @@ class RevSDEScheduler(SchedulerMixin, ConfigMixin):
         self._begin_index = int(begin_index)
 
     def scale_model_input(self, sample: torch.Tensor, timestep=None) -> torch.Tensor:
-        """Identity: the state is the VP variable the network was trained on."""
+        """Identity: the state is the variable the network was trained on."""
         return sample
 
     def _coefficients(self, timesteps, like: torch.Tensor):
-        t = self._model_time_to_t(timesteps).to(like.device)
+        if self.flow:
+            t = self._flow_times(timesteps, like.shape[0]).to(like.device)
+        else:
+            t = self._schedule.time(timesteps).to(like.device)
         shape = (-1,) + (1,) * (like.ndim - 1)
         alpha = self.sde.alpha(t).reshape(shape).to(like.dtype)
         sigma = self.sde.sigma(t).reshape(shape).to(like.dtype)
         return alpha, sigma
 
+    def _flow_times(self, timesteps, batch: int) -> torch.Tensor:
+        """The flow time of ``timesteps``, as diffusers' flow schedulers read it: the next evaluation's
+        during a run (inpainting), ``timesteps[begin_index]`` before one (img2img), else each value's
+        entry in ``timesteps`` (or ``timesteps / N`` where it has none)."""
+        index = self._step_index if self._step_index is not None else self._begin_index
+        if self._query_t is not None and index is not None and index < self._query_t.shape[0]:
+            return self._query_t[index].expand(batch)
+        values = torch.as_tensor(timesteps, dtype=torch.float64).flatten().cpu().expand(batch)
+        t = self._schedule.time(values)
+        if self._query_model_t is not None:
+            match = torch.isclose(values[:, None], self._query_model_t[None], rtol=1e-6, atol=1e-4)
+            found = match.any(dim=1)
+            t = torch.where(found, self._query_t[match.to(torch.int8).argmax(dim=1)], t)
+        return t
+
     def add_noise(self, original_samples: torch.Tensor, noise: torch.Tensor, timesteps) -> torch.Tensor:
-        """The forward marginal ``α x₀ + σ ε`` at ``timesteps`` (model units, scalar or per sample)."""
+        """The forward marginal ``α x₀ + σ ε`` at ``timesteps`` (model units, scalar or per sample; for a
+        flow schedule read as ``scale_noise`` reads them)."""
         alpha, sigma = self._coefficients(timesteps, original_samples)
         return alpha * original_samples + sigma * noise
 
+    def scale_noise(self, sample: torch.Tensor, timestep, noise: torch.Tensor) -> torch.Tensor:
+        """Flow matching's forward process ``σ noise + (1 − σ) sample`` (SD3 img2img and inpainting):
+        σ of ``timesteps[begin_index]`` before a run, of the next evaluation during one."""
+        if not self.flow:
+            raise ValueError("scale_noise is flow matching's forward process; a DDPM-style table noises with "
+                             "add_noise(original_samples, noise, timesteps)")
+        return self.add_noise(sample, noise, timestep)
+
     def get_velocity(self, sample: torch.Tensor, noise: torch.Tensor, timesteps) -> torch.Tensor:
-        """The v-prediction target ``α ε − σ x₀``."""
+        """The v-prediction target ``α ε − σ x₀`` (DDPM-style tables)."""
+        if self.flow:
+            raise ValueError("get_velocity is the VP v-prediction target; a flow model's target is noise - sample")
         alpha, sigma = self._coefficients(timesteps, sample)
         return alpha * noise - sigma * sample
 
@@ -258,7 +340,6 @@ class RevSDEScheduler(SchedulerMixin, ConfigMixin):
             self._noise = BrownianNoise(tuple(sample.shape), float(grid.min()), float(grid.max()),
                                         entropy[0] if isinstance(generator, torch.Generator) else entropy,
                                         dtype=dtype, device=device)
-        self._kind = PREDICTION_TYPES[self.config.prediction_type]
         self._step_index = index
         self._grid_sde = GridCoefficients(self.sde, grid)  # as revsde.sample: once per grid, on device
         self._guard = FiniteGuard(self.sampler, device)
@@ -328,7 +409,7 @@ class RevSDEScheduler(SchedulerMixin, ConfigMixin):
                                  "9-channel inpainting model, or set_timesteps() to start a new run")
             self._mirrored = True
         query = self._query
-        expected = float(self._query_model_t[self._step_index])
+        expected = self._query_model_list[self._step_index]
         on_host = not torch.is_tensor(timestep) or timestep.device.type == "cpu"  # reading it costs no sync
         if on_host and abs(float(timestep) - expected) > 1e-4 + 1e-6 * abs(expected):
             raise ValueError(f"step() got timestep {float(timestep):g} where the sampler evaluates at {expected:g} "
@@ -339,17 +420,21 @@ class RevSDEScheduler(SchedulerMixin, ConfigMixin):
                 raise ValueError(f"generator is a list of {len(generator)} for a batch of {sample.shape[0]}: "
                                  "give one per sample")
             self._noise.generator = generator
-        model_output = prediction_channels(model_output, query.x.shape[1], self.config.variance_type)
+        if self._learned_variance:
+            model_output = prediction_channels(model_output, query.x.shape[1], self.config.variance_type)
         if model_output.shape != query.x.shape:
             raise ValueError(f"model_output has shape {tuple(model_output.shape)}, the sample {tuple(query.x.shape)}")
-        pred = Prediction(self._kind, model_output.to(query.x.dtype), query.x, query.t, self._grid_sde)
+        value = model_output.to(query.x.dtype)
+        if self._negate:  # invert_sigmas: the network's time runs backwards, its output is −flow
+            value = -value
+        pred = Prediction(self._kind, value, query.x, query.t, self._grid_sde)
         if self.config.thresholding:
             x0 = dynamic_threshold(pred.data, self.config.dynamic_thresholding_ratio, self.config.sample_max_value)
             pred = Prediction("data", x0, query.x, query.t, self._grid_sde)
         self.nfe += 1
         last = self._step_index == self._query_model_t.shape[0] - 1
         self._step_index += 1
-        if last and self.config.final_sigmas_type == "zero":
+        if last and self._final_zero:
             x = pred.data
             self._finish()
         else:
@@ -365,40 +450,3 @@ class RevSDEScheduler(SchedulerMixin, ConfigMixin):
         if not return_dict:
             return prev_sample, denoised
         return RevSDESchedulerOutput(prev_sample=prev_sample, pred_original_sample=denoised)
-
-
-@dataclass
-class GraphedUNetOutput(BaseOutput):
-    """What a UNet's forward returns after ``graph_unet`` (``.sample`` and ``[0]`` as diffusers' own)."""
-
-    sample: torch.Tensor
-
-
-def graph_unet(unet, **options):
-    """Replay a diffusers UNet's forward from CUDA graphs (``revsde.kernels.GraphedModel``), in place.
-
-    The pipeline keeps calling ``unet(sample, t, encoder_hidden_states=…, …)``: tensors with the
-    batch (the text embeddings, both guidance branches at once) go into the graph's static buffers,
-    a scalar ``t`` is broadcast to the batch, and other keyword values (``None``, flags) key the graph.
-    Off CUDA every call is the UNet's own forward. ``unet.revsde_graphed`` is the ``GraphedModel``
-    (its ``captures``, ``replays``). Returns ``unet``.
-    """
-    from ..kernels.graphs import GraphedModel
-
-    if hasattr(unet, "revsde_graphed"):
-        return unet
-    original = unet.forward
-    graphed = GraphedModel(lambda x, t, **kw: original(x, t, return_dict=False, **kw)[0], **options)
-
-    def forward(sample, timestep, *args, return_dict: bool = True, **kwargs):
-        if args:  # UNet2DConditionModel's third positional argument
-            if len(args) > 1 or "encoder_hidden_states" in kwargs:
-                raise TypeError("a graphed UNet takes sample, timestep and encoder_hidden_states positionally; "
-                                "pass the rest as keywords")
-            kwargs["encoder_hidden_states"] = args[0]
-        out = graphed(sample, timestep, **kwargs)
-        return GraphedUNetOutput(sample=out) if return_dict else (out,)
-
-    unet.forward = forward
-    unet.revsde_graphed = graphed
-    return unet

@@ -5,7 +5,9 @@
 the wrong prior and feed the network unscaled inputs). ``UnconditionalPipeline`` follows the Stable
 Diffusion loop instead: ``set_timesteps`` on the device, latents scaled by ``init_noise_sigma``,
 ``scale_model_input`` before every network call, and ``eta`` / ``generator`` passed to ``step`` only
-where its signature takes them.
+where its signature takes them. Flow-matching schedulers (``FlowMatchEulerDiscreteScheduler`` and its
+kin) have neither ``init_noise_sigma`` nor ``scale_model_input``: their prior is N(0, I) and the
+network sees the state as it is, and the network is called with the scheduler's timesteps (σ · 1000).
 
 ``load_pipeline(path)`` loads a saved pipeline folder that uses revsde's classes (``RevSDEScheduler``,
 ``ExactMixtureUNet``, ``UnconditionalPipeline``) in a fresh process.
@@ -56,7 +58,9 @@ class UnconditionalPipeline(DiffusionPipeline):
 
     @torch.no_grad()
     def __call__(self, batch_size: int = 1, num_inference_steps: int = 50, generator=None, eta: float = 0.0,
-                 output_type: str = "pil", return_dict: bool = True):
+                 output_type: str = "pil", return_dict: bool = True, mu: float | None = None):
+        """``mu``: the dynamic shift of a flow-matching scheduler with ``use_dynamic_shifting`` (passed to
+        ``set_timesteps`` only when given)."""
         if output_type not in OUTPUT_TYPES:
             raise ValueError(f"output_type must be one of {', '.join(OUTPUT_TYPES)} (got {output_type!r})")
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
@@ -66,16 +70,17 @@ class UnconditionalPipeline(DiffusionPipeline):
         device = self._execution_device
 
         # 1. Timesteps on the device, then the prior at the scheduler's scale.
-        self.scheduler.set_timesteps(num_inference_steps, device=device)
+        self.scheduler.set_timesteps(num_inference_steps, device=device, **({} if mu is None else {"mu": mu}))
         timesteps = self.scheduler.timesteps
         latents = randn_tensor(self._image_shape(batch_size), generator=generator, device=device,
                                dtype=self.unet.dtype)
-        latents = latents * self.scheduler.init_noise_sigma
+        latents = latents * getattr(self.scheduler, "init_noise_sigma", 1.0)
+        scale_input = getattr(self.scheduler, "scale_model_input", lambda sample, t: sample)
         extra_step_kwargs = self.prepare_extra_step_kwargs(generator, eta)
 
         # 2. Denoising loop: the scheduler scales the input, the network predicts, the scheduler steps.
         for t in self.progress_bar(timesteps):
-            model_input = self.scheduler.scale_model_input(latents, t)
+            model_input = scale_input(latents, t)
             model_output = self.unet(model_input, t).sample
             latents = self.scheduler.step(model_output, t, latents, **extra_step_kwargs, return_dict=False)[0]
 
@@ -106,13 +111,18 @@ def load_pipeline(path, pipeline_class=None, **kwargs) -> DiffusionPipeline:
     a folder whose scheduler is ``["revsde.integrations.diffusers", "RevSDEScheduler"]`` is refused.
     This imports revsde's component modules first (``COMPONENT_MODULES``: revsde's own code only).
     ``pipeline_class``: the class to load with; by default ``UnconditionalPipeline`` where the folder
-    names it, else ``DiffusionPipeline`` (which picks diffusers' class from the folder).
+    names it, else ``DiffusionPipeline`` (which picks diffusers' class from the folder). Components the
+    folder was saved without (``[null, null]`` in ``model_index.json``, e.g. SD3 without its T5
+    encoder) are passed as ``None``, which diffusers' loader needs to be told.
     """
     for name in COMPONENT_MODULES:
         importlib.import_module(name)
+    index_file = Path(path) / "model_index.json"
+    index = json.loads(index_file.read_text()) if index_file.is_file() else {}
     if pipeline_class is None:
-        pipeline_class = DiffusionPipeline
-        index = Path(path) / "model_index.json"
-        if index.is_file() and json.loads(index.read_text()).get("_class_name") == UnconditionalPipeline.__name__:
-            pipeline_class = UnconditionalPipeline
-    return pipeline_class.from_pretrained(path, **kwargs)
+        pipeline_class = UnconditionalPipeline if index.get("_class_name") == UnconditionalPipeline.__name__ \
+            else DiffusionPipeline
+    # components saved as left out ([null, null]: SD3 without its T5) must be passed as None to load
+    absent = {name: None for name, value in index.items()
+              if not name.startswith("_") and value in ([None, None], None) and name not in kwargs}
+    return pipeline_class.from_pretrained(path, **absent, **kwargs)

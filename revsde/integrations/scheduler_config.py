@@ -1,14 +1,16 @@
 """What ``RevSDEScheduler`` reads from a diffusers scheduler config, and what those keys mean.
 
-The valid values of each key, the integer timesteps of ``timestep_spacing``, the configs refused
-(flow matching, not supported yet), and the two output conventions a config can name: a learned
-variance stacked after the prediction (``variance_type``) and Imagen's dynamic thresholding of x̂₀
-(``thresholding``).
+The valid values of each key, the integer timesteps of ``timestep_spacing`` and the times of a
+DDPM-style table (``VPSchedule``; flow-matching configs: ``flow_schedule``), and the two output
+conventions a config can name: a learned variance stacked after the prediction (``variance_type``)
+and Imagen's dynamic thresholding of x̂₀ (``thresholding``).
 """
 from __future__ import annotations
 
 import numpy as np
 import torch
+
+from .. import grids as grids_mod
 
 #: sampler options a config may carry (``None``: the sampler's default)
 SAMPLER_OPTIONS = ("order", "prediction", "stochastic", "lower_order_final", "denoise_last", "warmup",
@@ -22,8 +24,6 @@ NOISES = ("gaussian", "brownian")
 FIXED_VARIANCE_TYPES = (None, "fixed_small", "fixed_small_log", "fixed_large", "fixed_large_log")
 #: the output holds 2C channels: the prediction, then a variance that no sampler here uses
 LEARNED_VARIANCE_TYPES = ("learned", "learned_range")
-#: keys only flow-matching schedulers have (FlowMatchEulerDiscreteScheduler and its kin)
-FLOW_ONLY_KEYS = ("shift", "base_image_seq_len", "max_image_seq_len", "base_shift", "max_shift")
 
 
 def discrete_timesteps(num_train_timesteps: int, steps: int, spacing: str = "linspace", steps_offset: int = 0,
@@ -62,27 +62,63 @@ def discrete_timesteps(num_train_timesteps: int, steps: int, spacing: str = "lin
     return ts
 
 
-def check_not_flow(config: dict) -> None:
-    """Refuse a flow-matching config: read as a DDPM table it would be sampled as the wrong process."""
-    name = config.get("_class_name") or ""
-    said = [f"class {name}"] if "Flow" in name else []
-    said += [f"key {key!r}" for key in FLOW_ONLY_KEYS if key in config]
-    for key in ("use_flow_sigmas", "use_dynamic_shifting"):
-        if config.get(key):
-            said.append(f"{key}={config[key]!r}")
-    if config.get("flow_shift") not in (None, 1, 1.0):
-        said.append(f"flow_shift={config['flow_shift']!r}")
-    if config.get("shift_terminal") is not None:
-        said.append(f"shift_terminal={config['shift_terminal']!r}")
-    if config.get("prediction_type") == "flow_prediction":
-        said.append("prediction_type='flow_prediction'")
-    if said:
-        keep = name if name and name != "RevSDEScheduler" else (  # a config made in memory has no class name
-            "the pipeline's flow-matching scheduler (FlowMatchEulerDiscreteScheduler, or DPMSolverMultistepScheduler "
-            "/ UniPCMultistepScheduler with use_flow_sigmas=True)")
-        raise ValueError(f"this is a flow-matching scheduler config ({', '.join(said)}), and RevSDEScheduler does "
-                         "not support flow matching yet: it would sample a DDPM (VP) table instead. Keep "
-                         f"{keep} for this pipeline")
+class VPSchedule:
+    """The times of a DDPM-style config: the discrete VP SDE of its training table (DDPM index i is
+    time ``i/(N − 1)``), ``timestep_spacing``'s integer timesteps or a continuous ``revsde.grids`` grid.
+
+    ``final_zero``: the last timestep may be index 0 (``final_sigmas_type="zero"``)."""
+
+    integer_timesteps = True
+
+    def __init__(self, sde, num_train_timesteps: int, grid: str, timestep_spacing: str, steps_offset: int,
+                 final_zero: bool):
+        self.sde, self.num_train_timesteps, self.grid_name = sde, num_train_timesteps, grid
+        self.timestep_spacing, self.steps_offset, self.final_zero = timestep_spacing, steps_offset, final_zero
+
+    def grid(self, steps: int | None = None, *, sigmas=None, mu=None, timesteps=None) -> torch.Tensor:
+        """Evaluation times of ``steps`` steps, or of custom decreasing ``timesteps`` in model units (then the
+        grid ends at the table's first point; with ``final_zero`` they may end at index 0 itself)."""
+        if sigmas is not None or mu is not None:
+            raise ValueError("sigmas and mu apply to flow-matching schedules (flow_schedule); a DDPM-style table "
+                             "takes num_inference_steps or timesteps")
+        if (steps is None) == (timesteps is None):
+            raise ValueError("give exactly one of num_inference_steps or timesteps")
+        if timesteps is not None:
+            ts = torch.as_tensor(timesteps).flatten().to(torch.float64)
+            self.time(ts)
+            lowest = 0 if self.final_zero else 1e-12
+            if ts.numel() < 1 or not bool((ts[1:] < ts[:-1]).all()) or float(ts[-1]) < lowest:
+                raise ValueError("custom timesteps must be strictly decreasing and above 0 (0, the table's first "
+                                 "point, is where the grid ends; it may be the last timestep with "
+                                 "final_sigmas_type='zero')")
+            return self._discrete_grid(ts)
+        if self.grid_name == "discrete":
+            ts = discrete_timesteps(self.num_train_timesteps, steps, self.timestep_spacing, self.steps_offset,
+                                    allow_zero=self.final_zero)
+            return self._discrete_grid(torch.from_numpy(ts).double())
+        return grids_mod.get(self.grid_name)(self.sde, steps)
+
+    def _discrete_grid(self, ts: torch.Tensor) -> torch.Tensor:
+        """The times of timesteps ``ts``, then where the last step ends: the table's first point, or one
+        index below it where the last timestep is index 0 itself (final σ = 0: the run ends with that
+        evaluation's x̂₀ and never goes there; the sampler's plan there extrapolates λ)."""
+        end = -1.0 if float(ts[-1]) == 0 else 0.0
+        return torch.cat([ts, ts.new_tensor([end])]) / (self.num_train_timesteps - 1)
+
+    def model_time(self, t: torch.Tensor) -> torch.Tensor:
+        """DDPM indices of times ``t``: int64 where all are integers, else float32."""
+        model_t = self.sde.model_time(t)
+        if bool(((model_t - model_t.round()).abs() < 1e-6).all()):  # i/(N−1)·(N−1) is off by an ulp
+            return model_t.round().to(torch.int64)
+        return model_t.to(torch.float32)
+
+    def time(self, timesteps) -> torch.Tensor:
+        """The time of DDPM indices (float64), which must lie in the table."""
+        n = self.num_train_timesteps - 1
+        t = torch.as_tensor(timesteps).to(torch.float64) / n
+        if bool(((t < 0) | (t > 1)).any()):
+            raise ValueError(f"timesteps must lie in [0, {n}] (the training table's indices)")
+        return t
 
 
 def check_output_keys(variance_type, thresholding, dynamic_thresholding_ratio, sample_max_value) -> None:

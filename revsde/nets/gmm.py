@@ -28,6 +28,9 @@ class GaussianMixture:
             raise ValueError("mixture weights must be positive")
         self.weights = self.weights / self.weights.sum()
         self.eigvals, self.eigvecs = torch.linalg.eigh(self.covs)
+        diagonal = torch.diagonal(self.covs, dim1=-2, dim2=-1)
+        #: the variances of diagonal covariances (the score then costs O(K D) per sample instead of O(K D²))
+        self.variances = diagonal.clone() if bool((self.covs == torch.diag_embed(diagonal)).all()) else None
         if not bool((self.eigvals > 0).all()):
             raise ValueError("mixture covariances must be positive definite")
         self.dim = d
@@ -98,18 +101,22 @@ class GaussianMixture:
         t = as_time(t, like=x)
         t = t.expand(shape[0]) if t.ndim == 0 else t
         a, s = sde.alpha(t)[:, None], sde.sigma(t)[:, None]
-        means, vecs, vals = (v.to(x.device) for v in (self.means, self.eigvecs, self.eigvals))
+        diagonal = self.variances is not None
+        means, vecs, vals = (None if v is None else v.to(x.device) for v in
+                             (self.means, None if diagonal else self.eigvecs,
+                              self.variances if diagonal else self.eigvals))
         shift = None if mu is None else mu.reshape(shape[0], -1).to(torch.float64)
         diff = x[:, None, :] - a[:, None, :] * means[None]                 # (B, K, D)
         if shift is not None:
             diff = diff - (1 - a)[:, None, :] * shift[:, None, :]
-        z = torch.einsum("kji,bkj->bki", vecs, diff)                        # in each component's eigenbasis
+        rotate = (lambda v: v) if diagonal else (lambda v: torch.einsum("kij,bkj->bki", vecs, v))
+        z = diff if diagonal else torch.einsum("kji,bkj->bki", vecs, diff)  # in each component's eigenbasis
         var = a[:, None, :] ** 2 * vals[None] + s[:, None, :] ** 2          # (B, K, D)
         log_p = torch.log(self.weights.to(x.device))[None] - 0.5 * ((z**2 / var) + torch.log(var)).sum(-1)
         resp = torch.softmax(log_p, dim=1)[:, :, None]                      # (B, K, 1)
-        score = (resp * -torch.einsum("kij,bkj->bki", vecs, z / var)).sum(1)
+        score = (resp * -rotate(z / var)).sum(1)
         # E[x0 | x, k] = m_k + C_k α (α² C_k + σ² I)⁻¹ (y − α m̃_k), in the eigenbasis of C_k
-        x0 = (resp * (means[None] + torch.einsum("kij,bkj->bki", vecs, a[:, None, :] * vals[None] * z / var))).sum(1)
+        x0 = (resp * (means[None] + rotate(a[:, None, :] * vals[None] * z / var))).sum(1)
         return (-s * score).to(dtype).reshape(shape), x0.to(dtype).reshape(shape)
 
 

@@ -122,6 +122,17 @@ class LinearSDE(abc.ABC):
         g2 = self.g2(t) * (0.5 if ode else 1.0)
         return bcast(self.f(t), x) * y - bcast(g2, x) * score
 
+    def data_from_flow(self, y: torch.Tensor, u: torch.Tensor, t) -> torch.Tensor:
+        """``y₀ = (σ′ y − σ u) / D`` from the flow ``u = α′ y₀ + σ′ ε`` at ``y = α y₀ + σ ε``
+        (``D = α σ′ − σ α′ > 0``; finite where α = 0)."""
+        a, s, a_dot, s_dot = (bcast(v(t), y) for v in (self.alpha, self.sigma, self.alpha_dot, self.sigma_dot))
+        return (s_dot * y - s * u) / (a * s_dot - s * a_dot)
+
+    def noise_from_flow(self, y: torch.Tensor, u: torch.Tensor, t) -> torch.Tensor:
+        """``ε = (α u − α′ y) / D`` from the flow ``u`` at ``y``."""
+        a, s, a_dot, s_dot = (bcast(v(t), y) for v in (self.alpha, self.sigma, self.alpha_dot, self.sigma_dot))
+        return (a * u - a_dot * y) / (a * s_dot - s * a_dot)
+
     def pf_ode_drift(self, x: torch.Tensor, t, pred, mu: torch.Tensor | None = None) -> torch.Tensor:
         """The PF-ODE drift at a ``Prediction``: ``f (x − μ) − ½ g² ∇log p_t``, equal to the flow
         ``α′ x̂₀ + σ′ ε̂`` (SDEs whose f or g² is infinite somewhere compute it as that)."""

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import torch
 
-from ..tensors import as_time
+from ..tensors import as_time, bcast
 from .base import LinearSDE, check_positive, check_t_min
 
 
@@ -60,6 +60,14 @@ class RectifiedFlow(LinearSDE):
     def transition(self, t_from, t_to):
         a = self.alpha(t_to) / self.alpha(t_from)  # 0 into t = 1, where the prior forgets the data
         return a, self.sigma(t_to) ** 2 - (a * self.sigma(t_from)) ** 2
+
+    def data_from_flow(self, y, u, t):
+        """``x₀ = x − t u`` (one fused op)."""
+        return torch.addcmul(y, bcast(self.sigma(t), y), u, value=-1)
+
+    def noise_from_flow(self, y, u, t):
+        """``ε = x + (1 − t) u``."""
+        return torch.addcmul(y, bcast(self.alpha(t), y), u)
 
     def pf_ode_drift(self, x, t, pred, mu=None):
         """The probability-flow drift: the flow prediction (the network's own output for a flow model)."""
