@@ -34,8 +34,19 @@ class Prediction:
         self.kind = check_prediction(kind)
         self.x, self.t, self.sde, self.mu = x, t, sde, mu
         self._cache = {kind: value}
-        self._alpha = bcast(sde.alpha(t), x)
-        self._sigma = bcast(sde.sigma(t), x)
+
+    @property
+    def _alpha(self) -> torch.Tensor:
+        """``α_t`` broadcast against x (computed on first use: a flow output's conversions need none)."""
+        if "_a" not in self.__dict__:
+            self._a = bcast(self.sde.alpha(self.t), self.x)
+        return self._a
+
+    @property
+    def _sigma(self) -> torch.Tensor:
+        if "_s" not in self.__dict__:
+            self._s = bcast(self.sde.sigma(self.t), self.x)
+        return self._s
 
     @property
     def y(self) -> torch.Tensor:

@@ -2,6 +2,7 @@
 (counting each as one NFE), progress, callbacks and the NaN guard; samplers only hold update rules."""
 from __future__ import annotations
 
+import cmath
 from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
@@ -132,7 +133,7 @@ def check_finite(smp, step: Step, nfe: int) -> None:
 
     A finite sum proves every element finite (NaN and ±Inf reach it), at a fraction of the cost of
     ``isfinite(x).all()``; only a sum that is not finite (or overflows) takes the full check."""
-    if not bool(torch.isfinite(step.x.sum())) and not bool(torch.isfinite(step.x).all()):
+    if not cmath.isfinite(step.x.sum().item()) and not bool(torch.isfinite(step.x).all()):
         _non_finite(smp, step.i, step.t, nfe)
 
 

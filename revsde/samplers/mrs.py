@@ -186,7 +186,7 @@ class MRSampler(Sampler):
             else:
                 y = linear[k][i] * to_y(x, mu)
                 for w, q in zip(weights[k], history):
-                    y = y + w[i] * q
+                    y = y.addcmul_(w[i], q)  # y is this step's own tensor: updated in place, one kernel per term
             if self.stochastic:
                 y = y + noise_std[k][i] * noise(grid[i], t_next)
             x = to_x(y, mu)
