@@ -36,6 +36,25 @@ def test_diffusers_peers_run_on_the_same_problem():
     assert cell["mrs ODE 2 data"]["fd"] < 5 * floor
 
 
+def test_flow_problems_run_revsde_and_diffusers_flow_schedulers_on_one_velocity_field(tmp_path):
+    """The rectified-flow problems: diffusers' flow schedulers get the exact velocity at σ = timestep/1000,
+    revsde's samplers the same field through RectifiedFlow; both land near the floor at 20 NFE, and the
+    result is written as bench_flow.*."""
+    pytest.importorskip("diffusers")
+    labels = ["diffusers FlowMatchEuler", "diffusers DPM-Solver++ 2M flow", "diffusers FlowMatchHeun",
+              "mrs ODE 2 data", "mrs ODE 1 velocity shift 0.5"]
+    result = bench.run_gmm_bench(problem_names=("flow",), nfes=(20,), n_samples=2000, repeats=1, progress=False,
+                                 labels=labels)
+    cell = {r["label"]: r for r in result.records}
+    assert set(cell) == set(labels)
+    assert cell["diffusers FlowMatchHeun"]["nfe"] == 19 and cell["mrs ODE 2 data"]["nfe"] == 20
+    floor = result.floors["flow"]["fd"]
+    for label in ("diffusers DPM-Solver++ 2M flow", "mrs ODE 2 data", "mrs ODE 1 velocity shift 0.5"):
+        assert cell[label]["fd"] < 5 * floor, (label, cell[label]["fd"], floor)
+    paths = bench.write(result, tmp_path)
+    assert paths["markdown"].name == "bench_flow.md" and paths["plot"].exists()
+
+
 @pytest.mark.parametrize("nfe,per_step", [(5, 1), (10, 1), (20, 1), (20, 2), (50, 1), (100, 2)])
 def test_dlg_budget_spends_the_nfe_per_output(nfe, per_step):
     """m MCMC + N integrator steps + Tweedie per output, plus the one-time init pass and burn-in shared

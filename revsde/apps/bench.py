@@ -134,6 +134,10 @@ def flow_configs() -> list[Config]:
         for order in (2, 3):
             configs.append(Config(f"mrs ODE {order} data shift {shift:g}", "mrs", {"order": order, "shift": shift},
                                   problems=flow))
+    # the velocity form integrates in the angle φ = atan(σ/α), where the straight path is a quarter circle
+    for order, shift in [(1, 0.5), (2, 0.5), (3, 0.5), (2, 0.3)]:
+        configs.append(Config(f"mrs ODE {order} velocity shift {shift:g}", "mrs",
+                              {"order": order, "prediction": "velocity", "shift": shift}, problems=flow))
     configs += [Config("posterior", "posterior", problems=flow), Config("euler_maruyama", "euler_maruyama", problems=flow),
                 Config("ode_heun", "ode_heun", evals_per_step=2, problems=flow),
                 Config("ode_rk45", "ode_rk45", tolerances=(3e-1, 1e-1, 3e-2, 1e-2, 1e-3, 1e-4), problems=flow)]
@@ -471,7 +475,9 @@ def plot(result: BenchResult, path) -> None:
     from .harness import draw_curves
 
     problem_names = list(dict.fromkeys(r["problem"] for r in result.records))
-    fig = Figure(figsize=(14, 5.5 * len(problem_names)), layout="constrained")
+    curves = max(len({r["label"] for r in result.records if r["problem"] == name}) for name in problem_names)
+    row_height = max(5.5, 0.19 * curves)  # room for the legend, one line a curve
+    fig = Figure(figsize=(14, row_height * len(problem_names)), layout="constrained")
     axes = fig.subplots(len(problem_names), 2, squeeze=False)
     panels = [("fd", "Fréchet distance to exact"), ("swd", "sliced Wasserstein to exact")]
     for row, name in zip(axes, problem_names):
