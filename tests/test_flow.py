@@ -257,3 +257,16 @@ def test_diagonal_mixture_fast_path_matches_the_eigenbasis():
     for sde, t in [(S.VPSDE(), 0.4), (S.RectifiedFlow(), 1.0), (S.RectifiedFlow(), 0.3)]:
         for a, b in zip(fast.denoise(sde, x, t), slow.denoise(sde, x, t)):
             torch.testing.assert_close(a, b, rtol=0, atol=1e-13)
+
+
+def test_reverse_sde_drift_without_the_score_equals_the_generic_one_and_is_finite_at_t_0():
+    rf = S.RectifiedFlow()
+    model = toy_model()
+    x = torch.randn(5, 3, generator=torch.Generator().manual_seed(8), dtype=F64)
+    t = torch.tensor([0.9, 0.5, 0.3, 0.1, 0.01], dtype=F64)
+    pred = model(x, t)
+    generic = revsde.sde.LinearSDE.reverse_sde_drift(rf, x, t, pred)
+    torch.testing.assert_close(rf.reverse_sde_drift(x, t, pred), generic, rtol=1e-12, atol=1e-12)
+    at_zero = model(x, 0.0)
+    assert not bool(torch.isfinite(at_zero.score).all())  # −ε̂/σ at σ = 0
+    assert bool(torch.isfinite(rf.reverse_sde_drift(x, torch.zeros(5, dtype=F64), at_zero)).all())

@@ -168,7 +168,7 @@ def _strong_samplers():
     return out
 
 
-@pytest.mark.parametrize("sde_name", ["vp", "ve", "mr", "ouve"])
+@pytest.mark.parametrize("sde_name", ["vp", "ve", "mr", "ouve", "rf"])
 @pytest.mark.parametrize("smp", _strong_samplers())
 def test_sde_strong_order(smp, sde_name):
     """Strong order with BrownianNoise: error against a fine-grid solution on the same Brownian path.
@@ -192,8 +192,11 @@ def test_sde_strong_order(smp, sde_name):
     errors = [float((solve(n) - reference).abs().mean()) for n in ns]
     order = loglog_slope(ns, errors)
     # At least the declared order; a method may do better on a particular drift (SRA1 reaches ~2
-    # when the drift is nearly linear, as on VE where σ dominates the score), but not wildly so.
-    assert smp.order - 0.3 <= order <= smp.order + 0.6, (smp, sde_name, order, errors)
+    # when the drift is nearly linear, as on VE where σ dominates the score), but not wildly so. On
+    # rectified flow the first step from t = 1, where the SDE's coefficients are infinite, is the exact
+    # posterior draw (not a step on the Brownian path): it caps the strong order at 1 (SRA1: 1.09).
+    declared = min(smp.order, 1.0) if sde_name == "rf" else smp.order
+    assert declared - 0.3 <= order <= smp.order + 0.6, (smp, sde_name, order, errors)
 
 
 @pytest.mark.parametrize("name", SAMPLERS)

@@ -187,7 +187,7 @@ class TorchSDE(Sampler):
                     # One network evaluation; the drift in u is Δ times the reverse drift in t.
                     t = bm.t(need.u)
                     pred = yield Query(unflat(need.y), t)
-                    drift = -sde.reverse_drift(pred.x, t, pred.score, mu)
+                    drift = -sde.reverse_sde_drift(pred.x, t, pred, mu)
                     replay.drifts.append((need.u, need.y, flat(drift * bcast(bm.delta, drift))))
             y, extra = ys[-1], new_extra
             yield Step(i, unflat(y), grid[i + 1])

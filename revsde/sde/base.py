@@ -122,6 +122,11 @@ class LinearSDE(abc.ABC):
         g2 = self.g2(t) * (0.5 if ode else 1.0)
         return bcast(self.f(t), x) * y - bcast(g2, x) * score
 
+    def reverse_sde_drift(self, x: torch.Tensor, t, pred, mu: torch.Tensor | None = None) -> torch.Tensor:
+        """The reverse SDE's drift ``f (x − μ) − g² ∇log p_t`` at a ``Prediction`` (SDEs where σ reaches 0
+        with g² = 0 write it without the score, which is lost there)."""
+        return self.reverse_drift(x, t, pred.score, mu)
+
     def data_from_flow(self, y: torch.Tensor, u: torch.Tensor, t) -> torch.Tensor:
         """``y₀ = (σ′ y − σ u) / D`` from the flow ``u = α′ y₀ + σ′ ε`` at ``y = α y₀ + σ ε``
         (``D = α σ′ − σ α′ > 0``; finite where α = 0)."""

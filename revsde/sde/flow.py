@@ -73,6 +73,11 @@ class RectifiedFlow(LinearSDE):
         """The probability-flow drift: the flow prediction (the network's own output for a flow model)."""
         return pred.flow
 
+    def reverse_sde_drift(self, x, t, pred, mu=None):
+        """``u + (σ′ − f σ) ε̂``: the same drift with ``g²/(2σ) = σ′ − fσ = 1/(1 − t)``, finite at t = 0
+        (σ = 0, where the score −ε̂/σ is lost) and infinite only at t = 1."""
+        return torch.addcmul(pred.flow, bcast(1 / (1 - as_time(t)), x), pred.noise)
+
     def model_time(self, t):
         return self.time_scale * as_time(t)
 
