@@ -141,6 +141,30 @@ class Shifted:
                 f"base={self.base!r})")
 
 
+# --- noise levels (Denoising MCMC's classifier levels) ---------------------------------------------
+
+def noise_levels(sde, count: int) -> torch.Tensor:
+    """``count`` level times from ``t_max`` down, uniform in λ, the last one λ-step above ``t_min`` (float64)."""
+    if isinstance(count, bool) or not isinstance(count, int) or count < 1:
+        raise ValueError(f"the number of noise levels must be an integer >= 1 (got {count!r})")
+    return logsnr(sde, count)[:-1].clone()
+
+
+def check_levels(levels, sde=None) -> torch.Tensor:
+    """``levels`` as a float64 ``(K,)`` tensor, strictly decreasing, inside ``(t_min, t_max]`` of ``sde``."""
+    t = torch.as_tensor(levels, dtype=torch.float64).flatten().cpu()
+    if t.numel() < 1:
+        raise ValueError("levels must hold at least one time")
+    if t.numel() > 1 and not bool((t[1:] < t[:-1]).all()):
+        raise ValueError("levels must be strictly decreasing times (index 0 the noisiest)")
+    if sde is not None:
+        tol = 1e-9 * max(1.0, sde.t_max)
+        if bool((t <= sde.t_min).any() or (t > sde.t_max + tol).any()):
+            raise ValueError(f"levels must lie in (t_min, t_max] = ({sde.t_min}, {sde.t_max}] "
+                             f"(got {float(t.min())} .. {float(t.max())})")
+    return t
+
+
 def get(name: str) -> Callable:
     try:
         return GRIDS[name]

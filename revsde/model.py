@@ -147,7 +147,7 @@ class ScoreModel:
     def graphed(self) -> "ScoreModel":
         """This model with its network replayed from CUDA graphs (``revsde.kernels.GraphedModel``):
         built once and kept, so later runs reuse the graphs already captured."""
-        from .kernels.graphs import GraphedModel
+        from .graphs import GraphedModel
 
         if isinstance(self.net, GraphedModel):
             return self

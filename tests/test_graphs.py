@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 import revsde
-from revsde.kernels.graphs import (DEFAULT_BUCKETS, GraphedModel, GraphFallbackWarning, _Ungraphable, bucket_for,
+from revsde.graphs import (DEFAULT_BUCKETS, GraphedModel, GraphFallbackWarning, _Ungraphable, bucket_for,
                                    chunk_plan, copy_padded, graph_key, pad_batch)
 
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
@@ -288,7 +288,7 @@ def test_simulated_buffers_survive_leaving_inference_mode():
 
 
 def test_simulated_warns_once_when_a_value_key_keeps_capturing(monkeypatch):
-    from revsde.kernels import graphs
+    from revsde import graphs
 
     monkeypatch.setattr(graphs, "MANY_GRAPHS", 3)
     gm = SimulatedGraphs(lambda x, t, gain: x * gain)

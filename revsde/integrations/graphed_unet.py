@@ -23,7 +23,7 @@ def graph_unet(unet, **options):
     Off CUDA every call is the UNet's own forward. ``unet.revsde_graphed`` is the ``GraphedModel``
     (its ``captures``, ``replays``). Returns ``unet``.
     """
-    from ..kernels.graphs import GraphedModel
+    from ..graphs import GraphedModel
 
     if hasattr(unet, "revsde_graphed"):
         return unet

@@ -38,7 +38,7 @@ from types import SimpleNamespace
 
 import torch
 
-from ..nets.noise_classifier import check_levels
+from ..grids import check_levels
 from ..tensors import bcast
 from . import updates
 from .base import Query, Sampler, Step, check_choice, check_number
@@ -106,7 +106,7 @@ class DMCMC(Sampler):
                  init: str = "integrator", init_steps: int | None = None, init_noise: float = 0.5,
                  burn_in_steps: int = 10, burn_in_eta: float | None = None,
                  state: DMCMCState | dict | None = None):
-        from . import REGISTRY, get
+        from .registry import REGISTRY, get
 
         classifier = noise_classifier
         if classifier is None or not callable(classifier):

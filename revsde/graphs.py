@@ -16,7 +16,7 @@ from typing import Callable, Sequence
 
 import torch
 
-from ..tensors import real_dtype
+from .tensors import real_dtype
 
 DEFAULT_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 #: after this many graphs one model warns once: something keyed by value probably changes every call
