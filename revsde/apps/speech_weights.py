@@ -14,7 +14,7 @@ from torch import nn
 
 from ..audio.features import SpecConfig
 from ..model import ScoreModel
-from .train_speech import FORMAT, RESUME_DEFAULTS, SpeechNet, build_net, build_sde, score_model
+from .speech_model import FORMAT, RESUME_DEFAULTS, SpeechNet, build_net, build_sde, score_model
 from .trainer import export_ema, read_export_config, rewrite_config
 
 

@@ -32,61 +32,25 @@ from torch import nn
 
 from ..audio.features import SGMSE_16K, SpecConfig, to_spec
 from ..model import ScoreModel
-from ..nets.ncsnpp import NCSNpp
 from ..sde.ouve import OUVESDE
+from .speech_model import (DEFAULT_NOISES, FORMAT, RESUME_DEFAULTS, SMALL_NET, SpeechNet,  # noqa: F401
+                           build_net, build_sde, score_model)
 from .trainer import TrainResult, check_positive_ints, checkpoint_config, fit, init_provenance, read_export_config
 
-FORMAT = "revsde.speech/1"
 PREDICTIONS = ("score", "noise", "data", "velocity")
 LOSSES = ("sgmse", "denoiser", "data", "crp")
 #: what the ``crp`` loss compares: the output's waveform by SI-SDR, or its spectrogram by squared error
 CRP_OBJECTIVES = ("sisdr", "data")
 #: the ``crp`` loss's run: ``revsde enhance``'s sampler, NFE (final data prediction included) and options
 CRP_DEFAULT = {"sampler": "mrs", "nfe": 2, "options": {"stochastic": True}, "objective": "sisdr"}
-#: the built-in network: NCSN++ with SGMSE+'s block types at a CPU-sized width and depth
-SMALL_NET = {"nf": 16, "ch_mult": (1, 2, 2, 2, 2), "num_res_blocks": 1, "attn_resolutions": (16,),
-             "image_size": 256, "time_scaling": "none"}
 RESUME_KEYS = ("loss", "prediction", "net", "batch", "frames", "lr", "ema", "seed", "sde", "spec", "corpus", "t_eps",
                "t_high", "init", "noises", "crp")
-#: the default training mix of noises: ``speech_noise.TRAIN_NOISES``, spelled out so that importing this
-#: module (the CLI does) does not import scipy.signal; a test keeps the two equal
-DEFAULT_NOISES = ("white", "pink", "brown", "babble", "hum", "bursts", "hvac")
-#: what checkpoints written before these settings existed trained with
-RESUME_DEFAULTS = {"t_high": 0.0, "init": None, "noises": list(DEFAULT_NOISES), "crp": None, "seed": 0}
 #: ``t_high``'s examples have t ~ U[T_HIGH_FROM·t_max, t_max]
 T_HIGH_FROM = 0.9
 #: what ``init_from`` must share with the run it starts (the rest of its config is kept as provenance)
 INIT_MATCH = ("prediction", "arch", "net", "sde", "spec")
 INIT_KEPT = ("loss", "batch", "frames", "lr", "lr_floor", "steps", "lr_history", "t_high", "corpus", "noises", "crp",
              "seed", "init")
-
-
-def build_sde(config: dict | None = None) -> OUVESDE:
-    """SGMSE+'s OUVE SDE (θ 1.5, σ 0.05 → 0.5, t_eps 0.03) or the one a config names."""
-    return OUVESDE(**(config or {}))
-
-
-def build_net(config: dict) -> NCSNpp:
-    return NCSNpp(**config)
-
-
-class SpeechNet(nn.Module):
-    """An NCSN++ backbone called the revsde way, ``net(x, time, mu=y) = dnn(x, y, t)``: its raw output
-    is what the model's ``prediction`` says (score, noise, data or velocity)."""
-
-    def __init__(self, dnn: NCSNpp):
-        super().__init__()
-        self.dnn = dnn
-
-    def forward(self, x: torch.Tensor, time, mu: torch.Tensor | None = None) -> torch.Tensor:
-        if mu is None:
-            raise ValueError("speech nets are conditioned on the noisy spectrogram: call net(x, time, mu=y)")
-        t = torch.as_tensor(time, device=x.device, dtype=x.real.dtype).reshape(-1).expand(x.shape[0])
-        return self.dnn(x, mu, t)
-
-
-def score_model(net: nn.Module, sde: OUVESDE, prediction: str = "velocity") -> ScoreModel:
-    return ScoreModel(net, sde, prediction=prediction)
 
 
 def spectrogram_pair(clean: torch.Tensor, noisy: torch.Tensor, spec: SpecConfig = SGMSE_16K):
