@@ -241,8 +241,10 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--restore-task", default="denoise", metavar="NAME",
                    help="with --task restore: denoise, deblur, motion_deblur or inpaint (default: denoise)")
     b.add_argument("--model", default="builtin", metavar="builtin|PATH",
-                   help="with --task image, restore or speech: the model (image: a diffusers pipeline folder; "
-                        "restore, speech: as in revsde restore / enhance) (default: builtin)")
+                   help="with --task image, restore or speech: the model (image: a diffusers pipeline folder, or "
+                        "builtin-flow, the built-in rectified-flow model: diffusers' flow schedulers against "
+                        "revsde's samplers, written to bench_image_flow.*; restore, speech: as in revsde restore / "
+                        "enhance) (default: builtin)")
     b.add_argument("--quick", action="store_true",
                    help="a small grid that finishes in minutes on a laptop CPU: with --task image (the default "
                         "then) 5 configurations at NFE 5 and 10 on 500 samples; with --task gmm 2000 samples, "
@@ -264,7 +266,10 @@ def build_parser() -> argparse.ArgumentParser:
                         "ratio to diffusers' DPMSolverMultistepScheduler.step in the same process (CPU, one "
                         "thread), and on CUDA eager vs CUDA-graph sampling of a small UNet at batch 1, 4, 16; "
                         "writes bench_speed.md and bench_speed.json")
-    b.add_argument("--problems", default="vp,mr", help="comma-separated problems: vp, mr (default: vp,mr)")
+    b.add_argument("--problems", default="vp,mr",
+                   help="comma-separated problems: vp, mr, and the rectified-flow ones flow (the 2-D ring) and flow192 "
+                        "(a 3x8x8 six-component mixture), run against diffusers' flow schedulers and written to "
+                        "bench_flow.* when only those are given (default: vp,mr)")
     b.add_argument("--nfe", default=None, help="comma-separated target NFEs (default: 5,10,20,50,100; "
                                                "with --task restore 2,3,5,10,20; with --task speech 2,3,5,10,20 for "
                                                "mrs and 10,20,30 for sgmse, whose even values it takes)")
@@ -342,27 +347,30 @@ def _bench_gmm(args, common):
     from .apps import bench
 
     quick = args.quick
-    result = bench.run_gmm_bench(problem_names=[p for p in args.problems.split(",") if p],
+    problems = [p for p in args.problems.split(",") if p]
+    stem = "bench_flow" if problems and set(problems) <= bench.FLOW_PROBLEMS else "bench_gmm"
+    result = bench.run_gmm_bench(problem_names=problems,
                                  nfes=_int_list(args.nfe or ("5,10,20" if quick else "5,10,20,50,100"), "--nfe"),
                                  n_samples=args.n or (2000 if quick else 10000),
                                  repeats=1 if quick else args.repeats, seed=args.seed, with_diffusers=args.diffusers,
-                                 labels=args.only, cache_path=_cache_path(args, "bench_gmm"), **common)
+                                 labels=args.only, cache_path=_cache_path(args, stem), **common)
     return result, bench.write
 
 
 def _bench_image(args, common):
     from .apps import image_bench, image_configs
 
-    quick = image_configs.QUICK if args.quick else {}
+    flow = image_bench.is_flow_model(args.model)
+    quick = (image_configs.QUICK_FLOW if flow else image_configs.QUICK) if args.quick else {}
     nfes = _int_list(args.nfe, "--nfe") if args.nfe else list(quick.get("nfes", image_bench.NFES))
     labels = args.only or list(quick.get("labels", ())) or None
     if not args.diffusers:
-        labels = [c.label for c in image_bench.default_configs()
+        labels = [c.label for c in image_bench.default_configs(flow)
                   if image_bench.family_of(c) == "revsde" and (labels is None or c.label in labels)]
     result = image_bench.run_image_bench(
         args.model, nfes=nfes, n_samples=args.n or quick.get("n", 2000), seed=args.seed, labels=labels,
         inception_weights=args.inception_weights, ref_stats=args.ref_stats, max_batch=args.max_batch,
-        cache_path=_cache_path(args, image_bench.STEM), **common)
+        cache_path=_cache_path(args, image_bench.stem_of(args.model)), **common)
     return result, image_bench.write
 
 

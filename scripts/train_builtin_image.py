@@ -380,8 +380,8 @@ def main(argv=None) -> int:
     print(f"FD-digits at {CHOOSE_NFE} NFE, per sample set: {fds}; shipping {chosen}", flush=True)
 
     weights = Path(args.weights)
-    for stale in weights.glob("image_digits_*.safetensors"):
-        stale.unlink()
+    for stale in (weights / f"image_digits_{w}.safetensors" for w in WEIGHTINGS):  # not the flow model's file
+        stale.unlink(missing_ok=True)
     shutil.copyfile(exported[chosen], weights / "image_digits.safetensors")
     shipped = {chosen: weights / "image_digits.safetensors"}
     for w, path in exported.items():

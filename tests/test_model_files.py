@@ -234,5 +234,6 @@ def test_every_revsde_file_format_has_a_name_for_messages():
     from revsde.nets import digits_classifier
 
     formats = {m.FORMAT for m in (train, train_image, train_noise_classifier, train_speech, digits_classifier)}
+    formats.add(train_image.FLOW_FORMAT)
     assert set(FORMAT_KINDS) == formats
     assert {read_metadata(p)["format"] for p in WEIGHTS.glob("*.safetensors")} <= formats

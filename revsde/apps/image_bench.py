@@ -3,7 +3,10 @@ image model, revsde's samplers against diffusers' schedulers on the same network
 
 Every configuration is a scheduler in ``UnconditionalPipeline`` (the Stable Diffusion loop; revsde's
 samplers enter as ``RevSDEScheduler``), made with ``from_config`` of one DDPM config of the model's
-training schedule. Sample ``s`` draws its prior and all its step noise from ``torch.Generator`` seeded
+training schedule. A flow-matching model (its folder's scheduler a ``FlowMatch…`` one, or on flow sigmas
+with ``flow_prediction``; the built-in one is ``--model builtin-flow``) gets the flow configurations
+(``image_configs.flow_configs``) instead, from a ``FlowMatchEulerDiscreteScheduler`` config, revsde's
+samplers running on its ``RectifiedFlow``, and writes ``bench_image_flow.*``. Sample ``s`` draws its prior and all its step noise from ``torch.Generator`` seeded
 ``s`` (EDM's one-generator-per-seed scheme), so a sample is the same whatever the batch it was drawn in
 and whatever the number of processes: under ``torchrun`` the seeds are sharded across ranks
 (``harness.shard_seeds``) and gathered back in seed order before scoring. The NFE of a cell is counted
@@ -38,23 +41,58 @@ from .image_configs import NATIVE, default_configs, family_of
 from .pipeline_bench import SchedulerConfig, _CountCalls, steps_for_nfe
 
 STEM = "bench_image"
+FLOW_STEM = "bench_image_flow"
 NFES = (5, 10, 20, 50)
 BUILTIN = "image_digits_diffusers"
+#: the built-in models: ``--model`` name -> (folder in revsde/weights, description, the script that trains it)
+BUILTINS = {"builtin": (BUILTIN, "the built-in digits model (revsde/weights/image_digits.md)",
+                        "train_builtin_image.py"),
+            "builtin-flow": ("image_digits_flow_diffusers", "the built-in rectified-flow digits model "
+                             "(revsde/weights/image_digits_flow.md)", "train_builtin_flow.py")}
+
+
+def model_folder(model: str) -> Path:
+    """The folder of a ``--model`` value: a built-in name or a path."""
+    if model in BUILTINS:
+        return Path(__file__).resolve().parents[1] / "weights" / BUILTINS[model][0]
+    return Path(model)
+
+
+def is_flow(config) -> bool:
+    """Whether a scheduler config (with its ``_class_name``, as saved) is flow matching: a ``FlowMatch…``
+    class, or flow sigmas / prediction."""
+    return (str(config.get("_class_name", "")).startswith("FlowMatch") or bool(config.get("use_flow_sigmas"))
+            or config.get("prediction_type") == "flow_prediction")
+
+
+def is_flow_model(model: str) -> bool:
+    """Whether ``--model`` is a flow-matching model, from its folder's scheduler config (no weights read)."""
+    import json
+
+    folder = model_folder(model)
+    for path in (folder / "scheduler" / "scheduler_config.json", folder / "scheduler_config.json"):
+        if path.is_file():
+            return is_flow(json.loads(path.read_text()))
+    return False
+
+
+def stem_of(model: str) -> str:
+    """The report's file stem: ``bench_image``, or ``bench_image_flow`` for a flow-matching model."""
+    return FLOW_STEM if is_flow_model(model) else STEM
 
 
 # --- the model ----------------------------------------------------------------------------------------
 def load_image_model(model: str = "builtin"):
-    """``(unet, scheduler_config, description)``: the built-in digits model or a local diffusers folder
-    (a pipeline folder with ``model_index.json``, or a ``UNet2DModel`` folder with ``config.json`` beside
-    a ``scheduler/`` or ``scheduler_config.json``)."""
+    """``(unet, scheduler_config, description)``: a built-in digits model (``BUILTINS``) or a local diffusers
+    folder (a pipeline folder with ``model_index.json``, or a ``UNet2DModel`` folder with ``config.json``
+    beside a ``scheduler/`` or ``scheduler_config.json``)."""
     from .sample_diffusers import load_pipeline
 
-    if model == "builtin":
-        folder = Path(__file__).resolve().parents[1] / "weights" / BUILTIN
+    if model in BUILTINS:
+        folder, (_, description, script) = model_folder(model), BUILTINS[model]
         if not (folder / "model_index.json").is_file():
             raise FileNotFoundError(f"the built-in image model {folder} is missing: train it with "
-                                    "python scripts/train_builtin_image.py")
-        description = "the built-in digits model (revsde/weights/image_digits.md)"
+                                    f"python scripts/{script}")
     else:
         folder = Path(model)
         description = f"`{folder.name}`"
@@ -63,13 +101,21 @@ def load_image_model(model: str = "builtin"):
     if unet is None or scheduler is None or not hasattr(unet, "config") or "sample_size" not in unet.config:
         raise ValueError(f"{str(folder)!r} holds a {type(pipe).__name__}: the image bench needs an unconditional "
                          "pipeline with a `unet` (a UNet2DModel) and a `scheduler`")
-    return unet.eval().requires_grad_(False), base_config(scheduler.config), description
+    config = {**scheduler.config, "_class_name": type(scheduler).__name__}
+    return unet.eval().requires_grad_(False), base_config(config), description
 
 
 def base_config(config) -> dict:
     """A DDPM config with the model's training schedule, every key that matters explicit (as
-    ``pipeline_bench.base_scheduler_config``): ε/x₀/v prediction kept, no clipping, linspace spacing."""
-    from diffusers import DDPMScheduler
+    ``pipeline_bench.base_scheduler_config``): ε/x₀/v prediction kept, no clipping, linspace spacing.
+    A flow-matching model's: a ``FlowMatchEulerDiscreteScheduler`` config of its training steps and shift."""
+    from diffusers import DDPMScheduler, FlowMatchEulerDiscreteScheduler
+
+    if is_flow(config):
+        shift = config.get("shift", config.get("flow_shift", 1.0))
+        flow = FlowMatchEulerDiscreteScheduler(num_train_timesteps=config.get("num_train_timesteps", 1000),
+                                               shift=1.0 if shift is None else shift)
+        return {**flow.config, "_class_name": type(flow).__name__}
 
     keys = ("num_train_timesteps", "beta_start", "beta_end", "beta_schedule", "trained_betas", "prediction_type")
     kwargs = {k: config[k] for k in keys if k in config and config[k] is not None}
@@ -117,17 +163,23 @@ class NativeRunner:
     """Runs a native configuration the way ``UnconditionalPipeline`` runs a scheduler: sample ``s`` starts
     from the pipeline's prior draw (``priors``) and takes every later draw from a second generator seeded
     ``s``; ``steps`` are the sampler's steps. Adaptive samplers (``ode_rk45``) take ``rtol = atol`` from the
-    step count: ``10^(−steps/4)``."""
+    step count: ``10^(−steps/4)``. On a flow-matching model (``base`` a flow config) the network predicts
+    the flow on ``RectifiedFlow(time_scale=num_train_timesteps)``; the option ``shift`` there is SD3's static
+    shift of the grid (``grids.Shifted`` of the ``grid`` option, default ``uniform_t``)."""
 
     def __init__(self, unet, base: dict, options: dict):
         from ..integrations.diffusers import PREDICTION_TYPES
         from ..model import ScoreModel
         from ..sde.vp import DiscreteVPSDE
-        from .train_image import UNetNet
+        from .train_image import UNetNet, flow_score_model
 
-        sde = DiscreteVPSDE.from_schedule(**{k: base[k] for k in ("num_train_timesteps", "beta_start", "beta_end",
-                                                                  "beta_schedule", "trained_betas") if k in base})
-        self.model = ScoreModel(UNetNet(unet), sde, prediction=PREDICTION_TYPES[base.get("prediction_type", "epsilon")])
+        if is_flow(base):
+            self.model = flow_score_model(unet, float(base["num_train_timesteps"]))
+        else:
+            sde = DiscreteVPSDE.from_schedule(**{k: base[k] for k in ("num_train_timesteps", "beta_start", "beta_end",
+                                                                      "beta_schedule", "trained_betas") if k in base})
+            self.model = ScoreModel(UNetNet(unet), sde,
+                                    prediction=PREDICTION_TYPES[base.get("prediction_type", "epsilon")])
         self.unet, self.options = unet, dict(options)
         self.shape = (unet.config.in_channels, unet.config.sample_size, unet.config.sample_size)
 
@@ -140,6 +192,10 @@ class NativeRunner:
 
         options = dict(self.options)
         sampler = options.pop("sampler")
+        if "shift" in options:
+            from ..grids import Shifted
+
+            options["grid"] = Shifted(options.pop("shift"), base=options.get("grid", "uniform_t"))
         if sampler == "ode_rk45":
             options.setdefault("rtol", 10 ** (-steps / 4))
             options.setdefault("atol", 10 ** (-steps / 4))
@@ -204,6 +260,7 @@ class ImageBenchResult:
     world: int = 1
     seconds: float = 0.0
     floor: dict = field(default_factory=dict)
+    stem: str = STEM
 
     def best(self, nfe: int, family: str) -> dict | None:
         rows = [r for r in self.rows if r["target_nfe"] == nfe and r["family"] == family and math.isfinite(r["fd"])]
@@ -264,7 +321,8 @@ def run_image_bench(model: str = "builtin", *, nfes=NFES, n_samples: int = 2000,
     nfes = [int(n) for n in nfes]
     if not nfes or min(nfes) < 1:
         raise ValueError(f"nfes must be integers >= 1 (got {nfes!r})")
-    configs = default_configs()
+    flow = is_flow_model(model)
+    configs = default_configs(flow)
     if labels:
         unknown = sorted(set(labels) - {c.label for c in configs})
         if unknown:
@@ -273,6 +331,8 @@ def run_image_bench(model: str = "builtin", *, nfes=NFES, n_samples: int = 2000,
     dist = dist or Dist()
     device = torch.device(device or "cpu")
     unet, base, description = load_image_model(model)
+    if is_flow(base) != flow:
+        raise ValueError(f"{model!r}: its scheduler config and its pipeline's scheduler disagree on flow matching")
     unet.to(device)
     size, channels = unet.config.sample_size, unet.config.in_channels
     weights = inception_weights
@@ -330,12 +390,12 @@ def run_image_bench(model: str = "builtin", *, nfes=NFES, n_samples: int = 2000,
             real = digits(size)[::2]
             floor = {"n": len(real), **{k: v for k, v in score(space, real, seed).items() if k in ("fd", "kid")}}
     return ImageBenchResult(rows, nfes, n_samples, seed, space.label, description, space.reference, dist.world,
-                            time.perf_counter() - start, floor)
+                            time.perf_counter() - start, floor, FLOW_STEM if flow else STEM)
 
 
 def _identity(model: str) -> str:
     """What makes a model the same one for the cache: its name and the content of its files."""
-    folder = Path(__file__).resolve().parents[1] / "weights" / BUILTIN if model == "builtin" else Path(model)
+    folder = model_folder(model)
     files = {str(p.relative_to(folder)): p for p in folder.rglob("*") if p.is_file()} if folder.is_dir() else {}
     return f"{model}:{fingerprint(files)}"
 
@@ -350,5 +410,6 @@ def plot(result: ImageBenchResult, path) -> None:
 
 
 def write(result: ImageBenchResult, out_dir) -> dict[str, Path]:
-    """``bench_image.md``, ``.json`` and ``.png`` in ``out_dir`` (written atomically)."""
-    return write_report(out_dir, STEM, result.markdown(), result.to_json(), lambda path: plot(result, path))
+    """``bench_image.md`` (``bench_image_flow.md`` for a flow model), ``.json`` and ``.png`` in ``out_dir``
+    (written atomically)."""
+    return write_report(out_dir, result.stem, result.markdown(), result.to_json(), lambda path: plot(result, path))

@@ -169,28 +169,42 @@ def _run_speech(args) -> int:
 
 
 def _add_image_parser(what) -> None:
-    from .train_image import WEIGHTINGS
+    from .train_image import TIME_SAMPLINGS, WEIGHTINGS
 
-    i = what.add_parser("image", help="unconditional DDPM on the 16x16 digits (diffusers UNet2DModel)")
-    i.add_argument("--weighting", choices=list(WEIGHTINGS), default="constant",
-                   help="constant: plain eps-MSE (default); debiased: eps-MSE x 1/sqrt(SNR), normalised to mean 1")
+    i = what.add_parser("image", help="unconditional DDPM (or rectified flow) on the 16x16 digits (diffusers "
+                                      "UNet2DModel)")
+    i.add_argument("--objective", choices=["ddpm", "flow"], default="ddpm",
+                   help="ddpm: eps-prediction on diffusers' DDPM table (default); flow: rectified flow, the net "
+                        "predicts eps - x0 at x_t = (1 - t) x0 + t eps, time 1000 t")
+    i.add_argument("--weighting", choices=list(WEIGHTINGS), default=None,
+                   help="with --objective ddpm: constant: plain eps-MSE (default); debiased: eps-MSE x 1/sqrt(SNR), "
+                        "normalised to mean 1")
+    i.add_argument("--time-sampling", choices=list(TIME_SAMPLINGS), default=None,
+                   help="with --objective flow: the distribution of t, uniform (default) or logit_normal (SD3's)")
     i.add_argument("--batch", type=int, default=64, help="images per step (default: 64)")
     i.add_argument("--lr", type=float, default=5e-4, help="peak learning rate of AdamW, cosine-decayed (default: 5e-4)")
     i.add_argument("--checkpoint-every", type=int, default=500, metavar="N", help="steps between checkpoints")
     i.add_argument("--diffusers-folder", default=None, metavar="DIR",
-                   help="with --export, also write the model as a diffusers DDPMPipeline folder here")
+                   help="with --export, also write the model as a diffusers pipeline folder here (DDPMPipeline; "
+                        "UnconditionalPipeline with a FlowMatchEulerDiscreteScheduler for --objective flow)")
     _common(i)
     i.set_defaults(run=_run_image)
 
 
 def _run_image(args) -> int:
-    from .train_image import export_diffusers, export_weights, train_image
+    from .train_image import export_diffusers, export_weights, train_image, train_image_flow
 
     if args.diffusers_folder is not None and args.export is None:
         raise ValueError("--diffusers-folder needs --export FILE.safetensors (the folder is written from it)")
-    result = train_image(args.output, args.steps, weighting=args.weighting, batch=args.batch, lr=args.lr,
-                         ema=args.ema, threads=args.threads, checkpoint_every=args.checkpoint_every, seed=args.seed,
-                         progress=_progress(args), resume=args.resume)
+    other = {"ddpm": ("--time-sampling", args.time_sampling), "flow": ("--weighting", args.weighting)}[args.objective]
+    if other[1] is not None:
+        raise ValueError(f"{other[0]} does not apply to --objective {args.objective}")
+    common = dict(batch=args.batch, lr=args.lr, ema=args.ema, threads=args.threads,
+                  checkpoint_every=args.checkpoint_every, seed=args.seed, progress=_progress(args), resume=args.resume)
+    if args.objective == "flow":
+        result = train_image_flow(args.output, args.steps, time_sampling=args.time_sampling or "uniform", **common)
+    else:
+        result = train_image(args.output, args.steps, weighting=args.weighting or "constant", **common)
 
     def export(ckpt):
         path = export_weights(ckpt, args.export)

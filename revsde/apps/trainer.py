@@ -261,7 +261,8 @@ def init_provenance(path: Path, base: dict, config: dict, match: tuple, kept: tu
 #: what each revsde file format holds, and the command that runs it, for a file given to the wrong one
 FORMAT_KINDS = {"revsde.restore/1": "restoration model (for `revsde restore`)",
                 "revsde.speech/1": "speech model (for `revsde enhance`)",
-                "revsde.image/1": "unconditional image model (revsde.apps.train_image.load_weights)",
+                "revsde.image/1": "DDPM (ε-prediction) image model (revsde.apps.train_image.load_weights)",
+                "revsde.image_flow/1": "rectified-flow image model (revsde.apps.train_image.load_weights)",
                 "revsde.noise_classifier/1": "noise-level classifier (for the dmcmc sampler)",
                 "revsde.fd_digits/1": "FD-digits feature extractor"}
 
