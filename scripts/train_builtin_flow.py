@@ -67,7 +67,7 @@ def sample_grid(weights: Path, path: Path, options: dict, steps: int) -> None:
     from PIL import Image
 
     from revsde import sample
-    from revsde.apps.files import atomic_output
+    from revsde.files import atomic_output
     from revsde.apps.image_bench import priors
 
     model, _ = T.load_weights(weights)
@@ -273,7 +273,7 @@ def main(argv=None) -> int:
     train(args)
     if args.train_only:
         return 0
-    from revsde.apps.files import atomic_output
+    from revsde.files import atomic_output
 
     weights = export(args)
     bench_path, ddpm_path = Path(args.bench), ROOT / "docs" / "bench_image_nfe10.json"

@@ -35,7 +35,7 @@ sys.path.insert(0, str(ROOT))
 
 from revsde import sample  # noqa: E402
 from revsde.apps import train_image as T  # noqa: E402
-from revsde.apps.files import atomic_output  # noqa: E402
+from revsde.files import atomic_output  # noqa: E402
 from revsde.apps.image_data import digits  # noqa: E402
 from revsde.metrics.fid import FeatureStats, fid, kid, load_stats, precision_recall  # noqa: E402
 from revsde.nets.digits_classifier import DEFAULT_REFERENCE, load_fd_extractor  # noqa: E402

@@ -28,7 +28,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from revsde.apps import restore_data, restore_eval, train  # noqa: E402
-from revsde.apps.files import atomic_output  # noqa: E402
+from revsde.files import atomic_output  # noqa: E402
 from revsde.sde import MRSDE  # noqa: E402
 
 # Chosen from measurements on this CPU (one thread, batch 8, 64 px patches): nf=16 runs ~1.5 it/s and

@@ -33,7 +33,7 @@ sys.path.insert(0, str(ROOT))
 
 from revsde.apps import speech_data, speech_noise, speech_weights, train_speech  # noqa: E402
 from revsde.apps.enhance import BUILTIN, SpeechModel  # noqa: E402
-from revsde.apps.files import atomic_output  # noqa: E402
+from revsde.files import atomic_output  # noqa: E402
 from revsde.apps.speech_eval import METRICS, evaluate_speech  # noqa: E402
 
 # Chosen from measurements on this CPU (1 thread, batch 8 of 128-frame crops, 1.02 s): NCSN++ nf=16 with

@@ -32,7 +32,7 @@ import torch.nn.functional as F
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from revsde.apps.files import atomic_output  # noqa: E402
+from revsde.files import atomic_output  # noqa: E402
 from revsde.apps.image_data import digit_labels, digits, shift_columns  # noqa: E402
 from revsde.metrics.fid import FeatureStats, fid, kid, save_stats  # noqa: E402
 from revsde.nets import digits_classifier as dc  # noqa: E402

@@ -10,7 +10,7 @@ import pytest
 
 import revsde
 from revsde.apps import sample_gmm
-from revsde.apps.files import atomic_output
+from revsde.files import atomic_output
 from revsde.cli import main, parse_value
 
 REPO = Path(__file__).resolve().parents[1]

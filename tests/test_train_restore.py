@@ -11,7 +11,7 @@ from torch import nn
 from revsde.apps import restore_data as D
 from revsde.apps import restore_eval as E
 from revsde.apps import train as T
-from revsde.apps import train_cli
+from revsde.cli import train as train_cli
 from revsde.apps.trainer import load_checkpoint
 from revsde.sde import MRSDE
 

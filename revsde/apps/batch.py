@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from .files import is_temp, remove_stale_temps
+from ..files import is_temp, remove_stale_temps
 
 #: the most network evaluations a file may be given: far past where any sampler stops improving, and a
 #: bound that catches a mistyped number before it asks for an allocation no machine has

@@ -23,7 +23,7 @@ from .. import sde as sde_mod
 from ..metrics import frechet_distance, sample_moments, sliced_wasserstein
 from ..nets.gmm import GaussianMixture, exact_model
 from ..solve import sample
-from .files import atomic_output, save_figure
+from ..files import atomic_output, save_figure
 
 NFES = (5, 10, 20, 50, 100)
 

@@ -290,7 +290,7 @@ def plot_curves(records: list[dict], panels: list[tuple[str, str]], path, *, tit
     written PNG."""
     from matplotlib.figure import Figure
 
-    from .files import save_figure
+    from ..files import save_figure
 
     fig = Figure(figsize=(size[0] * len(panels), size[1]), layout="constrained")
     draw_curves(fig.subplots(1, len(panels), squeeze=False)[0], records, panels, title=title, logy=logy, hlines=hlines)

@@ -33,7 +33,7 @@ from pathlib import Path
 
 import torch
 
-from .files import write_report
+from ..files import write_report
 from .fingerprints import fingerprint, versions
 from .harness import Cache, Cell, Dist, markdown_table, plot_curves, run_cells, shard_seeds
 from .image_scores import FeatureSpace, digits_space, inception_space, score

@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 
 from ..metrics import frechet_distance, sample_moments, sliced_wasserstein
-from .files import atomic_output, save_figure
+from ..files import atomic_output, save_figure
 
 NFES = (5, 10, 20, 50)
 STEM = "bench_diffusers"

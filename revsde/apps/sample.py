@@ -21,7 +21,7 @@ from .. import sde as sde_mod
 from ..metrics import frechet_distance, sample_moments, sliced_wasserstein
 from ..nets.gmm import GaussianMixture, exact_model
 from ..solve import sample
-from .files import atomic_output, save_figure
+from ..files import atomic_output, save_figure
 
 #: SDE names of the command line and their default instances' constructors
 SDES = {"vp": sde_mod.VPSDE, "subvp": sde_mod.SubVPSDE, "ve": sde_mod.VESDE,

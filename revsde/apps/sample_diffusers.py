@@ -23,7 +23,7 @@ import torch
 
 from .. import __version__
 from ..solve import NonFiniteStateError
-from .files import atomic_output
+from ..files import atomic_output
 from .sample import _device
 
 

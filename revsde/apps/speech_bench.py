@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .. import samplers as samplers_mod
-from .files import write_report
+from ..files import write_report
 
 CONFIGS = [
     ("sgmse", "sgmse", {}),

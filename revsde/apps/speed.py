@@ -23,7 +23,7 @@ import torch
 
 from .. import __version__
 from .. import samplers as samplers_mod
-from .files import write_report
+from ..files import write_report
 
 #: (label, sampler, options) of the loop-overhead table
 OVERHEAD_SAMPLERS = [

@@ -22,7 +22,7 @@ from typing import Callable
 
 import torch
 
-from .files import atomic_output
+from ..files import atomic_output
 
 
 @dataclass

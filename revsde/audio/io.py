@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..apps.files import atomic_output
+from ..files import atomic_output
 
 SUFFIXES = {".wav": "WAV", ".flac": "FLAC", ".ogg": "OGG"}
 # Where a format cannot hold the requested subtype, the first it can from this list is used.

@@ -23,7 +23,7 @@ from typing import Callable, Iterable, Iterator
 
 import numpy as np
 
-from ..apps.files import temp_path
+from ..files import temp_path
 from .io import AudioError, audio_format, probe_audio, subtype_for
 
 #: peak level the written audio never exceeds (−0.01 dBFS); lossy codecs (Ogg Vorbis) overshoot their

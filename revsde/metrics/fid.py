@@ -161,7 +161,7 @@ def save_stats(path, mu, sigma, *, label: str | None = None) -> None:
 
     ``label`` is stored as an extra key ``label`` that pytorch-fid, clean-fid and EDM ignore.
     """
-    from ..apps.files import atomic_output
+    from ..files import atomic_output
 
     arrays = {"mu": np.asarray(torch.as_tensor(mu).detach().cpu(), dtype=np.float64),
               "sigma": np.asarray(torch.as_tensor(sigma).detach().cpu(), dtype=np.float64)}

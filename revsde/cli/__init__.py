@@ -10,12 +10,14 @@ from __future__ import annotations
 import argparse
 import sys
 
-from . import __version__
+from .. import __version__
+from .common import (Parser, integer, option_dict, options_of, parse_mu, parse_option,  # noqa: F401
+                     parse_value)
 
 DESCRIPTION = """\
-revsde: a diffusion sampling engine. One solver core for every linear diffusion SDE (VP, sub-VP,
-VE, mean-reverting IR-SDE and OUVE/SGMSE), their reverse SDEs and probability-flow ODEs, with the
-samplers of the field as plug-ins. Everything a command does is also a Python call
+revsde: a diffusion sampling engine. One solver core for every linear diffusion path (VP, sub-VP,
+VE, mean-reverting IR-SDE and OUVE/SGMSE, rectified flow), their reverse SDEs and probability-flow
+ODEs, with the samplers of the field as plug-ins. Everything a command does is also a Python call
 (revsde.sample, revsde.apps.sample_gmm)."""
 
 SAMPLE_DESCRIPTION = """\
@@ -45,7 +47,7 @@ def _summary(doc: str | None, width: int = 100) -> str:
 
 
 def _traits(name: str) -> str:
-    from . import samplers as samplers_mod
+    from .. import samplers as samplers_mod
 
     options = "options: " + (", ".join(samplers_mod.option_names(name)) or "none")
     try:
@@ -60,13 +62,13 @@ def _traits(name: str) -> str:
 
 
 def _grid_names() -> list[str]:
-    from . import grids as grids_mod
+    from .. import grids as grids_mod
 
     return grids_mod.available()
 
 
 def _sample_epilog() -> str:
-    from . import samplers as samplers_mod
+    from .. import samplers as samplers_mod
 
     lines = ["samplers (set their options with --option NAME=VALUE):"]
     for name in samplers_mod.available():
@@ -87,76 +89,6 @@ def _sample_epilog() -> str:
         "  revsde sample --diffusers ./my-sd-pipeline --prompt 'a red house' --sampler pc --steps 30",
     ]
     return "\n".join(lines)
-
-
-def parse_value(text: str):
-    """``None``/``true``/``false`` (any case), then int, then float, else the string itself."""
-    lowered = text.lower()
-    if lowered in ("none", "null"):
-        return None
-    if lowered in ("true", "false"):
-        return lowered == "true"
-    for kind in (int, float):
-        try:
-            return kind(text)
-        except ValueError:
-            pass
-    return text
-
-
-def parse_option(text: str) -> tuple[str, object]:
-    key, sep, value = text.partition("=")
-    if not sep or not key.strip():
-        raise argparse.ArgumentTypeError(f"expected NAME=VALUE (got {text!r})")
-    return key.strip(), parse_value(value.strip())
-
-
-def parse_mu(text: str) -> tuple[float, float]:
-    parts = text.split(",")
-    try:
-        values = tuple(float(p) for p in parts)
-    except ValueError:
-        values = ()
-    if len(values) != 2:
-        raise argparse.ArgumentTypeError(f"expected two numbers X,Y (got {text!r})")
-    return values
-
-
-def integer(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer (got {text!r})") from None
-    return value
-
-
-class Parser(argparse.ArgumentParser):
-    """argparse whose errors are one line that names the problem and where the help is, not the usage
-    block (sub-commands' parsers are of the same class). Help that lists the registries (samplers,
-    grids) is computed when it is printed (``lazy_epilog``, ``lazy_help``), and a sub-command whose
-    arguments come from its modules adds them when it is parsed (``populate``): building the parser,
-    ``revsde --help`` and ``--version`` then need no torch."""
-
-    def __init__(self, *args, lazy_epilog=None, populate=None, **kwargs):
-        super().__init__(*args, **kwargs)
-        self.lazy_epilog, self.lazy_help, self.populate = lazy_epilog, {}, populate
-
-    def parse_known_args(self, args=None, namespace=None):
-        if self.populate is not None:  # a sub-command whose arguments need its modules: added when it runs
-            populate, self.populate = self.populate, None
-            populate(self)
-        return super().parse_known_args(args, namespace)
-
-    def format_help(self) -> str:
-        if self.lazy_epilog is not None:
-            self.epilog = self.lazy_epilog()
-        for action in self._actions:
-            if action.dest in self.lazy_help:
-                action.help = self.lazy_help[action.dest]()
-        return super().format_help()
-
-    def error(self, message: str):
-        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -211,8 +143,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="show a progress bar on stderr (default: when stderr is a terminal)")
     p.set_defaults(run=_run_sample)
 
-    from .apps.media_cli import add_enhance_parser, add_restore_parser
-    from .apps.train_cli import add_train_parser
+    from .media import add_enhance_parser, add_restore_parser
+    from .train import add_train_parser
 
     add_restore_parser(commands)
     add_enhance_parser(commands)
@@ -308,14 +240,14 @@ def _run_bench(args) -> int:
     """One small function per task (``_bench_<task>``), each returning its result and its module's ``write``;
     here the shared part: torchrun's process group, the cache, and only rank 0 printing and writing."""
     if args.speed:
-        from .apps import speed
+        from ..apps import speed
 
         result = speed.run_speed()
         print(result.markdown())
         for path in speed.write(result, args.output).values():
             print(f"wrote {path}")
         return 0
-    from .apps.harness import Dist
+    from ..apps.harness import Dist
 
     dist = Dist.from_env()
     try:
@@ -344,7 +276,7 @@ def _cache_path(args, stem: str):
 
 
 def _bench_gmm(args, common):
-    from .apps import bench
+    from ..apps import bench
 
     quick = args.quick
     problems = [p for p in args.problems.split(",") if p]
@@ -358,7 +290,7 @@ def _bench_gmm(args, common):
 
 
 def _bench_image(args, common):
-    from .apps import image_bench, image_configs
+    from ..apps import image_bench, image_configs
 
     flow = image_bench.is_flow_model(args.model)
     quick = (image_configs.QUICK_FLOW if flow else image_configs.QUICK) if args.quick else {}
@@ -375,7 +307,7 @@ def _bench_image(args, common):
 
 
 def _bench_restore(args, common):
-    from .apps import restore_bench
+    from ..apps import restore_bench
 
     result = restore_bench.run_restore_bench(
         args.restore_task, args.model, nfes=_int_list(args.nfe or "2,3,5,10,20", "--nfe"), crop=args.crop or None,
@@ -384,8 +316,8 @@ def _bench_restore(args, common):
 
 
 def _bench_speech(args, common):
-    from .apps import speech_bench
-    from .apps.speech_data import test_set
+    from ..apps import speech_bench
+    from ..apps.speech_data import test_set
 
     nfes = None
     if args.nfe:
@@ -406,7 +338,7 @@ def _run_sample(args) -> int:
                         ("--guidance-scale", args.guidance_scale)):
         if value is not None:
             raise ValueError(f"{flag} applies only with --diffusers PATH")
-    from .apps.sample import sample_gmm
+    from ..apps.sample import sample_gmm
 
     output = args.output or "out/gmm_samples.npz"
     result = sample_gmm(sde=args.sde, sampler=args.sampler or "ode_heun", steps=args.steps or 50, grid=args.grid,
@@ -421,24 +353,8 @@ def _run_sample(args) -> int:
     return 0
 
 
-def options_of(args) -> dict:
-    """The repeated ``--option NAME=VALUE`` as a dict; a name given twice is an error."""
-    return option_dict(args.option)
-
-
-def option_dict(pairs, what: str = "sampler option") -> dict:
-    """``(NAME, VALUE)`` pairs of a repeated ``NAME=VALUE`` flag as a dict; ``ValueError`` naming ``what``
-    for a name given twice."""
-    options = {}
-    for key, value in pairs:
-        if key in options:
-            raise ValueError(f"{what} {key!r} given twice")
-        options[key] = value
-    return options
-
-
 def _run_sample_diffusers(args, options, progress) -> int:
-    from .apps.sample_diffusers import sample_diffusers
+    from ..apps.sample_diffusers import sample_diffusers
 
     if args.sde != "vp" or args.mu is not None:
         raise ValueError("--sde and --mu do not apply with --diffusers: the pipeline's scheduler config "
@@ -455,8 +371,8 @@ def _run_sample_diffusers(args, options, progress) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)  # --help and --version end here, before torch is imported
-    from .samplers import SamplingError
-    from .solve import NonFiniteStateError
+    from ..samplers import SamplingError
+    from ..solve import NonFiniteStateError
 
     try:
         return args.run(args)
