@@ -84,3 +84,16 @@ def interior_times(sde, n: int = 41) -> torch.Tensor:
     mids = mids[(mids > sde.t_min) & (mids < sde.t_max)]
     return torch.unique(mids)
 
+
+def steppable_samplers() -> list[str]:
+    """Every registry sampler (default options) whose evaluation times are known in advance."""
+    import revsde
+
+    names = []
+    for name in revsde.samplers.available():
+        try:
+            revsde.samplers.get(name).query_times(torch.tensor([1.0, 0.5, 0.0], dtype=torch.float64))
+        except ValueError:
+            continue
+        names.append(name)
+    return names

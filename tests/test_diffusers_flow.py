@@ -16,18 +16,7 @@ diffusers = pytest.importorskip("diffusers")
 import revsde  # noqa: E402
 from revsde.integrations.diffusers import RevSDEScheduler  # noqa: E402
 from revsde.sde.flow import RectifiedFlow  # noqa: E402
-
-
-def steppable_samplers() -> list[str]:
-    """Every registry sampler (default options) whose evaluation times are known in advance."""
-    names = []
-    for name in revsde.samplers.available():
-        try:
-            revsde.samplers.get(name).query_times(torch.tensor([1.0, 0.5, 0.0], dtype=torch.float64))
-        except ValueError:
-            continue
-        names.append(name)
-    return names
+from conftest import steppable_samplers  # noqa: E402
 
 
 STEPPABLE = steppable_samplers()

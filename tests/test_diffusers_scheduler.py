@@ -14,24 +14,13 @@ from revsde.integrations.diffusers import RevSDEScheduler, discrete_timesteps  #
 
 from diffusers_pipelines import count_unet_calls, tiny_ddpm_pipeline, tiny_sd_pipeline  # noqa: E402
 from exact import gaussian  # noqa: E402
+from conftest import steppable_samplers  # noqa: E402
 
 SD_KEYS = dict(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012, steps_offset=1,
                timestep_spacing="leading")
 SOURCE_SCHEDULERS = ["DDPMScheduler", "DDIMScheduler", "PNDMScheduler", "EulerDiscreteScheduler",
                      "DPMSolverMultistepScheduler", "UniPCMultistepScheduler", "HeunDiscreteScheduler",
                      "LMSDiscreteScheduler"]
-
-
-def steppable_samplers():
-    """Every registry sampler (default options) whose evaluation times are known in advance."""
-    names = []
-    for name in revsde.samplers.available():
-        try:
-            revsde.samplers.get(name).query_times(torch.tensor([1.0, 0.5, 0.0], dtype=torch.float64))
-        except ValueError:
-            continue
-        names.append(name)
-    return names
 
 
 STEPPABLE = steppable_samplers()
