@@ -10,7 +10,7 @@ TORCH_SPEC ?= torch==2.13.0
 BIN        := $(VENV)/bin
 STAMP      := $(VENV)/.revsde-setup
 
-.PHONY: setup install demo test clean
+.PHONY: setup install demo test test-slow clean
 
 # Install only when the venv is missing, pyproject.toml is newer, or TORCH_SPEC changed since last time.
 setup:
@@ -30,6 +30,10 @@ demo: setup
 
 test: setup
 	$(BIN)/python -m pytest -q
+
+# the long convergence checks (every sampler's exact distribution on every SDE, strong orders)
+test-slow: setup
+	$(BIN)/python -m pytest -q -m slow
 
 clean:
 	rm -rf out build *.egg-info revsde.egg-info .pytest_cache

@@ -51,7 +51,8 @@ def run_exact(sde, name, n=20000, steps=None, seed=0, **options):
     return sol, mixture.marginal_moments(sde, sde.t_min, mu)
 
 
-@pytest.mark.parametrize("sde_name", SDES)
+# VP in the default tier; the other SDEs (minutes in all) in the slow one
+@pytest.mark.parametrize("sde_name", [s if s == "vp" else pytest.param(s, marks=pytest.mark.slow) for s in SDES])
 @pytest.mark.parametrize("name", SAMPLERS)
 def test_reaches_exact_distribution(name, sde_name):
     """At high NFE every sampler reaches N(α m + (1−α)μ, α²C + σ²I) at t_min, within 5 standard errors."""
@@ -168,6 +169,7 @@ def _strong_samplers():
     return out
 
 
+@pytest.mark.slow  # a 2048-step reference per case: about 7 minutes in all
 @pytest.mark.parametrize("sde_name", ["vp", "ve", "mr", "ouve", "rf"])
 @pytest.mark.parametrize("smp", _strong_samplers())
 def test_sde_strong_order(smp, sde_name):
