@@ -27,12 +27,16 @@ OUTPUT = 0.1 * torch.randn(SHAPE, generator=torch.Generator().manual_seed(0))
 START = torch.randn(SHAPE, generator=torch.Generator().manual_seed(1))
 
 
-def scheduler_loop(scheduler):
+def scheduler_loop(scheduler, steps=None, start=None, output=None):
+    """One sampling run of ``scheduler`` on a free network (a fixed output), as a callable."""
+    steps, start, output = (STEPS if steps is None else steps, START if start is None else start,
+                            OUTPUT if output is None else output)
+
     def run():
-        scheduler.set_timesteps(STEPS)
-        x = START
+        scheduler.set_timesteps(steps)
+        x = start
         for t in scheduler.timesteps:
-            x = scheduler.step(OUTPUT, t, x).prev_sample
+            x = scheduler.step(output, t, x).prev_sample
         return x
     return run
 
@@ -94,13 +98,7 @@ def paired_ratio(baseline, candidate, rounds: int) -> float:
 
 
 def flow_scheduler_loop(scheduler):
-    def run():
-        scheduler.set_timesteps(FLOW_STEPS)
-        x = FLOW_START
-        for t in scheduler.timesteps:
-            x = scheduler.step(FLOW_OUTPUT, t, x).prev_sample
-        return x
-    return run
+    return scheduler_loop(scheduler, FLOW_STEPS, FLOW_START, FLOW_OUTPUT)
 
 
 def test_flow_match_euler_step(benchmark):
