@@ -26,7 +26,7 @@ install:
 	@echo "$(TORCH_SPEC)" > "$(STAMP)"
 
 demo: setup
-	$(BIN)/revsde bench --quick -o out/bench
+	$(BIN)/revsde bench image --quick -o out/bench
 
 test: setup
 	$(BIN)/python -m pytest -q

@@ -9,7 +9,7 @@ pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a C
 
 @pytest.mark.parametrize("batch", [1, 4, 16])
 def test_graphed_vs_eager(benchmark, batch):
-    from revsde.apps.speed import graph_speed
+    from revsde.apps.bench.speed import graph_speed
 
     row = benchmark.pedantic(lambda: graph_speed(batches=(batch,))[0], rounds=1, iterations=1)
     benchmark.extra_info.update(row)

@@ -18,7 +18,7 @@ import torch
 diffusers = pytest.importorskip("diffusers")
 
 import revsde  # noqa: E402
-from revsde.apps.speed import _median_seconds  # noqa: E402
+from revsde.apps.bench.speed import _median_seconds  # noqa: E402
 from revsde.integrations.diffusers import RevSDEScheduler  # noqa: E402
 
 STEPS = 50

@@ -1,6 +1,6 @@
 """diffusers' schedulers against RevSDEScheduler inside one diffusers pipeline, on an exact model.
 
-Runs ``revsde.apps.pipeline_bench.run_pipeline_bench`` (UnconditionalPipeline + ExactMixtureUNet, a
+Runs ``revsde.apps.mixture.pipeline_bench.run_pipeline_bench`` (UnconditionalPipeline + ExactMixtureUNet, a
 6-component Gaussian mixture of 3×8×8 images) and writes ``bench_diffusers.md``, ``.json`` and ``.png``.
 The default size (10000 samples, NFE 5/10/20/50, 20 configurations) takes about 2 minutes on 2 CPU cores.
 
@@ -14,7 +14,7 @@ import time
 
 import torch
 
-from revsde.apps import pipeline_bench as pb
+from revsde.apps.mixture import pipeline_bench as pb
 from revsde.integrations.mixture_unet import ExactMixtureUNet
 
 

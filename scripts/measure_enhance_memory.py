@@ -27,7 +27,7 @@ sys.path.insert(0, str(ROOT))
 
 def speech_like(seconds: float, rate: int = 16000, seed: int = 0) -> np.ndarray:
     """Held-out test utterances back to back (tiled to ``seconds``) plus white noise at about 5 dB SNR."""
-    from revsde.apps.speech_data import test_set
+    from revsde.apps.speech.data import test_set
 
     clean = np.concatenate([p.clean for p in test_set()])
     n = int(seconds * rate)

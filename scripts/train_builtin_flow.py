@@ -12,7 +12,7 @@ The network, data, batches, optimiser, schedule, EMA and budget are the DDPM mod
 - ``revsde/weights/image_digits_flow_diffusers/``: an ``UnconditionalPipeline`` folder with a
   ``FlowMatchEulerDiscreteScheduler``;
 - ``revsde/weights/image_digits_flow.md``: the model card, with the results of ``docs/bench_image_flow.json``
-  (``revsde bench --task image --model builtin-flow``) when that file exists, and
+  (``revsde bench image --model builtin-flow``) when that file exists, and
   ``image_digits_flow_samples.png`` (64 samples).
 """
 from __future__ import annotations
@@ -30,7 +30,8 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from revsde.apps import train_image as T  # noqa: E402
+from revsde.apps.image import train as T  # noqa: E402
+from revsde.apps.image import model as M  # noqa: E402
 
 # the DDPM model's budget (scripts/train_builtin_image.py): ~3.2 it/s on one shared CPU thread, ~31 minutes
 DEFAULTS = {"steps": 6000, "batch": 64, "lr": 5e-4, "time_sampling": "uniform"}
@@ -51,12 +52,12 @@ def train(args):
 def export(args) -> Path:
     """The EMA weights to ``WEIGHTS/image_digits_flow.safetensors`` and its diffusers folder beside it."""
     out, weights = Path(args.out), Path(args.weights)
-    path = T.export_weights(out / "image_digits_flow" / "last.pt", out / "image_digits_flow.safetensors")
+    path = M.export_weights(out / "image_digits_flow" / "last.pt", out / "image_digits_flow.safetensors")
     shutil.copyfile(path, weights / "image_digits_flow.safetensors")
     folder = weights / "image_digits_flow_diffusers"
     if folder.exists():
         shutil.rmtree(folder)
-    T.export_diffusers(weights / "image_digits_flow.safetensors", folder)
+    M.export_diffusers(weights / "image_digits_flow.safetensors", folder)
     return weights / "image_digits_flow.safetensors"
 
 
@@ -68,9 +69,9 @@ def sample_grid(weights: Path, path: Path, options: dict, steps: int) -> None:
 
     from revsde import sample
     from revsde.files import atomic_output
-    from revsde.apps.image_bench import priors
+    from revsde.apps.image.runners import priors
 
-    model, _ = T.load_weights(weights)
+    model, _ = M.load_weights(weights)
     options = dict(options)
     if "shift" in options:
         from revsde.grids import Shifted
@@ -112,7 +113,7 @@ def results_section(bench: dict, ddpm: dict | None, reference: dict | None) -> l
     lines = [
         "## Results",
         "",
-        f"`revsde bench --task image --model builtin-flow` (`docs/bench_image_flow.md`, the command there): "
+        f"`revsde bench image --model builtin-flow` (`docs/bench_image_flow.md`, the command there): "
         f"{bench['n_samples']} samples per cell (seeds {bench['seed']}…{bench['seed'] + bench['n_samples'] - 1}, "
         f"one generator per seed), {bench['label']} against {bench['reference']}; KID × 10³ and precision / recall "
         f"(k = 3) against the digits' features. Real digits (every other one) score FD-digits "
@@ -179,7 +180,7 @@ def card(config: dict, command: str, log_path: Path, bench: dict | None, ddpm: d
         "",
         "```python",
         "import revsde",
-        "from revsde.apps.train_image import load_weights",
+        "from revsde.apps.image.model import load_weights",
         "model, config = load_weights('revsde/weights/image_digits_flow.safetensors')  # RectifiedFlow, flow prediction",
         "x = revsde.sample(model, shape=(16, 1, 16, 16), sampler='mrs', order=2, prediction='velocity', steps=10,",
         "                  seed=0).x  # in [-1, 1]",
@@ -198,7 +199,7 @@ def card(config: dict, command: str, log_path: Path, bench: dict | None, ddpm: d
         "## Training",
         "",
         f"- command: `{command}` (rerunning resumes; `--train-only` stops after training)",
-        "- data: the 1797 digits of `sklearn.datasets.load_digits` as `revsde.apps.image_data.digits(16)` (v/8 − 1, "
+        "- data: the 1797 digits of `sklearn.datasets.load_digits` as `revsde.apps.image.data.digits(16)` (v/8 − 1, "
         f"bicubic to 16×16, clamped to [−1, 1]); random batches of {config['batch']} with replacement, each image "
         "shifted by −1, 0 or +1 px horizontally: the DDPM model's",
         f"- network: `UNet2DModel(sample_size=16, in/out channels 1, "
@@ -282,7 +283,7 @@ def main(argv=None) -> int:
     reference = json.loads(Path(args.reference).read_text()) if Path(args.reference).is_file() else None
     options, steps, sampled = best_revsde(bench)
     sample_grid(weights, weights.parent / "image_digits_flow_samples.png", options, steps)
-    config = T.read_config(weights, "flow")
+    config = M.read_config(weights, "flow")
     log_path = Path(args.out) / "image_digits_flow" / "train_log.jsonl"
     with atomic_output(weights.parent / "image_digits_flow.md") as f:
         f.write(card(config, command, log_path, bench, ddpm, reference, sampled).encode())

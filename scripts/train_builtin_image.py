@@ -34,9 +34,10 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from revsde import sample  # noqa: E402
-from revsde.apps import train_image as T  # noqa: E402
+from revsde.apps.image import train as T  # noqa: E402
+from revsde.apps.image import model as M  # noqa: E402
 from revsde.files import atomic_output  # noqa: E402
-from revsde.apps.image_data import digits  # noqa: E402
+from revsde.apps.image.data import digits  # noqa: E402
 from revsde.metrics.fid import FeatureStats, fid, kid, load_stats, precision_recall  # noqa: E402
 from revsde.nets.digits_classifier import DEFAULT_REFERENCE, load_fd_extractor  # noqa: E402
 
@@ -81,7 +82,7 @@ def draw(weights: Path, sampler: str, steps: int, n: int, batch: int, seed: int 
 
     from revsde.integrations.pipelines import UnconditionalPipeline
 
-    model, config = T.load_weights(weights)
+    model, config = M.load_weights(weights)
     pipe = None
     if sampler == "ddpm":
         pipe = UnconditionalPipeline(model.net.unet, DDPMScheduler(**config["schedule"], prediction_type="epsilon"))
@@ -252,7 +253,7 @@ def card(args, configs: dict, results: dict, chosen: str, shipped: dict, command
         "",
         "```python",
         "import revsde",
-        "from revsde.apps.train_image import load_weights",
+        "from revsde.apps.image.model import load_weights",
         "model, config = load_weights('revsde/weights/image_digits.safetensors')",
         "x = revsde.sample(model, shape=(16, 1, 16, 16), sampler='mrs', order=2, steps=20, seed=0).x  # in [-1, 1]",
         "```",
@@ -271,7 +272,7 @@ def card(args, configs: dict, results: dict, chosen: str, shipped: dict, command
         f"- command: `{command}` (both weightings, one after the other; rerunning resumes; the equivalent single run "
         f"is `revsde train image --weighting {chosen} --steps {c['trained_steps']} -o OUT --export FILE.safetensors`)",
         "- data: the 1797 digits of `sklearn.datasets.load_digits` (8×8, values 0..16) as "
-        "`revsde.apps.image_data.digits(16)`: v/8 − 1, bicubic upsampling to 16×16, clamped to [−1, 1]; random "
+        "`revsde.apps.image.data.digits(16)`: v/8 − 1, bicubic upsampling to 16×16, clamped to [−1, 1]; random "
         f"batches of {c['batch']} with replacement, each image shifted by −1, 0 or +1 px horizontally (no flips)",
         f"- network: `UNet2DModel(sample_size=16, in/out channels 1, "
         f"block_out_channels={tuple(unet['block_out_channels'])}, "
@@ -344,7 +345,7 @@ def card(args, configs: dict, results: dict, chosen: str, shipped: dict, command
 
 def export(args) -> dict[str, Path]:
     out = Path(args.out)
-    return {w: T.export_weights(out / f"image_digits_{w}" / "last.pt", out / f"image_digits_{w}.safetensors")
+    return {w: M.export_weights(out / f"image_digits_{w}" / "last.pt", out / f"image_digits_{w}.safetensors")
             for w in WEIGHTINGS}
 
 
@@ -391,9 +392,9 @@ def main(argv=None) -> int:
     folder = weights / "image_digits_diffusers"
     if folder.exists():
         shutil.rmtree(folder)
-    T.export_diffusers(shipped[chosen], folder)
+    M.export_diffusers(shipped[chosen], folder)
     sample_grid(Path(args.out), weights / "image_digits_samples.png")
-    configs = {w: T.read_config(p) for w, p in exported.items()}
+    configs = {w: M.read_config(p) for w, p in exported.items()}
     with atomic_output(weights / "image_digits.md") as f:
         f.write(card(args, configs, results, chosen, shipped, command).encode())
     print(f"wrote {', '.join(str(p) for p in shipped.values())}, {folder} and {weights / 'image_digits.md'}")

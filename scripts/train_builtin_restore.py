@@ -10,7 +10,7 @@ of training stage 1. When the last stage reaches its steps, the EMA weights go t
 ``revsde/weights/restore_<task>.safetensors`` and a model card ``restore_<task>.md`` beside them reports
 the data, the stages, the wall time and the held-out PSNR/SSIM of the degraded inputs and of the
 restorations at each NFE; the best setting and the NFEs that improved on the input are stored in the
-file (``train.recommend``), so ``revsde restore`` uses the one and warns outside the others.
+file (``restore_model.recommend``), so ``revsde restore`` uses the one and warns outside the others.
 """
 from __future__ import annotations
 
@@ -27,7 +27,12 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from revsde.apps import restore_data, restore_eval, train  # noqa: E402
+from revsde.apps.restore import data as restore_data
+
+from revsde.apps.restore import eval as restore_eval
+
+from revsde.apps.restore import train
+from revsde.apps.restore import model as restore_model  # noqa: E402
 from revsde.files import atomic_output  # noqa: E402
 from revsde.sde import MRSDE  # noqa: E402
 
@@ -94,7 +99,7 @@ def schedule_changes(stage: dict) -> str:
 
 def stage_lines(config: dict) -> list[str]:
     """The card's lines on the training stages: the run itself and the runs it was fine-tuned from."""
-    chain = train.training_stages(config)
+    chain = restore_model.training_stages(config)
     lines = []
     for k, stage in enumerate(chain, 1):
         name = f"stage {k}" if len(chain) > 1 else "training"
@@ -118,7 +123,7 @@ def stage_lines(config: dict) -> list[str]:
 
 def best_and_validated(evals: list[dict]) -> tuple[dict, tuple[int, int]]:
     """The evaluation with the highest mean PSNR (the fewer NFE on a tie), and the range of evaluated NFEs
-    around it that all improved on the input's mean PSNR: what ``train.recommend`` stores."""
+    around it that all improved on the input's mean PSNR: what ``restore_model.recommend`` stores."""
     evals = sorted(evals, key=lambda ev: ev["nfe"])
     best = max(evals, key=lambda ev: (ev["mean"]["psnr"], -ev["nfe"]))
     i = j = evals.index(best)
@@ -142,7 +147,7 @@ def card(task: str, config: dict, evals: list[dict], command: str, weights: Path
          eval_seconds: float = 0.0) -> str:
     sde = config["sde"]
     best, (lo, hi) = best_and_validated(evals)
-    total = sum(int(stage["trained_steps"]) for stage in train.training_stages(config))
+    total = sum(int(stage["trained_steps"]) for stage in restore_model.training_stages(config))
     lines = [
         f"# revsde built-in model: restore_{task}",
         "",
@@ -157,7 +162,7 @@ def card(task: str, config: dict, evals: list[dict], command: str, weights: Path
         + (f"–{hi}" if hi > lo else "") + " NFE (the evaluated NFEs that improved on the input) warns on stderr.",
         "",
         "```python",
-        "from revsde.apps.train import load_weights, score_model",
+        "from revsde.apps.restore.model import load_weights, score_model",
         f"net, sde, config = load_weights('revsde/weights/{weights.name}')",
         f"model = score_model(net, sde)   # revsde.sample(model, mu.shape, mu=mu, sampler='mrs', steps={best['nfe']})",
         "```",
@@ -287,12 +292,12 @@ def main(argv=None) -> int:
         init = result.checkpoint
     weights = Path(args.weights) / f"restore_{args.task}.safetensors"
     if not args.card_only:
-        train.export_weights(result.checkpoint, weights)
+        restore_model.export_weights(result.checkpoint, weights)
         print(f"wrote {weights}")
     if args.train_only:
         return 0
 
-    net, sde, config = train.load_weights(weights)
+    net, sde, config = restore_model.load_weights(weights)
     config = {**config, "threads": args.threads, "n_params": sum(p.numel() for p in net.parameters())}
     eval_path = Path(args.out) / args.task / "eval.json"
     if args.reuse_eval:  # the card again from the last evaluation of these weights (e.g. after a wording change)
@@ -301,13 +306,13 @@ def main(argv=None) -> int:
     else:
         evals, start = [], time.perf_counter()
         for nfe in (int(n) for n in args.nfe.split(",") if n.strip()):
-            ev = restore_eval.evaluate_restore(train.score_model(net, sde), args.task, nfe=nfe, sampler="mrs")
+            ev = restore_eval.evaluate_restore(restore_model.score_model(net, sde), args.task, nfe=nfe, sampler="mrs")
             evals.append(ev)
             print(f"mrs NFE {ev['nfe']}: input {ev['mean']['psnr_in']:.2f} dB / {ev['mean']['ssim_in']:.4f}, "
                   f"restored {ev['mean']['psnr']:.2f} dB / {ev['mean']['ssim']:.4f}", flush=True)
         holes = None
         if args.task == "inpaint":
-            holes = restore_eval.evaluate_inpaint_sizes(train.score_model(net, sde),
+            holes = restore_eval.evaluate_inpaint_sizes(restore_model.score_model(net, sde),
                                                         nfe=best_and_validated(evals)[0]["nfe"])
             for row in holes:
                 print(f"{row['kind']} {row['size']} px: {row['psnr_hole']:.2f} dB in the holes", flush=True)
@@ -316,7 +321,7 @@ def main(argv=None) -> int:
         with atomic_output(eval_path) as f:
             f.write(json.dumps({"evals": evals, "holes": holes, "seconds": seconds}, indent=1).encode())
     best, validated = best_and_validated(evals)
-    train.recommend(weights, best["nfe"], validated)
+    restore_model.recommend(weights, best["nfe"], validated)
     print(f"recommended: mrs at {best['nfe']} NFE; validated {validated[0]}-{validated[1]} NFE")
     card_path = weights.with_suffix(".md")
     with atomic_output(card_path) as f:

@@ -31,10 +31,16 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from revsde.apps import speech_data, speech_noise, speech_weights, train_speech  # noqa: E402
-from revsde.apps.enhance import BUILTIN, SpeechModel  # noqa: E402
+from revsde.apps.speech import data as speech_data
+
+from revsde.apps.speech import noise as speech_noise
+
+from revsde.apps.speech import model as speech_weights
+
+from revsde.apps.speech import train as train_speech  # noqa: E402
+from revsde.apps.speech.enhance import BUILTIN, SpeechModel  # noqa: E402
 from revsde.files import atomic_output  # noqa: E402
-from revsde.apps.speech_eval import METRICS, evaluate_speech  # noqa: E402
+from revsde.apps.speech.eval import METRICS, evaluate_speech  # noqa: E402
 
 # Chosen from measurements on this CPU (1 thread, batch 8 of 128-frame crops, 1.02 s): NCSN++ nf=16 with
 # five levels (1,2,2,2,2) and one BigGAN block per level (0.58 M parameters, ~0.6 s per forward+backward
@@ -238,7 +244,7 @@ def card(config: dict, evals: list[dict], command: str, n_params: int, threads: 
         "## Training",
         "",
         f"- command: `{command}`",
-        f"- clean speech: {config['corpus']} utterances spoken by espeak-ng (`revsde.apps.speech_data`): generated "
+        f"- clean speech: {config['corpus']} utterances spoken by espeak-ng (`revsde.apps.speech.data`): generated "
         f"English sentences, {len(accents)} accents × {len(variants)} voice variants, rate 130–210 wpm, pitch 25–75; "
         "held out for the test set: 2 accents, 8 variants, the test sentences' names, nouns and templates.",
         "- noise: white, pink, brown, babble (other training utterances), mains hum 50/60 Hz with harmonics, bursts, "

@@ -3,7 +3,7 @@
     python scripts/train_fd_extractor.py            # a few minutes on one CPU thread
 
 The classifier (``revsde.nets.digits_classifier.DigitsClassifier``) learns the 10 classes of
-scikit-learn's digits at 16×16 (``revsde.apps.image_data.digits``) from 1497 of them; the other 300
+scikit-learn's digits at 16×16 (``revsde.apps.image.data.digits``) from 1497 of them; the other 300
 (a fixed random choice, seed 0) are held out to measure its accuracy. Augmentation: random shifts of
 up to 1 pixel in each direction and Gaussian pixel noise of a random std in [0, 0.2], so that its
 features stay meaningful on imperfect generated digits. Writes
@@ -33,7 +33,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from revsde.files import atomic_output  # noqa: E402
-from revsde.apps.image_data import digit_labels, digits, shift_columns  # noqa: E402
+from revsde.apps.image.data import digit_labels, digits, shift_columns  # noqa: E402
 from revsde.metrics.fid import FeatureStats, fid, kid, save_stats  # noqa: E402
 from revsde.nets import digits_classifier as dc  # noqa: E402
 
@@ -152,7 +152,7 @@ def main(argv=None) -> int:
         "## Training",
         "",
         f"- command: `{command}`",
-        f"- data: `sklearn.datasets.load_digits` (1797 images, values 0..16) as `revsde.apps.image_data.digits(16)`: "
+        f"- data: `sklearn.datasets.load_digits` (1797 images, values 0..16) as `revsde.apps.image.data.digits(16)`: "
         f"v/8 − 1, bicubic upsampling 8→16, clamped to [−1, 1]. {len(x) - HELD_OUT} trained on, {HELD_OUT} held "
         f"out (a fixed permutation, seed {args.seed}).",
         "- augmentation: random shifts of −1, 0 or +1 px horizontally and vertically (background −1 fills in), "

@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from revsde.apps import bench
+from revsde.apps.mixture import bench, configs
 
 
 def test_converged_samplers_reach_the_floor_and_coarse_ones_do_not():
@@ -59,8 +59,8 @@ def test_flow_problems_run_revsde_and_diffusers_flow_schedulers_on_one_velocity_
 def test_dlg_budget_spends_the_nfe_per_output(nfe, per_step):
     """m MCMC + N integrator steps + Tweedie per output, plus the one-time init pass and burn-in shared
     by the snapshots of a chain: within ½ NFE of the target, at least one MCMC step."""
-    steps, mcmc = bench.dlg_budget(nfe, per_step)
-    once = (steps * per_step + bench.DLG["burn_in_steps"]) / bench.DLG["snapshots"]
+    steps, mcmc = configs.dlg_budget(nfe, per_step)
+    once = (steps * per_step + configs.DLG["burn_in_steps"]) / configs.DLG["snapshots"]
     assert mcmc >= 1 and steps >= 1
     assert abs(mcmc + steps * per_step + 1 + once - nfe) <= 0.5 + 1e-9 or nfe <= 5
 
@@ -69,9 +69,9 @@ def test_dlg_budget_spends_the_nfe_per_output(nfe, per_step):
 def test_dlg_budget_with_fixed_mcmc_steps_and_its_own_init_pass(nfe):
     """With ``mcmc_steps`` and ``init_steps`` fixed (the image settings), the integrator steps fill the
     rest of the budget: within ½ NFE of the target per output."""
-    from revsde.apps.image_configs import DLG_IMAGE as s
+    from revsde.apps.image.configs import DLG_IMAGE as s
 
-    steps, mcmc = bench.dlg_budget(nfe, 1, s["snapshots"], s["burn_in_steps"], s["init_steps"], s["mcmc_steps"])
+    steps, mcmc = configs.dlg_budget(nfe, 1, s["snapshots"], s["burn_in_steps"], s["init_steps"], s["mcmc_steps"])
     once = (s["init_steps"] + s["burn_in_steps"]) / s["snapshots"]
     assert mcmc == s["mcmc_steps"] and steps >= 1
     assert abs(mcmc + steps + 1 + once - nfe) <= 0.5 + 1e-9
@@ -84,8 +84,8 @@ def test_dlg_rows_count_every_score_call_per_output():
                                  labels=["DLG + mrs ODE 2 data", "mrs ODE 2 data"], progress=False)
     cell = {r["label"]: r for r in result.records}
     dlg = cell["DLG + mrs ODE 2 data"]
-    steps, mcmc = bench.dlg_budget(10)
-    once = (steps + bench.DLG["burn_in_steps"]) / bench.DLG["snapshots"]
+    steps, mcmc = configs.dlg_budget(10)
+    once = (steps + configs.DLG["burn_in_steps"]) / configs.DLG["snapshots"]
     assert dlg["nfe"] == pytest.approx(round(mcmc + steps + 1 + once, 1))
     assert dlg["fd"] < 20 * cell["mrs ODE 2 data"]["fd"] + 1e-2  # a distribution, not a failure
 
@@ -99,7 +99,7 @@ def test_bad_names_are_refused():
 
 def test_command_writes_table_json_and_plot(tmp_path):
     out = tmp_path / "bench"
-    cmd = [sys.executable, "-m", "revsde", "bench", "--problems", "mr", "--nfe", "5,10", "--n", "500",
+    cmd = [sys.executable, "-m", "revsde", "bench", "gmm", "--problems", "mr", "--nfe", "5,10", "--n", "500",
            "--repeats", "1", "--no-diffusers", "--only", "posterior", "--only", "mrs SDE 1 data", "-o", str(out)]
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
@@ -108,5 +108,5 @@ def test_command_writes_table_json_and_plot(tmp_path):
     assert {r["label"] for r in data["records"]} == {"posterior", "mrs SDE 1 data"}
     assert data["n_samples"] == 500 and len(data["records"]) == 4
     assert (out / "bench_gmm.png").read_bytes()[:4] == b"\x89PNG"
-    bad = subprocess.run([sys.executable, "-m", "revsde", "bench", "--nfe", "0"], capture_output=True, text=True)
+    bad = subprocess.run([sys.executable, "-m", "revsde", "bench", "gmm", "--nfe", "0"], capture_output=True, text=True)
     assert bad.returncode == 2 and "--nfe must be integers >= 1" in bad.stderr

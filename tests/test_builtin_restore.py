@@ -11,11 +11,11 @@ import numpy as np
 import pytest
 import torch
 
-from revsde.apps import restore_data as D
-from revsde.apps import restore_eval as E
-from revsde.apps.images import Image, read_image, write_image
-from revsde.apps.restore import TASKS, builtin_path, recommended_setting, run_settings, validation_warning
-from revsde.apps.train import load_weights, read_config, recommend, score_model
+from revsde.apps.restore import data as D
+from revsde.apps.restore import eval as E
+from revsde.io.images import Image, read_image, write_image
+from revsde.apps.restore.restore import TASKS, builtin_path, recommended_setting, run_settings, validation_warning
+from revsde.apps.restore.model import load_weights, read_config, recommend, score_model
 from revsde.cli import main
 from revsde.sde import MRSDE
 
@@ -186,7 +186,8 @@ def test_the_builtin_inpainter_fills_32_px_holes():
 
 # --- the fine-tune that trains x̂₀ near the prior ------------------------------------------------
 def test_the_data_weight_adds_the_data_loss_to_the_matching_loss():
-    from revsde.apps import train as T
+    from revsde.apps.restore import train as T
+    from revsde.apps.restore import model as M
 
     g = torch.Generator().manual_seed(3)
     x0 = torch.rand(6, 3, 8, 8, generator=g, dtype=torch.float64)
@@ -196,7 +197,7 @@ def test_the_data_weight_adds_the_data_loss_to_the_matching_loss():
         def forward(self, x, time, mu):
             return x0 + 0.05
 
-    model = T.score_model(Offset(), MRSDE(), "data")
+    model = M.score_model(Offset(), MRSDE(), "data")
     parts = [T.training_loss(model, x0, mu, torch.Generator().manual_seed(4), loss) for loss in ("matching", "data")]
     mixed = T.training_loss(model, x0, mu, torch.Generator().manual_seed(4), "matching", data_weight=0.1)
     torch.testing.assert_close(mixed, parts[0] + 0.1 * parts[1], rtol=1e-12, atol=0)
@@ -205,13 +206,14 @@ def test_the_data_weight_adds_the_data_loss_to_the_matching_loss():
 
 
 def test_a_fine_tune_starts_from_a_model_and_records_its_stages(tiny_model, tmp_path):
-    from revsde.apps import train as T
+    from revsde.apps.restore import train as T
+    from revsde.apps.restore import model as M
 
     images = [torch.rand(3, 40, 48, generator=torch.Generator().manual_seed(k)) for k in range(2)]
     kw = dict(nf=8, depth=2, batch=2, patch=16, images=images, progress=False, threads=None, checkpoint_every=1)
     result = T.train_restore("denoise", tmp_path / "tune", 2, lr=1e-4, data_weight=0.1, init_from=tiny_model, **kw)
-    path = T.export_weights(result.checkpoint, tmp_path / "tuned.safetensors")
-    stages = T.training_stages(read_config(path))
+    path = M.export_weights(result.checkpoint, tmp_path / "tuned.safetensors")
+    stages = M.training_stages(read_config(path))
     assert [s["trained_steps"] for s in stages] == [3, 2]
     assert stages[0]["loss"] == "matching" and stages[0]["data_weight"] == 0.0 and stages[1]["data_weight"] == 0.1
     assert stages[1]["init"]["from"] == tiny_model.as_posix()
@@ -227,7 +229,7 @@ def test_revsde_train_restore_fine_tunes_with_the_data_term(tiny_model, tmp_path
     assert main(["train", "restore", "--steps", "1", "-o", str(tmp_path / "run"), "--nf", "8", "--depth", "2",
                  "--batch", "1", "--patch", "16", "--init-from", str(tiny_model), "--data-weight", "0.1",
                  "--export", str(out), "--threads", "1", "--no-progress"]) == 0
-    from revsde.apps.train import training_stages
+    from revsde.apps.restore.model import training_stages
 
     stages = training_stages(read_config(out))
     assert [s["trained_steps"] for s in stages] == [3, 1] and stages[1]["data_weight"] == 0.1

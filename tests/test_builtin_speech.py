@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from revsde.apps import enhance as E
+from revsde.apps.speech import enhance as E
 from revsde.cli import main
 from test_speech_data import needs_espeak
 
@@ -24,7 +24,7 @@ def test_the_builtin_loads_with_its_cards_recommendation(builtin):
     label = "mrs " + ("SDE" if rec["options"].get("stochastic") else "ODE")
     assert f"Best MR Sampler setting: {label} at {rec['nfe']} NFE" in card
     assert builtin.description.startswith("speech_enhance.safetensors: NCSN++ nf 16")
-    from revsde.apps.speech_weights import read_config, steps_text
+    from revsde.apps.speech.model import read_config, steps_text
 
     assert builtin.description.endswith(steps_text(read_config(E.builtin_path())))  # fine-tunes counted in
 
@@ -48,8 +48,8 @@ def test_enhance_runs_the_builtin_at_its_recommended_setting(builtin, tmp_path, 
 def test_the_builtin_improves_held_out_speech(builtin, tmp_path):
     """The first two held-out pairs (white and pink noise at 4.9 and 3.2 dB SNR): the card's setting gains
     SI-SDR and PESQ (at step 5000 the gains were +7.1 and +4.3 dB)."""
-    from revsde.apps.speech_data import test_set
-    from revsde.apps.speech_eval import evaluate_speech
+    from revsde.apps.speech.data import test_set
+    from revsde.apps.speech.eval import evaluate_speech
 
     rec = builtin.recommended
     ev = evaluate_speech(builtin, sampler="mrs", nfe=rec["nfe"], options=rec["options"], pairs=test_set(tmp_path, n=2))

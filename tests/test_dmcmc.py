@@ -13,7 +13,7 @@ from revsde import sde as S
 from revsde.kernels import run_batched
 from revsde.nets.gmm import GaussianMixture, exact_model
 from revsde.nets.noise_classifier import ExactNoisePosterior, NoiseLevelClassifier, noise_level_loss, noise_levels
-from revsde.samplers.dmcmc import DMCMCState, integration_grid, resample_grid
+from revsde.samplers.dmcmc import DMCMCState
 
 from exact import gaussian, moment_tolerances, two_modes
 
@@ -140,34 +140,6 @@ def test_reference_recipe_on_a_mixture(sde_name, integrator, options):
     assert (torch.cov(sol.x.T) - data.cov()).abs().max() < 0.1
     start = sol.info["start_t"]
     assert bool((start < sde.t_max).all()) and len(set(start.tolist())) > 15
-
-
-def test_integration_grid_is_the_callers_grid_from_each_level():
-    """A logsnr grid moved to a chain's level is the logsnr grid from that level to the end."""
-    sde = S.VPSDE()
-    grid = revsde.grids.resolve("logsnr", sde, 10, 3)
-    start = torch.tensor([0.9, 0.4, 0.05], dtype=torch.float64)
-    sub = integration_grid(sde, grid, start)
-    assert sub.shape == (11, 3) and torch.equal(sub[0], start) and torch.equal(sub[-1], grid[-1])
-    lam = sde.log_snr(sub)
-    steps = lam[1:] - lam[:-1]
-    torch.testing.assert_close(steps, steps[:1].expand_as(steps), rtol=1e-9, atol=1e-12)
-
-
-@pytest.mark.parametrize("name", ["logsnr", "uniform_t"])
-def test_resampled_grid_keeps_the_callers_spacing(name):
-    """The init pass's grid of ``init_steps`` steps: the caller's grid with more or fewer points, the same
-    ends and (λ linear in the index) the grid of that name with that many steps; per-sample grids too."""
-    sde = S.VPSDE()
-    grid = revsde.grids.resolve(name, sde, 4, 2)
-    for steps in (1, 3, 4, 10):
-        out = resample_grid(sde, grid, steps)
-        assert out.shape == (steps + 1, 2) and torch.equal(out[0], grid[0]) and torch.equal(out[-1], grid[-1])
-        assert bool((out[1:] < out[:-1]).all())
-    torch.testing.assert_close(resample_grid(sde, grid, 4), grid, rtol=1e-9, atol=1e-12)
-    if name == "logsnr":
-        torch.testing.assert_close(resample_grid(sde, grid, 10), revsde.grids.resolve("logsnr", sde, 10, 2),
-                                   rtol=1e-9, atol=1e-12)
 
 
 def test_init_steps_set_the_init_pass_alone():
@@ -350,7 +322,8 @@ def test_exact_posterior_is_bayes_rule_over_the_levels():
 def test_cnn_classifier_learns_and_its_training_resumes(tmp_path):
     """NoiseLevelClassifier on tiny data: the cross-entropy falls well below log K, and a run stopped
     half-way and resumed ends with the weights of an uninterrupted run; the export loads back."""
-    from revsde.apps.train_noise_classifier import export_weights, load_weights, read_config, train_noise_classifier
+    from revsde.apps.image.noise_classifier import export_weights, load_weights, read_config
+    from revsde.apps.image.train import train_noise_classifier
 
     sde = S.VPSDE()
     data = torch.rand(16, 1, 8, 8, generator=torch.Generator().manual_seed(0)) * 2 - 1
@@ -375,9 +348,9 @@ def test_cnn_classifier_learns_and_its_training_resumes(tmp_path):
 def test_committed_classifier_tells_the_noise_level_of_digits():
     """The committed weights (revsde/weights/noise_classifier_digits.md): levels are the built-in image model's
     100 log-SNR levels, and on fresh noised digits the argmax level is within ±3 for ≥ 97% (measured 99.3%)."""
-    from revsde.apps.image_data import digits
-    from revsde.apps.train_image import build_sde
-    from revsde.apps.train_noise_classifier import load_weights
+    from revsde.apps.image.data import digits
+    from revsde.apps.image.model import build_sde
+    from revsde.apps.image.noise_classifier import load_weights
 
     net, sde = load_weights(), build_sde()
     torch.testing.assert_close(net.levels, noise_levels(sde, 100), rtol=0, atol=0)
@@ -404,7 +377,7 @@ def test_cnn_classifier_drives_the_sampler():
 
 
 def test_cli_trains_and_exports_a_noise_classifier(tmp_path, capsys):
-    from revsde.apps.train_noise_classifier import load_weights
+    from revsde.apps.image.noise_classifier import load_weights
     from revsde.cli import main
 
     out = tmp_path / "nc"

@@ -11,10 +11,10 @@ import pytest
 import soundfile as sf
 import torch
 
-from revsde.apps import enhance as E
-from revsde.apps.enhance import Enhancer, SpeechModel, chunking, enhance_array, enhance_files, sgmse_grid
-from revsde.apps.speech_weights import export_weights
-from revsde.apps.train_speech import train_speech
+from revsde.apps.speech import enhance as E
+from revsde.apps.speech.enhance import Enhancer, SpeechModel, chunking, enhance_array, enhance_files, sgmse_grid
+from revsde.apps.speech.model import export_weights
+from revsde.apps.speech.train import train_speech
 from revsde.audio.stream import PEAK_LIMIT, windows_count
 from revsde.cli import main
 from test_sgmse import _save_lightning, _small_net
@@ -299,8 +299,8 @@ def test_the_command_line_writes_what_enhance_array_returns(tiny_model, speech, 
 
 
 def test_a_models_recommended_setting_is_the_default_and_anything_given_wins(tiny_model, tmp_path, capsys):
-    from revsde.apps.enhance import run_settings
-    from revsde.apps.speech_weights import read_config, recommend
+    from revsde.apps.speech.enhance import run_settings
+    from revsde.apps.speech.model import read_config, recommend
 
     plain = E.load_speech_model(str(tiny_model))
     assert plain.recommended is None and run_settings(plain)[:3] == ("mrs", 10, {})

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from revsde.apps.image_data import digit_labels, digits
+from revsde.apps.image.data import digit_labels, digits
 from revsde.metrics.fid import FeatureStats, extractor_label, fid, load_stats
 from revsde.nets import digits_classifier as dc
 

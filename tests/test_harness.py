@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from revsde.apps.fingerprints import file_fingerprint, fingerprint
-from revsde.apps.harness import Cache, Cell, Dist, run_cells, shard_seeds
+from revsde.apps.bench.fingerprints import file_fingerprint, fingerprint
+from revsde.apps.bench.harness import Cache, Cell, Dist, run_cells, shard_seeds
 from revsde.cli import main
 
 SETTINGS = {"task": "toy", "n_samples": 100, "seed": 0}
@@ -114,7 +114,7 @@ def test_fingerprints_follow_content_not_identity(tmp_path):
 
 
 def test_restore_bench_resumes_and_refuses_another_model(tmp_path):
-    from revsde.apps import restore_bench
+    from revsde.apps.restore import bench as restore_bench
     from revsde.nets.irsde_unet import ConditionalUNet, irsde_score_model
     from revsde.sde import MRSDE
 
@@ -227,7 +227,7 @@ def test_gather_by_seed_on_two_ranks_equals_one_process(two_ranks):
 
 
 # --- the command ------------------------------------------------------------------------------------
-TINY = ["bench", "--problems", "mr", "--nfe", "5,10", "--n", "200", "--repeats", "1", "--no-diffusers",
+TINY = ["bench", "gmm", "--problems", "mr", "--nfe", "5,10", "--n", "200", "--repeats", "1", "--no-diffusers",
         "--only", "posterior", "--only", "mrs ODE 2 data"]
 
 

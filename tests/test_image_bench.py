@@ -1,4 +1,4 @@
-"""``revsde bench --task image``: the harness on an unconditional image model, revsde vs diffusers."""
+"""``revsde bench image``: the harness on an unconditional image model, revsde vs diffusers."""
 from __future__ import annotations
 
 import json
@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from revsde.apps import image_bench as B
+from revsde.apps.image import bench as B
+from revsde.apps.image import runners as R
 
 ROOT = Path(__file__).resolve().parents[1]
 LABELS = ["mrs 2 logsnr", "mrs SDE 2 logsnr", "diffusers SDE-DPM-Solver++ 2M", "diffusers UniPC"]
@@ -67,15 +68,15 @@ def test_every_sample_is_its_seeds_whatever_the_batching(tiny_model, tmp_path):
 
 
 def test_sample_seeds_are_independent_of_the_batch(tiny_model):
-    from revsde.apps.harness import Dist
+    from revsde.apps.bench.harness import Dist
     from revsde.integrations.pipelines import UnconditionalPipeline
 
-    unet, base, _ = B.load_image_model(tiny_model)
+    unet, base, _ = R.load_image_model(tiny_model)
     config = B.SchedulerConfig("sde", "DPMSolverMultistepScheduler", {"algorithm_type": "sde-dpmsolver++"})
     pipe = UnconditionalPipeline(unet=unet, scheduler=config.make(base))
     pipe.set_progress_bar_config(disable=True)
-    x, nfe = B.sample_seeds(pipe, 3, list(range(10, 19)), Dist(), max_batch=4)
-    alone, _ = B.sample_seeds(pipe, 3, [13], Dist(), max_batch=4)
+    x, nfe = R.sample_seeds(pipe, 3, list(range(10, 19)), Dist(), max_batch=4)
+    alone, _ = R.sample_seeds(pipe, 3, [13], Dist(), max_batch=4)
     assert nfe == 3 and x.shape == (9, 1, 8, 8)
     torch.testing.assert_close(x[3:4], alone, rtol=1e-4, atol=1e-5)  # batched-conv rounding only
 
@@ -85,7 +86,7 @@ def test_a_cached_run_resumes_without_sampling_again(tiny_model, tmp_path, monke
     first = run(tiny_model, tmp_path, cache_path=cache, labels=LABELS[:2])
     assert len(cache.read_text().splitlines()) == 1 + 2
     calls = []
-    real = B.sample_seeds
+    real = R.sample_seeds
     monkeypatch.setattr(B, "sample_seeds", lambda *a, **k: calls.append(1) or real(*a, **k))
     again = run(tiny_model, tmp_path, cache_path=cache, labels=LABELS[:3])
     assert len(calls) == 1  # only the new configuration ran
@@ -123,7 +124,7 @@ def test_bad_arguments(tiny_model, tmp_path):
     with pytest.raises(ValueError, match="n_samples"):
         run(tiny_model, tmp_path, n_samples=1)
     with pytest.raises(ValueError, match="model_index.json"):
-        B.load_image_model(str(tmp_path))
+        R.load_image_model(str(tmp_path))
     with pytest.raises(ValueError, match="FD-digits scores grey"):
         B.digits_space(16, 3)
 
@@ -154,8 +155,9 @@ WORKER = r"""
 import json, sys, torch
 sys.path.insert(0, {tests!r})
 from test_image_bench import projection_space, LABELS
-from revsde.apps import image_bench as B
-from revsde.apps.harness import Dist
+from revsde.apps.image import bench as B
+from revsde.apps.image import runners as R
+from revsde.apps.bench.harness import Dist
 dist = Dist.from_env()
 r = B.run_image_bench({model!r}, nfes=(4,), n_samples=24, labels=LABELS, space=projection_space(), max_batch=5,
                       dist=dist)
@@ -195,7 +197,7 @@ def tiny_digits_model(tmp_path_factory):
 def test_cli_image_task_writes_reports_and_resumes(tiny_digits_model, tmp_path, capsys):
     from revsde.cli import main
 
-    argv = ["bench", "--task", "image", "--model", tiny_digits_model, "--n", "16", "--nfe", "3",
+    argv = ["bench", "image", "--model", tiny_digits_model, "--n", "16", "--nfe", "3",
             "--only", "mrs 2 logsnr", "--only", "diffusers UniPC", "-o", str(tmp_path), "--no-progress"]
     assert main(argv) == 0
     out = capsys.readouterr().out
@@ -211,23 +213,37 @@ def test_cli_image_task_writes_reports_and_resumes(tiny_digits_model, tmp_path, 
     assert [r["label"] for r in data["rows"]] == ["mrs 2 logsnr"]
 
 
-def test_cli_quick_is_for_the_image_and_gmm_tasks(capsys, tmp_path):
+def test_cli_each_task_takes_only_its_own_flags(capsys, tmp_path):
+    """``revsde bench TASK``: --quick belongs to gmm and image, --pairs to speech, --crop to restore; a flag
+    of another task is refused by name, and the one-command form (``--task X``, ``--speed``) is refused with
+    the sub-command to use."""
     from revsde.cli import main
 
-    assert main(["bench", "--quick", "--task", "restore", "-o", str(tmp_path)]) == 2
-    assert "--quick applies to --task gmm or image" in capsys.readouterr().err
+    for argv, flag in ((["restore", "--quick"], "--quick"), (["gmm", "--pairs", "3"], "--pairs"),
+                       (["image", "--crop", "64"], "--crop"), (["speed", "--nfe", "5"], "--nfe")):
+        with pytest.raises(SystemExit) as stop:
+            main(["bench", *argv, "-o", str(tmp_path)])
+        assert stop.value.code == 2
+        err = capsys.readouterr().err
+        assert f"error: unrecognized arguments: {flag}" in err, err
+    for argv, task in ((["--task", "restore", "--crop", "0"], "restore"), (["--speed"], "speed"),
+                       (["--quick"], "image"), (["--problems", "mr"], None)):
+        assert main(["bench", *argv]) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.startswith("revsde bench: the task is a sub-command: revsde bench gmm|image|restore|speech|speed")
+        assert (f"(here: revsde bench {task} ...)" in err) == (task is not None) and "\n" not in err
 
 
 def test_native_configurations_run_revsde_sample_from_the_pipelines_priors(tiny_model, tmp_path):
     """A native ``revsde.sample`` run of DPM-Solver++(2M) on the pipeline's grid ("mrs" through
     RevSDEScheduler) and the native RK45 are scored like the rest; native steps found by probing."""
-    from revsde.apps.harness import Dist
+    from revsde.apps.bench.harness import Dist
 
-    unet, base, _ = B.load_image_model(tiny_model)
-    runner = B.NativeRunner(unet, base, {"sampler": "mrs", "order": 2})
-    steps, nfe = B.native_steps_for_nfe(runner, 6)
+    unet, base, _ = R.load_image_model(tiny_model)
+    runner = R.NativeRunner(unet, base, {"sampler": "mrs", "order": 2})
+    steps, nfe = R.native_steps_for_nfe(runner, 6)
     assert (steps, nfe) == (6, 6)
-    x, nfe = B.sample_native(runner, 6, [3, 4, 5], Dist(), max_batch=2)
+    x, nfe = R.sample_native(runner, 6, [3, 4, 5], Dist(), max_batch=2)
     alone, _ = runner([4], 6)
     assert x.shape == (3, 1, 8, 8) and nfe == 6
     torch.testing.assert_close(x[1:2], alone, rtol=1e-4, atol=1e-5)
@@ -236,7 +252,7 @@ def test_native_configurations_run_revsde_sample_from_the_pipelines_priors(tiny_
     rk45 = result.rows[0]
     assert rk45["family"] == "revsde" and rk45["scheduler"] == "revsde.sample" and math.isfinite(rk45["fd"])
     # adaptive: the tolerance whose one-sample NFE comes nearest the target (RK45 moves in steps of 6 NFE)
-    probe = B.native_steps_for_nfe(B.NativeRunner(unet, base, {"sampler": "ode_rk45"}), 12)
+    probe = R.native_steps_for_nfe(R.NativeRunner(unet, base, {"sampler": "ode_rk45"}), 12)
     assert rk45["steps"] == probe[0] and rk45["nfe"] >= probe[1]
 
 

@@ -1,6 +1,6 @@
 """The built-in rectified-flow digits model: its objective written out by hand, one training step, the
 exports (a flow file no DDPM loader takes, a diffusers folder with a FlowMatch scheduler), the shipped
-weights sampled in a few steps, and the flow configurations of ``revsde bench --task image``."""
+weights sampled in a few steps, and the flow configurations of ``revsde bench image``."""
 from __future__ import annotations
 
 import json
@@ -10,9 +10,11 @@ import pytest
 import torch
 from torch import nn
 
-from revsde.apps import image_bench as B
-from revsde.apps import image_configs as C
-from revsde.apps import train_image as T
+from revsde.apps.image import bench as B
+from revsde.apps.image import runners as R
+from revsde.apps.image import configs as C
+from revsde.apps.image import train as T
+from revsde.apps.image import model as M
 
 ROOT = Path(__file__).resolve().parents[1]
 WEIGHTS = ROOT / "revsde" / "weights"
@@ -71,13 +73,13 @@ def test_logit_normal_times_are_sigmoids_of_normals_and_bad_samplings_are_refuse
 @pytest.fixture(scope="module")
 def tiny_flow(tmp_path_factory):
     """Two training steps of a tiny flow model on 20 digits, exported both ways."""
-    from revsde.apps.image_data import digits
+    from revsde.apps.image.data import digits
 
     out = tmp_path_factory.mktemp("flow")
     result = T.train_image_flow(out / "run", 2, unet_config=TINY_UNET, data=digits(16)[:20], batch=4,
                                 progress=False, threads=None, log_every=1)
-    path = T.export_weights(result.checkpoint, out / "tiny_flow.safetensors")
-    return result, path, T.export_diffusers(path, out / "tiny_flow_diffusers")
+    path = M.export_weights(result.checkpoint, out / "tiny_flow.safetensors")
+    return result, path, M.export_diffusers(path, out / "tiny_flow_diffusers")
 
 
 def test_one_training_step_runs_and_exports_a_flow_model(tiny_flow):
@@ -85,20 +87,20 @@ def test_one_training_step_runs_and_exports_a_flow_model(tiny_flow):
     assert result.step == 2 and not result.interrupted
     log = [json.loads(line) for line in (result.checkpoint.parent / "train_log.jsonl").read_text().splitlines()]
     assert [r["step"] for r in log] == [1, 2] and all(r["loss"] > 0 for r in log)
-    model, config = T.load_weights(path)
-    assert config["format"] == T.FLOW_FORMAT and config["objective"] == "flow" and config["trained_steps"] == 2
+    model, config = M.load_weights(path)
+    assert config["format"] == M.FLOW_FORMAT and config["objective"] == "flow" and config["trained_steps"] == 2
     assert type(model.sde).__name__ == "RectifiedFlow" and model.sde.time_scale == 1000.0
     assert model.prediction == "flow"
-    assert T.objective_of(path) == "flow"
+    assert M.objective_of(path) == "flow"
 
 
 def test_a_flow_file_is_refused_as_a_ddpm_model_and_the_reverse(tiny_flow):
     _, path, _ = tiny_flow
-    for load in (T.read_config, T.load_unet, lambda p: T.load_weights(p, "ddpm")):
+    for load in (M.read_config, M.load_unet, lambda p: M.load_weights(p, "ddpm")):
         with pytest.raises(ValueError, match="is a revsde rectified-flow image model.*not a DDPM"):
             load(path)
     with pytest.raises(ValueError, match="is a revsde DDPM .*not a rectified-flow image model"):
-        T.load_weights(WEIGHTS / "image_digits.safetensors", "flow")
+        M.load_weights(WEIGHTS / "image_digits.safetensors", "flow")
 
 
 def test_the_diffusers_folder_names_the_unconditional_pipeline_and_a_flowmatch_scheduler(tiny_flow):
@@ -108,8 +110,8 @@ def test_the_diffusers_folder_names_the_unconditional_pipeline_and_a_flowmatch_s
     assert index["scheduler"] == ["diffusers", "FlowMatchEulerDiscreteScheduler"]
     scheduler = json.loads((folder / "scheduler" / "scheduler_config.json").read_text())
     assert scheduler["num_train_timesteps"] == 1000 and scheduler["shift"] == 1.0
-    assert json.loads((folder / "revsde_training.json").read_text())["format"] == T.FLOW_FORMAT
-    assert B.is_flow_model(str(folder)) and not B.is_flow_model("builtin")
+    assert json.loads((folder / "revsde_training.json").read_text())["format"] == M.FLOW_FORMAT
+    assert R.is_flow_model(str(folder)) and not R.is_flow_model("builtin")
 
 
 # --- the shipped model ------------------------------------------------------------------------------
@@ -120,13 +122,13 @@ def test_the_shipped_flow_model_samples_digits_in_a_few_steps():
     import revsde
     from revsde.nets.model_files import load_tensors
 
-    model, config = T.load_weights(WEIGHTS / "image_digits_flow.safetensors")
-    assert config["trained_steps"] == 6000 and config["unet"] == T.SMALL_UNET
+    model, config = M.load_weights(WEIGHTS / "image_digits_flow.safetensors")
+    assert config["trained_steps"] == 6000 and config["unet"] == M.SMALL_UNET
     x = revsde.sample(model, (8, 1, 16, 16), sampler="mrs", order=2, steps=4, seed=0, progress=False).x
     assert x.shape == (8, 1, 16, 16) and bool(torch.isfinite(x).all())
     assert -1.5 < float(x.min()) and float(x.max()) < 1.5 and float(x.mean()) < -0.2
     folder = WEIGHTS / "image_digits_flow_diffusers"
-    assert B.is_flow_model("builtin-flow") and B.model_folder("builtin-flow") == folder
+    assert R.is_flow_model("builtin-flow") and R.model_folder("builtin-flow") == folder
     unet_file = next((folder / "unet").glob("*.safetensors"))
     from safetensors.torch import load_file
 
@@ -147,9 +149,9 @@ def test_flow_bench_configurations_are_diffusers_flow_schedulers_and_revsde_samp
         "UniPCMultistepScheduler"}
     assert all(c.scheduler in (C.NATIVE, "RevSDEScheduler") for c in configs if C.family_of(c) == "revsde")
     assert set(C.QUICK_FLOW["labels"]) <= set(labels)
-    base = B.base_config({**FlowMatchEulerDiscreteScheduler().config,
+    base = R.base_config({**FlowMatchEulerDiscreteScheduler().config,
                           "_class_name": "FlowMatchEulerDiscreteScheduler"})
-    assert B.is_flow(base) and base["num_train_timesteps"] == 1000 and base["shift"] == 1.0
+    assert R.is_flow(base) and base["num_train_timesteps"] == 1000 and base["shift"] == 1.0
     for config in diffusers.values():
         scheduler = config.make(base)
         scheduler.set_timesteps(5)
@@ -160,13 +162,13 @@ def test_flow_bench_configurations_are_diffusers_flow_schedulers_and_revsde_samp
 
 
 def test_cli_benches_a_flow_folder_with_the_flow_configurations(tiny_flow, tmp_path, capsys):
-    """Smoke test: ``revsde bench --task image`` on a flow folder runs the flow set (a native revsde row and a
+    """Smoke test: ``revsde bench image`` on a flow folder runs the flow set (a native revsde row and a
     diffusers flow scheduler in the pipeline) and writes ``bench_image_flow.*``."""
     from revsde.cli import main
 
     _, _, folder = tiny_flow
     assert B.stem_of(str(folder)) == "bench_image_flow" and B.stem_of("builtin") == "bench_image"
-    argv = ["bench", "--task", "image", "--model", str(folder), "--n", "16", "--nfe", "3", "--only", "mrs 2 shift 1.5",
+    argv = ["bench", "image", "--model", str(folder), "--n", "16", "--nfe", "3", "--only", "mrs 2 shift 1.5",
             "--only", "diffusers UniPC flow", "-o", str(tmp_path), "--no-progress"]
     assert main(argv) == 0
     assert "| FD-digits | NFE 3 |" in capsys.readouterr().out
@@ -184,7 +186,7 @@ def test_cli_trains_and_exports_the_flow_objective(tmp_path, capsys):
             "--threads", "1", "--no-progress", "--export", str(export), "--diffusers-folder", str(folder)]
     with torch.random.fork_rng(devices=[]):
         assert main(args) == 0
-    assert T.read_config(export, "flow")["time_sampling"] == "uniform"
+    assert M.read_config(export, "flow")["time_sampling"] == "uniform"
     assert json.loads((folder / "model_index.json").read_text())["_class_name"] == "UnconditionalPipeline"
     assert main(["train", "image", "--objective", "flow", "--weighting", "debiased", "-o", str(out),
                  "--steps", "1"]) == 2

@@ -12,8 +12,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from revsde.apps import image_data as D
-from revsde.apps import train_image as T
+import revsde
+from revsde.apps.image import data as D
+from revsde.apps.image import train as T
+from revsde.apps.image import model as M
 from revsde.apps.trainer import load_checkpoint
 from revsde.cli import main
 from revsde.model import ScoreModel
@@ -103,13 +105,13 @@ def diffusers_alphas_cumprod():
 
 
 def test_the_schedule_is_diffusers_default_ddpm_table():
-    sde = T.build_sde()
+    sde = M.build_sde()
     assert isinstance(sde, DiscreteVPSDE) and sde.num_train_timesteps == 1000
     torch.testing.assert_close(sde.alphas_cumprod, diffusers_alphas_cumprod(), rtol=0, atol=0)
 
 
 def test_loss_weights_constant_and_debiased():
-    sde = T.build_sde()
+    sde = M.build_sde()
     assert torch.equal(T.loss_weights(sde, "constant"), torch.ones(1000, dtype=torch.float64))
     ac = diffusers_alphas_cumprod()
     snr = ac / (1 - ac)
@@ -125,7 +127,7 @@ def test_eps_loss_is_the_weighted_ddpm_loss(weighting):
 
     x0 = torch.rand(6, 1, 16, 16, generator=gen(3)) * 2 - 1
     net = StandIn()
-    got = T.eps_loss(T.score_model(net, T.build_sde()), x0, gen(5), weighting)
+    got = T.eps_loss(M.score_model(net, M.build_sde()), x0, gen(5), weighting)
     # by hand: the same draws, diffusers' add_noise, diffengine's DeBiasEstimationLoss weight 1/sqrt(SNR)
     g = gen(5)
     k = torch.randint(1000, (6,), generator=g)
@@ -142,17 +144,17 @@ def test_eps_loss_is_the_weighted_ddpm_loss(weighting):
 def test_eps_loss_vanishes_for_the_true_noise():
     class Oracle(nn.Module):  # knows x0, so ε = (x_t − sqrt(ᾱ) x0) / sqrt(1 − ᾱ)
         def forward(self, x, t):
-            ac = T.build_sde().alphas_cumprod[t.round().long()].float().reshape(-1, 1, 1, 1)
+            ac = M.build_sde().alphas_cumprod[t.round().long()].float().reshape(-1, 1, 1, 1)
             return type("Out", (), {"sample": (x - ac.sqrt() * x0) / (1 - ac).sqrt()})()
 
     x0 = torch.rand(8, 1, 16, 16, generator=gen(0)) * 2 - 1
     for weighting in T.WEIGHTINGS:
-        assert float(T.eps_loss(T.score_model(Oracle(), T.build_sde()), x0, gen(1), weighting)) < 1e-6
+        assert float(T.eps_loss(M.score_model(Oracle(), M.build_sde()), x0, gen(1), weighting)) < 1e-6
 
 
 def test_an_unknown_weighting_is_refused():
     with pytest.raises(ValueError, match="weighting must be one of constant, debiased"):
-        T.loss_weights(T.build_sde(), "min_snr")
+        T.loss_weights(M.build_sde(), "min_snr")
 
 
 # --- the loop -----------------------------------------------------------------------------------
@@ -216,8 +218,8 @@ def exported(tmp_path_factory):
     with torch.random.fork_rng(devices=[]):
         result = T.train_image(root / "run", 3, batch=2, unet_config=TINY_UNET, progress=False, threads=None,
                                weighting="debiased")
-    path = T.export_weights(result.checkpoint, root / "image.safetensors")
-    folder = T.export_diffusers(path, root / "pipe")
+    path = M.export_weights(result.checkpoint, root / "image.safetensors")
+    folder = M.export_diffusers(path, root / "pipe")
     return result, path, folder
 
 
@@ -225,7 +227,7 @@ def test_export_load_gives_the_ema_unet(exported):
     from safetensors.torch import load_file
 
     result, path, _ = exported
-    model, config = T.load_weights(path)
+    model, config = M.load_weights(path)
     assert isinstance(model, ScoreModel) and model.prediction == "noise" and isinstance(model.sde, DiscreteVPSDE)
     assert config["weighting"] == "debiased" and config["trained_steps"] == 3 and config["unet"] == TINY_UNET
     ema = load_checkpoint(result.checkpoint)["ema"]
@@ -242,7 +244,7 @@ def test_export_load_gives_the_ema_unet(exported):
 def test_exported_model_samples_with_revsde(exported):
     from revsde import sample
 
-    model, _ = T.load_weights(exported[1])
+    model, _ = M.load_weights(exported[1])
     with torch.no_grad():
         sol = sample(model, shape=(2, 1, 16, 16), sampler="mrs", order=2, steps=3, seed=0)
     assert sol.nfe == 3 and sol.x.shape == (2, 1, 16, 16) and torch.isfinite(sol.x).all()  # smoke test
@@ -256,8 +258,8 @@ def test_diffusers_folder_runs_in_ddpm_pipeline_with_another_scheduler(exported)
     assert (folder / "unet" / "diffusion_pytorch_model.safetensors").is_file()
     pipe = DDPMPipeline.from_pretrained(folder, local_files_only=True)
     assert isinstance(pipe.scheduler, DDPMScheduler) and pipe.scheduler.config.prediction_type == "epsilon"
-    torch.testing.assert_close(pipe.scheduler.alphas_cumprod.double(), T.build_sde().alphas_cumprod, rtol=0, atol=0)
-    model, _ = T.load_weights(path)
+    torch.testing.assert_close(pipe.scheduler.alphas_cumprod.double(), M.build_sde().alphas_cumprod, rtol=0, atol=0)
+    model, _ = M.load_weights(path)
     x = torch.randn(2, 1, 16, 16, generator=gen(1))
     with torch.no_grad():
         assert torch.equal(pipe.unet(x, 300).sample, model.net.unet(x, 300).sample)
@@ -280,9 +282,9 @@ def test_read_config_refuses_other_files(tmp_path):
 
     save_file({"w": torch.zeros(2)}, str(tmp_path / "plain.safetensors"))
     with pytest.raises(ValueError, match="is not a revsde image model"):
-        T.read_config(tmp_path / "plain.safetensors")
+        M.read_config(tmp_path / "plain.safetensors")
     with pytest.raises(FileNotFoundError, match="are not a file"):
-        T.load_weights(tmp_path / "missing.safetensors")
+        M.load_weights(tmp_path / "missing.safetensors")
 
 
 # --- the command line ---------------------------------------------------------------------------
@@ -296,8 +298,8 @@ def test_cli_trains_resumes_and_exports_both_formats(tmp_path, capsys):
         assert "finished at step 1/1" in printed and f"wrote {export}" in printed and f"wrote {folder}" in printed
         assert main([*args, "--steps", "2"]) == 0  # the same folder resumes
     assert "finished at step 2/2" in capsys.readouterr().out
-    _, config = T.load_weights(export)
-    assert config["trained_steps"] == 2 and config["weighting"] == "debiased" and config["unet"] == T.SMALL_UNET
+    _, config = M.load_weights(export)
+    assert config["trained_steps"] == 2 and config["weighting"] == "debiased" and config["unet"] == M.SMALL_UNET
     assert (folder / "model_index.json").is_file()
 
 
@@ -324,9 +326,9 @@ def test_committed_model_draws_digits_and_its_diffusers_folder_holds_the_same_un
     from revsde import sample
     from revsde.nets.digits_classifier import load_classifier
 
-    weights = Path(T.__file__).resolve().parents[1] / "weights"
-    model, config = T.load_weights(weights / "image_digits.safetensors")
-    assert config["trained_steps"] >= 1000 and config["unet"] == T.SMALL_UNET
+    weights = Path(revsde.__file__).resolve().parent / "weights"
+    model, config = M.load_weights(weights / "image_digits.safetensors")
+    assert config["trained_steps"] >= 1000 and config["unet"] == M.SMALL_UNET
     with torch.no_grad():
         x = sample(model, shape=(16, 1, 16, 16), sampler="mrs", order=2, steps=10, seed=0).x
         confidence = load_classifier()(x.clamp(-1, 1)).softmax(1).amax(1)

@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from revsde.apps.images import Image, ImageError, encode_image, read_image, write_image
+from revsde.io.images import Image, ImageError, encode_image, read_image, write_image
 
 rng = np.random.default_rng(0)
 

@@ -15,7 +15,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 import revsde
-from revsde.apps.images import Image, write_image
+from revsde.io.images import Image, write_image
 from revsde.cli import main
 from revsde.nets.model_files import (CHECKSUM_KEY, ModelFileError, load_tensors, read_metadata, save_tensors,
                                      tensors_checksum)
@@ -84,7 +84,7 @@ def test_the_checksum_follows_names_dtypes_shapes_and_bytes_not_layout():
 
 
 def test_exports_carry_the_checksum_a_damaged_file_is_refused_and_one_without_still_loads(tmp_path):
-    from revsde.apps.train import export_weights, load_weights
+    from revsde.apps.restore.model import export_weights, load_weights
     from revsde.nets.irsde_unet import ConditionalUNet
     from revsde.sde import MRSDE
 
@@ -107,7 +107,7 @@ def test_exports_carry_the_checksum_a_damaged_file_is_refused_and_one_without_st
 
 
 def test_recommend_rewrites_the_checksum_and_refuses_a_damaged_file(tmp_path):
-    from revsde.apps.speech_weights import read_config, recommend
+    from revsde.apps.speech.model import read_config, recommend
 
     path = shutil.copyfile(WEIGHTS / "speech_enhance.safetensors", tmp_path / "speech.safetensors")
     recommend(path, 4, {"order": 1})
@@ -177,14 +177,17 @@ def test_enhance_refuses_bad_model_files_in_one_line(tmp_path, capsys, bad_files
 
 
 def _loaders():
-    from revsde.apps import speech_weights, train, train_image, train_noise_classifier, train_speech, trainer
+    from revsde.apps import exports
+    from revsde.apps.image import model as image_model, noise_classifier
+    from revsde.apps.restore import model as restore_model
+    from revsde.apps.speech import model as speech_model, train as train_speech
     from revsde.nets import digits_classifier, fid_inception, irsde_unet, sgmse
 
     return {
-        "restore export": train.load_weights, "speech export": speech_weights.load_weights,
-        "image export": train_image.load_weights, "noise classifier": train_noise_classifier.load_weights,
+        "restore export": restore_model.load_weights, "speech export": speech_model.load_weights,
+        "image export": image_model.load_weights, "noise classifier": noise_classifier.load_weights,
         "FD-digits extractor": digits_classifier.load_classifier, "speech start": train_speech.read_model,
-        "training checkpoint": trainer.load_checkpoint, "IR-SDE checkpoint": irsde_unet.load_irsde_checkpoint,
+        "training checkpoint": exports.load_checkpoint, "IR-SDE checkpoint": irsde_unet.load_irsde_checkpoint,
         "SGMSE+ checkpoint": sgmse.load_sgmse_checkpoint, "Inception weights": fid_inception.load_fid_inception,
     }
 
@@ -229,11 +232,13 @@ def test_an_irsde_checkpoint_of_the_wrong_network_says_so_without_python_argumen
 
 
 def test_every_revsde_file_format_has_a_name_for_messages():
-    from revsde.apps import train, train_image, train_noise_classifier, train_speech
-    from revsde.apps.trainer import FORMAT_KINDS
+    from revsde.apps.exports import FORMAT_KINDS
+    from revsde.apps.image import model as image_model, noise_classifier
+    from revsde.apps.restore import model as restore_model
+    from revsde.apps.speech import model as speech_model
     from revsde.nets import digits_classifier
 
-    formats = {m.FORMAT for m in (train, train_image, train_noise_classifier, train_speech, digits_classifier)}
-    formats.add(train_image.FLOW_FORMAT)
+    formats = {m.FORMAT for m in (restore_model, image_model, noise_classifier, speech_model, digits_classifier)}
+    formats.add(image_model.FLOW_FORMAT)
     assert set(FORMAT_KINDS) == formats
     assert {read_metadata(p)["format"] for p in WEIGHTS.glob("*.safetensors")} <= formats

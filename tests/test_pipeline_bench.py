@@ -8,7 +8,7 @@ import torch
 
 diffusers = pytest.importorskip("diffusers")
 
-from revsde.apps import pipeline_bench as pb  # noqa: E402
+from revsde.apps.mixture import pipeline_bench as pb  # noqa: E402
 from revsde.integrations.mixture_unet import ExactMixtureUNet  # noqa: E402
 from revsde.integrations.pipelines import UnconditionalPipeline  # noqa: E402
 from revsde.metrics import frechet_distance, sample_moments  # noqa: E402

@@ -1,11 +1,11 @@
-"""``revsde bench --task restore`` on a tiny model: rows, the reference, the reach column, files."""
+"""``revsde bench restore`` on a tiny model: rows, the reference, the reach column, files."""
 from __future__ import annotations
 
 import json
 
 import torch
 
-from revsde.apps import restore_bench
+from revsde.apps.restore import bench as restore_bench
 from revsde.nets.irsde_unet import ConditionalUNet, irsde_score_model
 from revsde.sde import MRSDE
 

@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 import torch
 
-from revsde.apps.images import Image, read_image, write_image
-from revsde.apps.restore import restore_tiled, tiles
-from revsde.apps.train import export_weights
+from revsde.io.images import Image, read_image, write_image
+from revsde.apps.restore.restore import restore_tiled, tiles
+from revsde.apps.restore.model import export_weights
 from revsde.cli import main
 from revsde.nets.irsde_unet import ConditionalUNet
 from revsde.sde import MRSDE

@@ -1,4 +1,4 @@
-"""Speech evaluation and `revsde bench --task speech`: the scores are the metrics of the right signals,
+"""Speech evaluation and `revsde bench speech`: the scores are the metrics of the right signals,
 the reference and "reaches" bookkeeping, and the files written."""
 from __future__ import annotations
 
@@ -11,9 +11,9 @@ import torch
 from torch import nn
 
 from revsde import ScoreModel
-from revsde.apps import speech_bench as B
-from revsde.apps.enhance import SpeechModel
-from revsde.apps.speech_eval import evaluate_speech, score
+from revsde.apps.speech import bench as B
+from revsde.apps.speech.enhance import SpeechModel
+from revsde.apps.speech.eval import evaluate_speech, score
 from revsde.audio import SGMSE_16K
 from revsde.metrics import energy_ratios, estoi, pesq_wb
 from revsde.sde import OUVESDE
@@ -31,7 +31,7 @@ class Identity(nn.Module):
 
 @pytest.fixture(scope="module")
 def pairs():
-    from revsde.apps.speech_data import test_set
+    from revsde.apps.speech.data import test_set
 
     return test_set()[:2]
 

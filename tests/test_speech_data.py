@@ -15,10 +15,10 @@ import pytest
 import torch
 from scipy import signal
 
-from revsde.apps import speech_data as D
-from revsde.apps import speech_espeak as E
-from revsde.apps import speech_noise as N
-from revsde.apps import speech_text as T
+from revsde.apps.speech import data as D
+from revsde.apps.speech import espeak as E
+from revsde.apps.speech import noise as N
+from revsde.apps.speech import text as T
 
 needs_espeak = pytest.mark.skipif(
     shutil.which("espeak-ng") is None and not os.environ.get("CI"),

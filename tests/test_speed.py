@@ -1,4 +1,4 @@
-"""``revsde bench --speed``: the overhead table is measured, complete and written (no timing asserted)."""
+"""``revsde bench speed``: the overhead table is measured, complete and written (no timing asserted)."""
 from __future__ import annotations
 
 import json
@@ -7,7 +7,7 @@ import pytest
 
 pytest.importorskip("diffusers")
 
-from revsde.apps.speed import SpeedResult, sampler_overhead  # noqa: E402
+from revsde.apps.bench.speed import SpeedResult, sampler_overhead  # noqa: E402
 from revsde.cli import main  # noqa: E402
 
 
@@ -24,7 +24,7 @@ def test_overhead_rows_have_ratios_to_the_peer():
 
 
 def test_cli_writes_the_speed_tables(tmp_path, capsys):
-    assert main(["bench", "--speed", "-o", str(tmp_path)]) == 0
+    assert main(["bench", "speed", "-o", str(tmp_path)]) == 0
     printed = capsys.readouterr().out
     assert "ratio per NFE" in printed and f"wrote {tmp_path / 'bench_speed.json'}" in printed
     data = json.loads((tmp_path / "bench_speed.json").read_text())

@@ -8,9 +8,10 @@ import pytest
 import torch
 from torch import nn
 
-from revsde.apps import restore_data as D
-from revsde.apps import restore_eval as E
-from revsde.apps import train as T
+from revsde.apps.restore import data as D
+from revsde.apps.restore import eval as E
+from revsde.apps.restore import train as T
+from revsde.apps.restore import model as M
 from revsde.cli import train as train_cli
 from revsde.apps.trainer import load_checkpoint
 from revsde.sde import MRSDE
@@ -178,8 +179,8 @@ def test_data_loss_is_l1_of_the_clean_estimate():
             return x0 + self.offset
 
     sde = MRSDE()
-    assert float(T.training_loss(T.score_model(Oracle(0.0), sde, "data"), x0, mu, gen(4), "data")) < 1e-12
-    got = T.training_loss(T.score_model(Oracle(0.1), sde, "data"), x0, mu, gen(4), "data")
+    assert float(T.training_loss(M.score_model(Oracle(0.0), sde, "data"), x0, mu, gen(4), "data")) < 1e-12
+    got = T.training_loss(M.score_model(Oracle(0.1), sde, "data"), x0, mu, gen(4), "data")
     assert float(got) == pytest.approx(0.1, rel=1e-9)
 
 
@@ -192,7 +193,7 @@ def test_training_loss_draws_integer_indices():
             return super().forward(x, time, mu)
 
     sde = MRSDE()
-    model = T.score_model(Spy(), sde)
+    model = M.score_model(Spy(), sde)
     x0 = torch.rand(64, 3, 4, 4, generator=gen(0))
     for loss in T.LOSSES:
         value = T.training_loss(model, x0, x0 + 0.1, gen(1), loss)
@@ -259,25 +260,25 @@ def test_bad_settings_are_refused(tmp_path):
 def test_export_load_round_trip(tmp_path):
     result = T.train_restore("denoise", tmp_path / "unet", steps=1, batch=2, patch=16, nf=4, depth=1,
                              images=tiny_images(), progress=False, threads=None)
-    path = T.export_weights(result.checkpoint, tmp_path / "w.safetensors")
-    config = T.read_config(path)
+    path = M.export_weights(result.checkpoint, tmp_path / "w.safetensors")
+    config = M.read_config(path)
     assert (config["task"], config["nf"], config["depth"], config["loss"], config["trained_steps"]) == \
         ("denoise", 4, 1, "matching", 1)
-    net, sde, _ = T.load_weights(path)
+    net, sde, _ = M.load_weights(path)
     assert type(net).__name__ == "ConditionalUNet" and not net.training
     assert sde.config() == MRSDE().config()
     ema = load_checkpoint(result.checkpoint)["ema"]
     assert all(torch.equal(net.state_dict()[k], v) for k, v in ema.items())
     # the stand-in net's export loads into a given net
     tiny = _train(tmp_path, "tiny", steps=1)
-    tiny_path = T.export_weights(tiny.checkpoint, tmp_path / "tiny.safetensors")
+    tiny_path = M.export_weights(tiny.checkpoint, tmp_path / "tiny.safetensors")
     with pytest.raises(ValueError, match="TinyNet"):
-        T.load_weights(tiny_path)
-    net, _, _ = T.load_weights(tiny_path, net=TinyNet())
+        M.load_weights(tiny_path)
+    net, _, _ = M.load_weights(tiny_path, net=TinyNet())
     assert torch.equal(net.conv.weight, load_checkpoint(tiny.checkpoint)["ema"]["conv.weight"])
     (tmp_path / "bad.safetensors").write_bytes(__import__("safetensors.torch").torch.save({"a": torch.zeros(1)}))
     with pytest.raises(ValueError, match="not a revsde restoration model"):
-        T.read_config(tmp_path / "bad.safetensors")
+        M.read_config(tmp_path / "bad.safetensors")
 
 
 def test_metrics_against_closed_forms():
@@ -319,23 +320,23 @@ def test_noise_output_is_the_exact_conversion(prediction):
     mu = x + 0.1
     t = torch.tensor([0.01, 0.3, 0.7, 1.0], dtype=torch.float64)
     net = net.double()
-    direct = T.score_model(net, sde, prediction)(x, t, mu)
-    wrapped = T.score_model(T.NoiseOutput(net, sde, prediction), sde)(x, t, mu)
+    direct = M.score_model(net, sde, prediction)(x, t, mu)
+    wrapped = M.score_model(M.NoiseOutput(net, sde, prediction), sde)(x, t, mu)
     torch.testing.assert_close(wrapped.noise, direct.noise, rtol=1e-12, atol=1e-12)
     torch.testing.assert_close(wrapped.data, direct.data, rtol=1e-9, atol=1e-9)
 
 
 def test_a_velocity_model_exports_as_an_eps_predictor(tmp_path):
     run = _train(tmp_path, "v", steps=1, prediction="velocity")
-    path = T.export_weights(run.checkpoint, tmp_path / "v.safetensors")
-    net, sde, config = T.load_weights(path, net=TinyNet())
-    assert config["prediction"] == "velocity" and isinstance(net, T.NoiseOutput)
+    path = M.export_weights(run.checkpoint, tmp_path / "v.safetensors")
+    net, sde, config = M.load_weights(path, net=TinyNet())
+    assert config["prediction"] == "velocity" and isinstance(net, M.NoiseOutput)
     ref = TinyNet()
     ref.load_state_dict(load_checkpoint(run.checkpoint)["ema"])
     x, mu, t = torch.rand(2, 3, 8, 8), torch.rand(2, 3, 8, 8), torch.tensor([0.2, 0.9], dtype=torch.float64)
     with torch.no_grad():
-        torch.testing.assert_close(T.score_model(net, sde)(x, t, mu).noise,
-                                   T.score_model(ref, sde, "velocity")(x, t, mu).noise)
+        torch.testing.assert_close(M.score_model(net, sde)(x, t, mu).noise,
+                                   M.score_model(ref, sde, "velocity")(x, t, mu).noise)
     with pytest.raises(ValueError, match="noise, velocity, data"):
         _train(tmp_path, "bad", prediction="score")
 
@@ -345,5 +346,5 @@ def test_checkpoints_without_a_prediction_key_resume_as_noise(tmp_path):
     state = load_checkpoint(run.checkpoint)
     del state["config"]["prediction"]  # as written before the key existed
     torch.save(state, run.checkpoint)
-    assert T.read_config(T.export_weights(state, tmp_path / "o.safetensors"))["prediction"] == "noise"
+    assert M.read_config(M.export_weights(state, tmp_path / "o.safetensors"))["prediction"] == "noise"
     assert _train(tmp_path, "old", steps=3).step == 3

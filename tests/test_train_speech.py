@@ -9,8 +9,8 @@ import pytest
 import torch
 from torch import nn
 
-from revsde.apps import speech_weights as W
-from revsde.apps import train_speech as T
+from revsde.apps.speech import model as W
+from revsde.apps.speech import train as T
 from revsde.apps.trainer import load_checkpoint
 from revsde.audio.features import SGMSE_16K, from_spec, to_spec
 from revsde.cli import main
@@ -26,7 +26,7 @@ TINY_NET = {"nf": 8, "ch_mult": (1, 1, 1, 1, 1), "num_res_blocks": 1, "attn_reso
 @pytest.fixture(scope="session")
 def corpus_root(tmp_path_factory):
     """The espeak-ng cache of 8 training utterances, synthesised once."""
-    from revsde.apps.speech_data import load_corpus
+    from revsde.apps.speech.data import load_corpus
 
     root = tmp_path_factory.mktemp("speech_corpus")
     load_corpus("train", 8, root, progress=False)
@@ -390,7 +390,7 @@ def test_checkpoints_from_before_t_high_init_and_noises_resume(tmp_path, corpus_
 
 
 def test_the_noise_mix_is_recorded_and_resumes_only_unchanged(tmp_path, corpus_root):
-    from revsde.apps.speech_noise import TRAIN_NOISES
+    from revsde.apps.speech.noise import TRAIN_NOISES
 
     assert T.DEFAULT_NOISES == TRAIN_NOISES
     run = _train(tmp_path, "run", corpus_root, steps=2, stop_at=1, noises="white, tones")
@@ -619,7 +619,7 @@ def test_cli_bad_arguments(tmp_path, capsys):
 def test_read_config_refuses_other_files(tmp_path):
     from safetensors.torch import save_file
 
-    from revsde.apps.train import export_weights as export_restore
+    from revsde.apps.restore.model import export_weights as export_restore
     from revsde.sde import MRSDE
 
     save_file({"w": torch.zeros(2)}, str(tmp_path / "plain.safetensors"))
@@ -635,8 +635,8 @@ def test_read_config_refuses_other_files(tmp_path):
 
 def test_a_custom_net_export_needs_its_net(tmp_path):
     """A stand-in network trains on a given corpus and loads back only into a net it is handed."""
-    from revsde.apps.speech_data import SpeechCorpus
-    from revsde.apps.speech_espeak import Utterance
+    from revsde.apps.speech.data import SpeechCorpus
+    from revsde.apps.speech.espeak import Utterance
 
     class Tiny(nn.Module):
         def __init__(self):

@@ -10,7 +10,7 @@ __all__ = ["GMMSample", "sample_gmm"]
 
 def __getattr__(name: str):
     if name in __all__:
-        from . import sample
+        from revsde.apps.mixture import sample
 
         return getattr(sample, name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -21,10 +21,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .. import __version__
-from ..solve import NonFiniteStateError
-from ..files import atomic_output
-from .sample import _device
+from revsde import __version__
+from revsde.solve import NonFiniteStateError
+from revsde.files import atomic_output
+from revsde.apps.mixture.sample import _device
 
 
 @dataclass
@@ -90,7 +90,7 @@ def load_pipeline(path: str | os.PathLike, progress: bool = False):
     (``integrations.pipelines.load_pipeline``)."""
     from diffusers.utils import logging as diffusers_logging
 
-    from ..integrations.pipelines import load_pipeline as load_with_revsde_classes
+    from revsde.integrations.pipelines import load_pipeline as load_with_revsde_classes
 
     folder = Path(path)
     if not folder.is_dir():
@@ -137,7 +137,7 @@ def sample_diffusers(path: str | os.PathLike, *, sampler: str = "mrs", steps: in
     the UNet from CUDA graphs (``graph_unet``): ``"auto"`` on CUDA devices for pipelines with a UNet
     (transformer pipelines run as they are), ``True`` or ``False``.
     """
-    from ..integrations.diffusers import RevSDEScheduler, graph_unet
+    from revsde.integrations.diffusers import RevSDEScheduler, graph_unet
 
     if isinstance(n, bool) or not isinstance(n, int) or n < 1:
         raise ValueError(f"n must be an integer >= 1 (got {n!r})")

@@ -145,188 +145,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     from .media import add_enhance_parser, add_restore_parser
     from .train import add_train_parser
+    from .bench import add_bench_parser
 
     add_restore_parser(commands)
     add_enhance_parser(commands)
 
     add_train_parser(commands)
 
-    b = commands.add_parser(
-        "bench", help="quality versus NFE on analytic problems with a known exact distribution",
-        description="Run every sampler configuration (the MR Sampler in all its orders, predictions and "
-                    "ODE/SDE forms, posterior sampling, Euler-Maruyama, PC, Heun, RK45, and on VP diffusers' "
-                    "DPM-Solver++ 2M/3M/SDE-2M, UniPC, DDIM, Euler and Heun schedulers on the same model) at "
-                    "each NFE on 2-D Gaussian-mixture problems whose score and distribution are exact: 'vp' "
-                    "(DDPM's discrete schedule, a ring of 8 Gaussians) and 'mr' (IR-SDE's schedule, data near "
-                    "the observation mu). Scores: Frechet distance to the exact moments and sliced Wasserstein "
-                    "distance to exact samples. Writes a markdown table, JSON and a log-log PNG plot. Finished cells "
-                    "are cached in the output folder, so an interrupted run resumes; under torchrun "
-                    "--nproc_per_node=N -m revsde bench ... the cells are split across the N processes.")
-    b.add_argument("--task", choices=["gmm", "image", "restore", "speech"], default=None,
-                   help="gmm: analytic 2-D problems (default, except with --quick); image: FD-digits (or FID with "
-                        "--inception-weights), KID and precision/recall of an unconditional image model, revsde's "
-                        "samplers against diffusers' schedulers on the same network (the built-in digits model or "
-                        "a diffusers folder; default with --quick); restore: PSNR/SSIM of an MR-diffusion restoration "
-                        "model on the held-out photos vs NFE, against posterior sampling at 100 NFE; speech: "
-                        "PESQ/ESTOI/SI-SDR/RTF of a speech model on the held-out test pairs vs NFE, SGMSE+'s "
-                        "sampler (10-60 NFE) against the MR Sampler (2-20 NFE)")
-    b.add_argument("--restore-task", default="denoise", metavar="NAME",
-                   help="with --task restore: denoise, deblur, motion_deblur or inpaint (default: denoise)")
-    b.add_argument("--model", default="builtin", metavar="builtin|PATH",
-                   help="with --task image, restore or speech: the model (image: a diffusers pipeline folder, or "
-                        "builtin-flow, the built-in rectified-flow model: diffusers' flow schedulers against "
-                        "revsde's samplers, written to bench_image_flow.*; restore, speech: as in revsde restore / "
-                        "enhance) (default: builtin)")
-    b.add_argument("--quick", action="store_true",
-                   help="a small grid that finishes in minutes on a laptop CPU: with --task image (the default "
-                        "then) 5 configurations at NFE 5 and 10 on 500 samples; with --task gmm 2000 samples, "
-                        "one draw, NFE 5,10,20")
-    b.add_argument("--inception-weights", default=None, metavar="PATH",
-                   help="with --task image: pytorch-fid's Inception weights file (pt_inception-2015-12-05-"
-                        "6726825d.pth) for real FID (default: $REVSDE_INCEPTION_WEIGHTS; without it FD-digits)")
-    b.add_argument("--ref-stats", default=None, metavar="NPZ|DIR",
-                   help="with --task image and Inception weights: reference statistics, an .npz with mu and sigma "
-                        "or a folder of images (default: the scikit-learn digits)")
-    b.add_argument("--max-batch", type=int, default=500, metavar="N",
-                   help="with --task image: samples per network call (default: 500)")
-    b.add_argument("--pairs", type=int, default=None, metavar="N",
-                   help="with --task speech: only the first N held-out test pairs (default: all 24)")
-    b.add_argument("--crop", type=int, default=128, metavar="PX",
-                   help="with --task restore: centre crops of the held-out photos, 0 for whole images (default: 128)")
-    b.add_argument("--speed", action="store_true",
-                   help="measure speed instead: each sampler's loop overhead per step with a free network, as a "
-                        "ratio to diffusers' DPMSolverMultistepScheduler.step in the same process (CPU, one "
-                        "thread), and on CUDA eager vs CUDA-graph sampling of a small UNet at batch 1, 4, 16; "
-                        "writes bench_speed.md and bench_speed.json")
-    b.add_argument("--problems", default="vp,mr",
-                   help="comma-separated problems: vp, mr, and the rectified-flow ones flow (the 2-D ring) and flow192 "
-                        "(a 3x8x8 six-component mixture), run against diffusers' flow schedulers and written to "
-                        "bench_flow.* when only those are given (default: vp,mr)")
-    b.add_argument("--nfe", default=None, help="comma-separated target NFEs (default: 5,10,20,50,100; "
-                                               "with --task restore 2,3,5,10,20; with --task speech 2,3,5,10,20 for "
-                                               "mrs and 10,20,30 for sgmse, whose even values it takes)")
-    b.add_argument("--n", type=int, default=None,
-                   help="samples per run (default: 10000 for gmm, 2000 for image)")
-    b.add_argument("--repeats", type=int, default=3, help="prior draws averaged per cell (default: 3)")
-    b.add_argument("--seed", type=int, default=0, help="seed of the first prior draw (default: 0)")
-    b.add_argument("--no-diffusers", dest="diffusers", action="store_false",
-                   help="leave out diffusers' schedulers")
-    b.add_argument("--only", action="append", metavar="LABEL",
-                   help="run only this configuration (repeatable; labels as in the table)")
-    b.add_argument("-o", "--output", default="out/bench", metavar="DIR",
-                   help="folder for bench_gmm.md, bench_gmm.json, bench_gmm.png (default: out/bench), and for "
-                        "the cache of finished cells, bench_gmm.cache.jsonl (bench_restore_TASK.*, "
-                        "bench_speech.* for the other tasks): run the same command again to resume")
-    b.add_argument("--no-resume", dest="resume", action="store_false",
-                   help="start afresh: ignore and overwrite the cache of an earlier run in the output folder "
-                        "(by default its cells are reused; a cache written with other settings is refused)")
-    b.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
-                   help="show a progress bar on stderr (default: when stderr is a terminal)")
-    b.set_defaults(run=_run_bench)
+    add_bench_parser(commands)
     return parser
-
-
-def _int_list(text: str, what: str) -> list[int]:
-    try:
-        values = [int(v) for v in text.split(",") if v.strip()]
-    except ValueError:
-        raise ValueError(f"{what} must be comma-separated integers (got {text!r})") from None
-    if not values or min(values) < 1:
-        raise ValueError(f"{what} must be integers >= 1 (got {text!r})")
-    return values
-
-
-def _run_bench(args) -> int:
-    """One small function per task (``_bench_<task>``), each returning its result and its module's ``write``;
-    here the shared part: torchrun's process group, the cache, and only rank 0 printing and writing."""
-    if args.speed:
-        from ..apps import speed
-
-        result = speed.run_speed()
-        print(result.markdown())
-        for path in speed.write(result, args.output).values():
-            print(f"wrote {path}")
-        return 0
-    from ..apps.harness import Dist
-
-    dist = Dist.from_env()
-    try:
-        if args.task is None:
-            args.task = "image" if args.quick else "gmm"
-        if args.quick and args.task not in ("gmm", "image"):
-            raise ValueError(f"--quick applies to --task gmm or image (got --task {args.task})")
-        run = {"gmm": _bench_gmm, "image": _bench_image, "restore": _bench_restore, "speech": _bench_speech}[args.task]
-        common = {"progress": (sys.stderr.isatty() if args.progress is None else args.progress) and dist.main,
-                  "resume": args.resume, "dist": dist, "log": print if dist.main else None}
-        result, write = run(args, common)
-        if dist.main:
-            print(result.markdown())
-            for path in write(result, args.output).values():
-                print(f"wrote {path}")
-        dist.barrier()
-    finally:
-        dist.close()
-    return 0
-
-
-def _cache_path(args, stem: str):
-    from pathlib import Path
-
-    return Path(args.output) / f"{stem}.cache.jsonl"
-
-
-def _bench_gmm(args, common):
-    from ..apps import bench
-
-    quick = args.quick
-    problems = [p for p in args.problems.split(",") if p]
-    stem = "bench_flow" if problems and set(problems) <= bench.FLOW_PROBLEMS else "bench_gmm"
-    result = bench.run_gmm_bench(problem_names=problems,
-                                 nfes=_int_list(args.nfe or ("5,10,20" if quick else "5,10,20,50,100"), "--nfe"),
-                                 n_samples=args.n or (2000 if quick else 10000),
-                                 repeats=1 if quick else args.repeats, seed=args.seed, with_diffusers=args.diffusers,
-                                 labels=args.only, cache_path=_cache_path(args, stem), **common)
-    return result, bench.write
-
-
-def _bench_image(args, common):
-    from ..apps import image_bench, image_configs
-
-    flow = image_bench.is_flow_model(args.model)
-    quick = (image_configs.QUICK_FLOW if flow else image_configs.QUICK) if args.quick else {}
-    nfes = _int_list(args.nfe, "--nfe") if args.nfe else list(quick.get("nfes", image_bench.NFES))
-    labels = args.only or list(quick.get("labels", ())) or None
-    if not args.diffusers:
-        labels = [c.label for c in image_bench.default_configs(flow)
-                  if image_bench.family_of(c) == "revsde" and (labels is None or c.label in labels)]
-    result = image_bench.run_image_bench(
-        args.model, nfes=nfes, n_samples=args.n or quick.get("n", 2000), seed=args.seed, labels=labels,
-        inception_weights=args.inception_weights, ref_stats=args.ref_stats, max_batch=args.max_batch,
-        cache_path=_cache_path(args, image_bench.stem_of(args.model)), **common)
-    return result, image_bench.write
-
-
-def _bench_restore(args, common):
-    from ..apps import restore_bench
-
-    result = restore_bench.run_restore_bench(
-        args.restore_task, args.model, nfes=_int_list(args.nfe or "2,3,5,10,20", "--nfe"), crop=args.crop or None,
-        seed=args.seed, cache_path=_cache_path(args, f"bench_restore_{args.restore_task}"), **common)
-    return result, restore_bench.write
-
-
-def _bench_speech(args, common):
-    from ..apps import speech_bench
-    from ..apps.speech_data import test_set
-
-    nfes = None
-    if args.nfe:
-        chosen = tuple(_int_list(args.nfe, "--nfe"))
-        nfes = {"sgmse": tuple(n for n in chosen if n % 2 == 0), "mrs": chosen}
-    pairs = test_set()[:args.pairs] if args.pairs else None
-    result = speech_bench.run_speech_bench(args.model, nfes=nfes, pairs=pairs, seed=args.seed,
-                                           cache_path=_cache_path(args, "bench_speech"), **common)
-    return result, speech_bench.write
 
 
 def _run_sample(args) -> int:
@@ -338,7 +165,7 @@ def _run_sample(args) -> int:
                         ("--guidance-scale", args.guidance_scale)):
         if value is not None:
             raise ValueError(f"{flag} applies only with --diffusers PATH")
-    from ..apps.sample import sample_gmm
+    from ..apps.mixture.sample import sample_gmm
 
     output = args.output or "out/gmm_samples.npz"
     result = sample_gmm(sde=args.sde, sampler=args.sampler or "ode_heun", steps=args.steps or 50, grid=args.grid,
@@ -370,6 +197,12 @@ def _run_sample_diffusers(args, options, progress) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from .bench import old_form_error
+
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if old_form_error(argv):
+        print(old_form_error(argv), file=sys.stderr)
+        return 2
     args = build_parser().parse_args(argv)  # --help and --version end here, before torch is imported
     from ..samplers import SamplingError
     from ..solve import NonFiniteStateError

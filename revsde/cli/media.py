@@ -47,7 +47,7 @@ def _batch_flags(p, items: str, option_example: str, bars: str) -> None:
 
 def _setup(args):
     """``(sampler options, progress, device)`` from the shared flags."""
-    from ..apps.sample import _device
+    from ..apps.mixture.sample import _device
 
     return options_of(args), (sys.stderr.isatty() if args.progress is None else args.progress), _device(args.device)
 
@@ -111,7 +111,7 @@ def add_enhance_parser(commands) -> None:
 
 
 def _run_restore(args) -> int:
-    from ..apps.restore import (check_settings, load_restore_model, plan, recommended_setting, restore_files,
+    from ..apps.restore.restore import (check_settings, load_restore_model, plan, recommended_setting, restore_files,
                           run_settings, validation_warning)
 
     options, progress, device = _setup(args)
@@ -133,7 +133,7 @@ def _run_restore(args) -> int:
 
 
 def _run_enhance(args) -> int:
-    from ..apps.enhance import Enhancer, check_run, chunking, enhance_files, load_speech_model, plan, run_settings
+    from ..apps.speech.enhance import Enhancer, check_run, chunking, enhance_files, load_speech_model, plan, run_settings
 
     options, progress, device = _setup(args)
     check_run(sampler=args.sampler, nfe=args.nfe, options=options, chunk_seconds=args.chunk_seconds,

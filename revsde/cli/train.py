@@ -47,10 +47,11 @@ def add_train_parser(commands) -> None:
 
 
 def _train_arguments(p) -> None:
-    from ..apps.restore_data import DEGRADATIONS
-    from ..apps.train import LOSSES, PREDICTIONS
+    from ..apps.restore.data import DEGRADATIONS
+    from ..apps.restore.model import PREDICTIONS
+    from ..apps.restore.train import LOSSES
     from .common import parse_option
-    from ..apps.train_speech import CRP_OBJECTIVES, DEFAULT_NOISES as SPEECH_NOISES, LOSSES as SPEECH_LOSSES, \
+    from ..apps.speech.train import CRP_OBJECTIVES, DEFAULT_NOISES as SPEECH_NOISES, LOSSES as SPEECH_LOSSES, \
         PREDICTIONS as SPEECH_PREDICTIONS
 
     what = p.add_subparsers(dest="what", required=True, metavar="restore|speech|image|noise-classifier")
@@ -131,7 +132,8 @@ def _progress(args) -> bool:
 
 
 def _run_restore(args) -> int:
-    from ..apps.train import export_weights, train_restore
+    from ..apps.restore.model import export_weights
+    from ..apps.restore.train import train_restore
 
     result = train_restore(args.task, args.output, args.steps, batch=args.batch, patch=args.patch, lr=args.lr,
                            loss=args.loss, prediction=args.prediction, nf=args.nf, depth=args.depth, ema=args.ema,
@@ -143,8 +145,8 @@ def _run_restore(args) -> int:
 
 def _run_speech(args) -> int:
     from .common import option_dict
-    from ..apps.speech_weights import export_weights
-    from ..apps.train_speech import SMALL_NET, train_speech
+    from ..apps.speech.model import export_weights
+    from ..apps.speech.train import SMALL_NET, train_speech
 
     try:
         ch_mult = tuple(int(v) for v in args.ch_mult.split(","))
@@ -169,7 +171,7 @@ def _run_speech(args) -> int:
 
 
 def _add_image_parser(what) -> None:
-    from ..apps.train_image import TIME_SAMPLINGS, WEIGHTINGS
+    from ..apps.image.train import TIME_SAMPLINGS, WEIGHTINGS
 
     i = what.add_parser("image", help="unconditional DDPM (or rectified flow) on the 16x16 digits (diffusers "
                                       "UNet2DModel)")
@@ -192,7 +194,8 @@ def _add_image_parser(what) -> None:
 
 
 def _run_image(args) -> int:
-    from ..apps.train_image import export_diffusers, export_weights, train_image, train_image_flow
+    from ..apps.image.model import export_diffusers, export_weights
+    from ..apps.image.train import train_image, train_image_flow
 
     if args.diffusers_folder is not None and args.export is None:
         raise ValueError("--diffusers-folder needs --export FILE.safetensors (the folder is written from it)")
@@ -227,7 +230,8 @@ def _add_noise_classifier_parser(what) -> None:
 
 
 def _run_noise_classifier(args) -> int:
-    from ..apps.train_noise_classifier import export_weights, train_noise_classifier
+    from ..apps.image.noise_classifier import export_weights
+    from ..apps.image.train import train_noise_classifier
 
     result = train_noise_classifier(args.output, args.steps, levels=args.levels, batch=args.batch, lr=args.lr,
                                     width=args.width, ema=args.ema, threads=args.threads,

@@ -1,6 +1,6 @@
 """The FD-digits feature extractor: a small CNN classifier of scikit-learn's digits at 16×16.
 
-``DigitsClassifier`` maps images ``(B, 1, 16, 16)`` in [−1, 1] (``revsde.apps.image_data.digits``)
+``DigitsClassifier`` maps images ``(B, 1, 16, 16)`` in [−1, 1] (``revsde.apps.image.data.digits``)
 to 10 class logits through two conv stages (32 then 64 channels, each two 3×3 convs + ReLU and a 2×2
 max-pool) and a linear layer to ``FEATURE_DIM`` = 64 features, then ReLU and a linear classifier.
 ``features(x)`` are those 64 pre-activation values (the penultimate layer; pre-activation so no
