@@ -13,8 +13,8 @@ __version__ = "0.1.0"
 _EXPORTS = {
     "sde": None, "grids": None, "noise": None, "samplers": None,
     "ScoreModel": "model", "Prediction": "model",
-    "sample": "solve", "Solution": "solve", "NonFiniteStateError": "solve",
-    "GaussianNoise": "noise", "BrownianNoise": "noise",
+    "sample": "solve", "Solution": "solve", "NonFiniteStateError": "samplers.driver",
+    "GaussianNoise": "noise", "BrownianNoise": "noise", "NoiseSource": "noise",
 }
 
 __all__ = [*_EXPORTS, "__version__"]

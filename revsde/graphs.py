@@ -4,9 +4,10 @@ A sampler calls its network at a few small batches, and there the GPU mostly wai
 queues hundreds of small kernels. ``GraphedModel`` records each call signature once as a CUDA graph
 and afterwards serves a call with a few copies, one graph launch and one clone.
 
-The bookkeeping is in pure functions tested on CPU: ``bucket_for`` / ``chunk_plan`` (which padded
-batch serves which rows), ``pad_batch`` / ``copy_padded`` (padding repeats the last row) and
-``graph_key`` (what a graph is specialised on, and what it is not: time values).
+The bookkeeping is in pure functions tested on CPU, in ``graph_buffers`` (and importable from here):
+``bucket_for`` / ``chunk_plan`` (which padded batch serves which rows), ``pad_batch`` / ``copy_padded``
+(padding repeats the last row), ``graph_key`` (what a graph is specialised on, and what it is not:
+time values) and ``StaticInputs`` (one graph's input buffers). This module captures and replays.
 """
 from __future__ import annotations
 
@@ -16,9 +17,9 @@ from typing import Callable, Sequence
 
 import torch
 
-from .tensors import real_dtype
+from .graph_buffers import (DEFAULT_BUCKETS, StaticInputs, Ungraphable, bucket_for, check_buckets,  # noqa: F401
+                            chunk_plan, copy_padded, graph_key, pad_batch, signature, time_batched)
 
-DEFAULT_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 #: after this many graphs one model warns once: something keyed by value probably changes every call
 MANY_GRAPHS = 64
 
@@ -31,171 +32,11 @@ class GraphFallbackWarning(RuntimeWarning):
     """A call signature could not be graphed; those calls run eagerly (correct, just not faster)."""
 
 
-class _Ungraphable(Exception):
-    """An input a static buffer cannot represent (the call runs eagerly)."""
-
-
 class _NetOutputError(TypeError):
     """The network returned something other than a tensor."""
 
 
-# --- pure bookkeeping -------------------------------------------------------------------------------
-def check_buckets(batch_buckets) -> tuple[int, ...]:
-    """``batch_buckets`` as a tuple, or a ValueError naming what is valid."""
-    try:
-        buckets = tuple(batch_buckets)
-    except TypeError:
-        buckets = ()
-    ok = bool(buckets) and all(isinstance(b, numbers.Integral) and not isinstance(b, bool) and b > 0
-                               for b in buckets)
-    if not ok or any(a >= b for a, b in zip(buckets, buckets[1:])):
-        raise ValueError(f"batch_buckets must be a non-empty, strictly increasing sequence of positive ints, "
-                         f"e.g. {DEFAULT_BUCKETS} (got {batch_buckets!r})")
-    return tuple(int(b) for b in buckets)
-
-
-def bucket_for(batch: int, buckets: Sequence[int]) -> int:
-    """The smallest bucket ≥ ``batch`` (a batch above the largest bucket is split by ``chunk_plan``)."""
-    if batch < 1:
-        raise ValueError(f"batch must be at least 1 (got {batch})")
-    for bucket in buckets:
-        if bucket >= batch:
-            return bucket
-    raise ValueError(f"batch {batch} is above the largest bucket {buckets[-1]}; split it with chunk_plan")
-
-
-def chunk_plan(batch: int, buckets: Sequence[int]) -> list[tuple[int, int, int]]:
-    """``(start, stop, bucket)`` for each network call serving rows ``start:stop`` of a batch: chunks of
-    the largest bucket, the remainder padded up to its own bucket."""
-    if batch < 1:
-        raise ValueError(f"batch must be at least 1 (got {batch})")
-    largest = buckets[-1]
-    return [(start, min(start + largest, batch), bucket_for(min(largest, batch - start), buckets))
-            for start in range(0, batch, largest)]
-
-
-def copy_padded(dst: torch.Tensor, src: torch.Tensor) -> torch.Tensor:
-    """Copy ``src`` into the first rows of ``dst`` and its last row into the rest; returns ``dst``.
-
-    Padding repeats a real row rather than zeros so normalisation layers never see degenerate rows.
-    In place and allocation-free (what fills a graph's static inputs); no host sync.
-    """
-    n = src.shape[0]
-    if not 1 <= n <= dst.shape[0]:
-        raise ValueError(f"cannot pad a batch of {n} into {dst.shape[0]} rows")
-    dst[:n].copy_(src)
-    if n < dst.shape[0]:
-        dst[n:].copy_(src[n - 1])  # broadcasts over the padding rows
-    return dst
-
-
-def pad_batch(t: torch.Tensor, bucket: int) -> torch.Tensor:
-    """``t`` padded to ``bucket`` rows by repeating its last row (a new tensor)."""
-    return copy_padded(t.new_empty((bucket, *t.shape[1:])), t)
-
-
-def _holds_tensor(value) -> bool:
-    if torch.is_tensor(value):
-        return True
-    if isinstance(value, (tuple, list, set, frozenset)):
-        return any(_holds_tensor(v) for v in value)
-    return isinstance(value, dict) and any(_holds_tensor(v) for v in value.values())
-
-
-def _cond_entry(name: str, value, batch: int, device: torch.device) -> tuple:
-    if torch.is_tensor(value):
-        if value.device != device:
-            raise _Ungraphable(f"cond {name!r} is on {value.device}, not on the input's device {device}")
-        if value.ndim >= 1 and value.shape[0] == batch:
-            return ("b", tuple(value.shape[1:]), value.dtype)
-        return ("s", tuple(value.shape), value.dtype)
-    if _holds_tensor(value):
-        raise _Ungraphable(f"cond {name!r} is a {type(value).__name__} holding tensors; pass the tensors as "
-                           "separate cond inputs")
-    try:
-        hash(value)
-    except TypeError:
-        raise _Ungraphable(f"cond {name!r} is an unhashable {type(value).__name__}") from None
-    return ("v", type(value), value)  # the type too: 1, 1.0 and True are equal as dict keys
-
-
-def _time_batched(time, batch: int) -> bool:
-    return torch.is_tensor(time) and time.ndim == 1 and time.shape[0] == batch
-
-
-def _time_dtype(time, x: torch.Tensor, batch: int) -> torch.dtype:
-    if torch.is_tensor(time):
-        if time.ndim == 0 or tuple(time.shape) == (1,) or _time_batched(time, batch):
-            return time.dtype
-        raise _Ungraphable(f"time has shape {tuple(time.shape)}; a graph takes a ({batch},) time, a 0-d one "
-                           "or a Python number")
-    if isinstance(time, bool) or not isinstance(time, (int, float)):
-        raise _Ungraphable(f"time is a {type(time).__name__}, not a tensor or a number")
-    if isinstance(time, int):
-        return torch.int64
-    return real_dtype(x.dtype) if x.is_floating_point() or x.is_complex() else torch.get_default_dtype()
-
-
-def _autocast(device_type: str):
-    """Autocast changes the kernels a capture records, so its state is part of the key."""
-    try:
-        on = torch.is_autocast_enabled(device_type)
-        return torch.get_autocast_dtype(device_type) if on else None
-    except TypeError:  # torch < 2.4: CUDA-only signatures
-        return torch.get_autocast_gpu_dtype() if torch.is_autocast_enabled() else None
-
-
-def _signature(x: torch.Tensor, time, cond: dict) -> tuple:
-    batch = x.shape[0]
-    items = tuple((name, _cond_entry(name, cond[name], batch, x.device)) for name in sorted(cond))
-    return (tuple(x.shape[1:]), x.dtype, x.device, _time_dtype(time, x, batch), items,
-            _autocast(x.device.type))
-
-
-def graph_key(x: torch.Tensor, time, cond: dict, bucket: int) -> tuple:
-    """What one graph is specialised on: ``(bucket, x.shape[1:], x.dtype, x.device, time dtype,
-    ((name, entry), ...) sorted by name, autocast dtype or None)``.
-
-    A cond tensor with a leading dim equal to the batch is batched, ``("b", shape[1:], dtype)``, and is
-    padded and sliced with ``x``; any other tensor, ``("s", shape, dtype)``, is copied whole; any other
-    value is keyed by type and value, ``("v", type, value)``. Time values never enter the key (only
-    the time's dtype), so one graph serves every step. Raises ``_Ungraphable`` for inputs a static
-    buffer cannot hold (a tensor on another device, an unhashable value, a container of tensors).
-    """
-    return (bucket,) + _signature(x, time, cond)
-
-
-# --- static buffers of one graph --------------------------------------------------------------------
-class _Static:
-    """One key's graph, the static input tensors it reads and the output it writes."""
-
-    __slots__ = ("x", "time", "cond", "batched", "graph", "out")
-
-    def __init__(self, key: tuple, x: torch.Tensor, cond: dict):
-        bucket, time_dtype, items = key[0], key[4], key[5]
-        self.batched = frozenset(name for name, entry in items if entry[0] == "b")  # as keyed on the whole batch
-        with torch.inference_mode(False):  # buffers made in inference mode could not be refilled outside it
-            self.x = x.new_empty((bucket, *x.shape[1:]))
-            self.time = torch.empty(bucket, dtype=time_dtype, device=x.device)
-            self.cond = {k: (v.new_empty((bucket, *v.shape[1:])) if k in self.batched else torch.empty_like(v))
-                         if torch.is_tensor(v) else v for k, v in cond.items()}
-        self.graph = self.out = None
-
-    def fill(self, x: torch.Tensor, time, cond: dict) -> None:
-        """Copy one call's inputs into the buffers (device-side copies only: no host sync)."""
-        copy_padded(self.x, x)
-        if not torch.is_tensor(time):
-            self.time.fill_(time)
-        elif _time_batched(time, x.shape[0]):
-            copy_padded(self.time, time)
-        else:
-            self.time.copy_(time.reshape(()))  # broadcast to every row
-        for k, buf in self.cond.items():
-            if torch.is_tensor(buf):
-                copy_padded(buf, cond[k]) if k in self.batched else buf.copy_(cond[k])
-
-
-def _checked(out, static: _Static) -> torch.Tensor:
+def _checked(out, static: StaticInputs) -> torch.Tensor:
     """The network's output if a graph can serve it (a tensor with the batch first, on the input's device)."""
     if not torch.is_tensor(out):
         raise _NetOutputError(
@@ -283,7 +124,7 @@ class GraphedModel:
 
     def reset(self) -> None:
         """Drop every graph, buffer and fallback decision, and zero the counters."""
-        self._graphs: dict[tuple, _Static] = {}
+        self._graphs: dict[tuple, StaticInputs] = {}
         self._failed: set[tuple] = set()
         self._warned: set[str] = set()
         self._pool = None  # torch.cuda.graph_pool_handle(), made at the first capture
@@ -308,8 +149,8 @@ class GraphedModel:
             return self.net(x, time, **cond)
         with torch.no_grad():
             try:
-                sig = _signature(x, time, cond)
-            except _Ungraphable as why:
+                sig = signature(x, time, cond)
+            except Ungraphable as why:
                 self._warn_once(str(why), f"GraphedModel runs these calls eagerly: {why}", stacklevel=3)
                 self.eager_calls += 1
                 return self.net(x, time, **cond)
@@ -321,7 +162,7 @@ class GraphedModel:
             outs = []
             for start, stop, bucket in plan:
                 part = {**cond, **{k: cond[k][start:stop] for k in batched}}
-                t = time[start:stop] if _time_batched(time, batch) else time
+                t = time[start:stop] if time_batched(time, batch) else time
                 outs.append(self._run((bucket,) + sig, x[start:stop], t, part))
             return torch.cat(outs)
 
@@ -335,7 +176,7 @@ class GraphedModel:
             if key in self._failed:
                 self.eager_calls += 1
                 return self.net(x, time, **cond)
-            static = _Static(key, x, cond)
+            static = StaticInputs(key, x, cond)
             static.fill(x, time, cond)
             try:
                 static.graph, static.out = self._capture(static)
@@ -359,10 +200,10 @@ class GraphedModel:
         self.replays += 1
         return static.out[:x.shape[0]].clone()
 
-    def _forward(self, static: _Static) -> torch.Tensor:
+    def _forward(self, static: StaticInputs) -> torch.Tensor:
         return _checked(self.net(static.x, static.time, **static.cond), static)
 
-    def _capture(self, static: _Static):
+    def _capture(self, static: StaticInputs):
         """Warm up on a side stream, then capture one call on it: returns ``(graph, static output)``."""
         device = static.x.device
         with torch.cuda.device(device):

@@ -16,6 +16,8 @@ from typing import Callable
 
 import torch
 
+from .tensors import bcast
+
 
 def _check_steps(steps) -> int:
     if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
@@ -163,6 +165,42 @@ def check_levels(levels, sde=None) -> torch.Tensor:
             raise ValueError(f"levels must lie in (t_min, t_max] = ({sde.t_min}, {sde.t_max}] "
                              f"(got {float(t.min())} .. {float(t.max())})")
     return t
+
+
+# --- grids made from a grid (Denoising MCMC's init pass and its chains' integration) ---------------------
+
+def resample_grid(sde, grid, steps: int) -> torch.Tensor:
+    """``grid`` (``(N+1,)`` or ``(N+1, B)``) with ``steps`` intervals instead of N, between the same ends and
+    with the same spacing profile: its half log-SNR λ (t if λ is not finite) interpolated linearly in the
+    step index, so a ``logsnr`` grid becomes the ``logsnr`` grid of ``steps`` steps."""
+    n = grid.shape[0] - 1
+    lam = sde.log_snr(grid)
+    finite = bool(torch.isfinite(lam).all())
+    value = lam if finite else grid
+    pos = torch.linspace(0, n, steps + 1, dtype=torch.float64, device=grid.device)
+    lo = pos.floor().long().clamp(max=n - 1)  # a grid has N ≥ 1 intervals; the last point uses lo = N − 1
+    w = bcast((pos - lo).to(value.dtype), value[lo])
+    out = value[lo] + w * (value[lo + 1] - value[lo])
+    t = (sde.t_from_log_snr(out) if finite else out).to(grid.dtype).clone()
+    t[0], t[-1] = grid[0], grid[-1]
+    return t.contiguous()
+
+
+def integration_grid(sde, grid, t_start) -> torch.Tensor:
+    """The ``(N+1, B)`` grid moved to start at ``t_start`` (``(B,)``) and end where ``grid`` ends, each
+    point at the same fraction of the λ-range as in ``grid`` (of the t-range if λ is not finite):
+    a ``logsnr`` grid becomes the ``logsnr`` grid from each chain's level."""
+    t_end = grid[-1]
+    lam, lam_start = sde.log_snr(grid), sde.log_snr(t_start)
+    if bool(torch.isfinite(lam).all() and torch.isfinite(lam_start).all()):
+        frac = (lam - lam[0]) / (lam[-1] - lam[0])
+        t = sde.t_from_log_snr(lam_start + frac * (lam[-1] - lam_start))
+    else:
+        frac = (grid - grid[0]) / (grid[-1] - grid[0])
+        t = t_start + frac * (t_end - t_start)
+    t = t.to(grid.dtype).clone()
+    t[0], t[-1] = t_start, t_end
+    return t.contiguous()
 
 
 def get(name: str) -> Callable:

@@ -1,20 +1,50 @@
 """Noise sources for samplers: ``noise(t0, t1)`` returns a standard normal of the state's shape.
 
-No sampler calls ``torch.randn`` itself. ``GaussianNoise`` draws fresh normals from one generator per
-sample (a sample never depends on its batch); ``BrownianNoise`` returns normalised increments
-``(W(t_hi) − W(t_lo)) / sqrt(t_hi − t_lo)`` of a fixed Brownian path (``torchsde.BrownianInterval``
-in tree mode), so the path is the same at every step count. ``fresh()`` gives normals that are not
-part of the path (Langevin correctors). Complex states get circular complex normals, E|z|² = 1.
+No sampler calls ``torch.randn`` itself. ``NoiseSource`` is the contract a sampler relies on.
+``GaussianNoise`` draws fresh normals from one generator per sample (a sample never depends on its
+batch); ``BrownianNoise`` returns normalised increments ``(W(t_hi) − W(t_lo)) / sqrt(t_hi − t_lo)`` of
+a fixed Brownian path (``torchsde.BrownianInterval`` in tree mode), so the path is the same at every
+step count. ``fresh()`` gives normals that are not part of the path (Langevin correctors). Complex
+states get circular complex normals, E|z|² = 1. ``make_noise`` builds either by name (``NOISES``).
 """
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Protocol, Sequence, runtime_checkable
 
 import torch
 
 from .tensors import as_time
 
 Generators = torch.Generator | Sequence[torch.Generator] | None
+#: the noise sources ``revsde.sample`` and ``RevSDEScheduler`` build by name
+NOISES = ("gaussian", "brownian")
+
+
+@runtime_checkable
+class NoiseSource(Protocol):
+    """What samplers ask of the noise source their ``run`` is given (DESIGN §4).
+
+    - ``noise(t0, t1)``: a standard normal of the state's shape for the step from ``t0`` to ``t1``
+      (``(B,)`` times or numbers); a Brownian source returns its path's increment over the step divided
+      by ``sqrt(|t1 − t0|)``, so the same path serves every step count.
+    - ``fresh()``: a standard normal that is no part of any path (Langevin correctors, Denoising MCMC's
+      chains and level draws).
+    - ``generators``: the ``torch.Generator`` objects whose states hold all the randomness the source has
+      still to draw (a Brownian path is fixed by its seeds; its ``fresh()`` normals come from these), or
+      ``None`` if it has none to save. Denoising MCMC saves their states with its chains and restores
+      them to resume; a source without this attribute is read as having none.
+
+    A Brownian source may also offer ``increment(t0, t1, return_U=False)``: the unnormalised increment
+    and, with ``return_U``, its space-time Lévy area, which the ``torchsde`` sampler's higher-order
+    methods use where it exists (``BrownianNoise``).
+    """
+
+    def __call__(self, t0, t1) -> torch.Tensor: ...
+
+    def fresh(self) -> torch.Tensor: ...
+
+    @property
+    def generators(self) -> list[torch.Generator] | None: ...
 
 
 def generators_from_seed(seed: int, batch: int, device=None) -> list[torch.Generator]:
@@ -42,6 +72,16 @@ def randn(shape: tuple, generator: Generators = None, dtype=None, device=None) -
     return torch.stack([draw(shape[1:], g) for g in generator])
 
 
+def check_generators(generator: Generators, batch: int) -> Generators:
+    """``generator`` as given, a sequence of them as a list, refused unless it has one per sample."""
+    if generator is None or isinstance(generator, torch.Generator):
+        return generator
+    generator = list(generator)
+    if len(generator) != batch:
+        raise ValueError(f"generator is a list of {len(generator)} for a batch of {batch}: give one per sample")
+    return generator
+
+
 def draw_entropy(generator: Generators, batch: int) -> list[int]:
     """Integer seeds drawn from the generators (one per sample, or ``batch`` from a single one)."""
     if generator is None or isinstance(generator, torch.Generator):
@@ -60,6 +100,11 @@ class GaussianNoise:
         return randn(self.shape, self.generator, dtype=self.dtype, device=self.device)
 
     fresh = __call__
+
+    @property
+    def generators(self) -> list[torch.Generator] | None:
+        gen = self.generator
+        return None if gen is None else [gen] if isinstance(gen, torch.Generator) else list(gen)
 
     def entropy(self) -> list[int]:
         return draw_entropy(self.generator, self.shape[0])
@@ -144,5 +189,23 @@ class BrownianNoise:
         z = randn(self.shape, gens, dtype=self.dtype)
         return z.to(self.device)
 
+    @property
+    def generators(self) -> list[torch.Generator]:
+        """The generators of ``fresh()`` (the path itself is fixed by the entropy)."""
+        return list(self._fresh_gens)
+
     def entropy(self) -> list[int]:
         return list(self.entropies) if self._per_sample else [self.entropies[0] + b for b in range(self.shape[0])]
+
+
+def make_noise(kind: str, shape: tuple, generator: Generators, grid: torch.Tensor, dtype=torch.float32,
+               device=None) -> GaussianNoise | BrownianNoise:
+    """The noise source ``kind`` (one of ``NOISES``) of a run over the times of ``grid``: fresh normals from
+    ``generator``, or a Brownian path over the grid's span per sample (seeded from each sample's generator),
+    or one path for the batch when ``generator`` is a single generator."""
+    if kind == "gaussian":
+        return GaussianNoise(shape, generator, dtype=dtype, device=device)
+    entropy = draw_entropy(generator, shape[0])
+    if isinstance(generator, torch.Generator):
+        entropy = entropy[0]  # one path for the batch
+    return BrownianNoise(shape, float(grid.min()), float(grid.max()), entropy, dtype=dtype, device=device)

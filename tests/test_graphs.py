@@ -10,8 +10,9 @@ import torch
 from torch import nn
 
 import revsde
-from revsde.graphs import (DEFAULT_BUCKETS, GraphedModel, GraphFallbackWarning, _Ungraphable, bucket_for,
-                                   chunk_plan, copy_padded, graph_key, pad_batch)
+from revsde.graph_buffers import Ungraphable
+from revsde.graphs import (DEFAULT_BUCKETS, GraphedModel, GraphFallbackWarning, bucket_for, chunk_plan, copy_padded,
+                           graph_key, pad_batch)
 
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 
@@ -194,11 +195,11 @@ def test_graph_key_refuses_what_a_static_buffer_cannot_hold():
     x, t, _ = inputs(2)
     for cond, why in [({"m": torch.zeros(2, device="meta")}, "on meta"), ({"l": [1, 2]}, "unhashable list"),
                       ({"p": (torch.zeros(2), 1)}, "holding tensors")]:
-        with pytest.raises(_Ungraphable, match=why):
+        with pytest.raises(Ungraphable, match=why):
             graph_key(x, t, cond, 2)
-    with pytest.raises(_Ungraphable, match="time has shape"):
+    with pytest.raises(Ungraphable, match="time has shape"):
         graph_key(x, torch.zeros(2, 1), {}, 2)
-    with pytest.raises(_Ungraphable, match="time is a NoneType"):
+    with pytest.raises(Ungraphable, match="time is a NoneType"):
         graph_key(x, None, {}, 2)
 
 

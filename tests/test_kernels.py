@@ -8,7 +8,7 @@ import torch
 import revsde
 from revsde.kernels import run_batched
 from revsde.nets.gmm import exact_model
-from revsde.solve import FiniteGuard, NonFiniteStateError
+from revsde.samplers.driver import FiniteGuard, NonFiniteStateError
 from revsde.samplers.base import Step
 
 from exact import gaussian, two_modes
@@ -157,7 +157,7 @@ def test_uncond_must_name_given_cond_keys():
 # --- the NaN guard and graphs= --------------------------------------------------------------------------
 def test_finite_guard_batches_its_reads_off_cpu_and_names_the_first_bad_step():
     smp = revsde.samplers.get("ode_euler")
-    guard = FiniteGuard(smp, "meta", every=4)  # any non-CPU device defers its reads
+    guard = FiniteGuard(smp.name, "meta", every=4)  # any non-CPU device defers its reads
     assert guard.every == 4
     ok, bad = torch.zeros(2, 2), torch.full((2, 2), float("nan"))
     t = torch.full((2,), 0.25)
@@ -166,7 +166,7 @@ def test_finite_guard_batches_its_reads_off_cpu_and_names_the_first_bad_step():
     guard(Step(2, bad, t), 3)  # nothing read yet: three verdicts wait on the device
     with pytest.raises(NonFiniteStateError, match=r"at step 1 \(t = 0.25, NFE 2\)"):
         guard(Step(3, ok, t), 4)
-    assert FiniteGuard(smp, "cpu").every == 1
+    assert FiniteGuard(smp.name, "cpu").every == 1
 
 
 def test_graphs_option_on_cpu_is_a_pass_through():

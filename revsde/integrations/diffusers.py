@@ -10,7 +10,8 @@ sigmas for that config, and each ``step()`` answers one ``Query`` of the same sa
 evaluation times in model units, repeated where a step evaluates more than once (``order`` =
 evaluations per step, as diffusers' Heun). The config keys it reads and what they mean are in
 ``scheduler_config`` (DDPM-style tables) and ``flow_schedule`` (flow matching); a config that is
-neither is refused.
+neither is refused. A run between ``set_timesteps`` and its last ``step()`` (the sampler's ``Driver``,
+its noise, DiT's mirrored batches) is a ``scheduler_run.SchedulerRun``.
 
 A pipeline saved with this scheduler records it as ``["revsde.integrations.diffusers",
 "RevSDEScheduler"]``. diffusers (0.42) resolves such a library only among the modules the process
@@ -30,17 +31,15 @@ from diffusers.utils import BaseOutput
 from .. import grids as grids_mod
 from .. import samplers as samplers_mod
 from ..model import Prediction
-from ..noise import BrownianNoise, GaussianNoise, draw_entropy, generators_from_seed
-from ..samplers.base import Query, Step
+from ..noise import NOISES
 from ..sde.vp import DiscreteVPSDE
-from ..sde.cached import GridCoefficients
-from ..solve import FiniteGuard, _state_dtype, check_finite
 from .graphed_unet import GraphedUNetOutput, graph_unet  # noqa: F401  (their home before issue 22)
 from .flow_schedule import (FLOW_MATCH_CLASSES, FLOW_PREDICTION_TYPES, FLOW_SCHEDULES, FlowSchedule,
                             config_schedule)
-from .scheduler_config import (FINAL_SIGMAS_TYPES, LEARNED_VARIANCE_TYPES, NOISES, PREDICTION_TYPES,  # noqa: F401
+from .scheduler_config import (FINAL_SIGMAS_TYPES, LEARNED_VARIANCE_TYPES, PREDICTION_TYPES,  # noqa: F401
                                SAMPLER_OPTIONS, TIMESTEP_SPACINGS, VPSchedule, check_output_keys, discrete_timesteps,
                                dynamic_threshold, prediction_channels)
+from .scheduler_run import SchedulerRun
 
 
 @dataclass
@@ -307,13 +306,23 @@ class RevSDEScheduler(SchedulerMixin, ConfigMixin):
 
     # --- stepping -------------------------------------------------------------------------------
     def _reset_run(self):
-        self._run = self._query = self._returned = self._noise = None
+        self._run: SchedulerRun | None = None
         self._step_index = None
-        self._done = self._mirrored = False
-        #: network evaluations answered in the current run
-        self.nfe = 0
 
-    def _start(self, sample: torch.Tensor, timestep, generator):
+    @property
+    def nfe(self) -> int:
+        """Network evaluations answered in the current run."""
+        return 0 if self._run is None else self._run.driver.nfe
+
+    @property
+    def _done(self) -> bool:
+        return self._run is not None and self._run.done
+
+    @property
+    def _query(self):
+        return None if self._run is None else self._run.query
+
+    def _start(self, sample: torch.Tensor, timestep, generator) -> SchedulerRun:
         per_query = self.order
         if self._begin_index is not None:
             index = self._begin_index
@@ -325,65 +334,9 @@ class RevSDEScheduler(SchedulerMixin, ConfigMixin):
         if index % per_query or index >= self._query_model_t.shape[0]:
             raise ValueError(f"a run must begin at the first evaluation of a step: index {index} of "
                              f"{self._query_model_t.shape[0]} timesteps, {per_query} per step")
-        first_step = index // per_query
-        batch, device = sample.shape[0], sample.device
-        dtype = _state_dtype(sample.dtype, None, None)
-        grid = self._grid[first_step:, None].expand(-1, batch).to(device).contiguous()
-        if generator is None:
-            generator = generators_from_seed(int(torch.randint(2**31, ())), batch, device)
-        elif not isinstance(generator, torch.Generator) and len(generator) != batch:
-            raise ValueError(f"generator is a list of {len(generator)} for a batch of {batch}: give one per sample")
-        if self.config.noise == "gaussian":
-            self._noise = GaussianNoise(tuple(sample.shape), generator, dtype=dtype, device=device)
-        else:
-            entropy = draw_entropy(generator, batch)
-            self._noise = BrownianNoise(tuple(sample.shape), float(grid.min()), float(grid.max()),
-                                        entropy[0] if isinstance(generator, torch.Generator) else entropy,
-                                        dtype=dtype, device=device)
         self._step_index = index
-        self._grid_sde = GridCoefficients(self.sde, grid)  # as revsde.sample: once per grid, on device
-        self._guard = FiniteGuard(self.sampler, device)
-        self._run = self.sampler.run(self._grid_sde, grid, sample.to(dtype), None, self._noise)
-        self._query = next(self._run)
-
-    def _advance(self, pred: Prediction) -> torch.Tensor:
-        """Answer the pending query; run the sampler to its next query (or its end)."""
-        try:
-            request = self._run.send(pred)
-            while isinstance(request, Step):
-                self._guard(self._first_half(request) if self._mirrored else request, self.nfe)
-                request = self._run.send(None)
-        except StopIteration as stop:
-            self._finish()
-            return stop.value
-        if not isinstance(request, Query):
-            raise TypeError(f"sampler {self.sampler.name!r} yielded {type(request).__name__}; expected Query or Step")
-        self._query = request
-        return request.x
-
-    def _mirrors_first_half(self, sample: torch.Tensor) -> bool:
-        """Whether ``sample`` is the returned prev_sample with its second half overwritten by its first:
-        DiT's guidance loop steps both halves of a doubled batch and keeps only the first."""
-        half, odd = divmod(sample.shape[0], 2)
-        if odd or sample.shape != self._returned.shape or not self.sampler.batch_independent:
-            return False
-        return torch.equal(sample[:half], self._returned[:half]) and torch.equal(sample[half:], sample[:half])
-
-    @staticmethod
-    def _first_half(step: Step) -> Step:
-        half = step.x.shape[0] // 2
-        return Step(step.i, step.x[:half], step.t[:half], nfe=step.nfe)
-
-    @staticmethod
-    def _mirror(v: torch.Tensor) -> torch.Tensor:
-        half = v.shape[0] // 2
-        return torch.cat([v[:half], v[:half]])
-
-    def _finish(self):
-        if self._run is not None:
-            self._run.close()
-        self._done = True
-        self._guard.flush()
+        return SchedulerRun(self.sampler, self.sde, self._grid[index // per_query:], sample, generator,
+                            self.config.noise)
 
     def step(self, model_output: torch.Tensor, timestep, sample: torch.Tensor, generator=None,
              return_dict: bool = True, **kwargs):
@@ -399,27 +352,22 @@ class RevSDEScheduler(SchedulerMixin, ConfigMixin):
             raise ValueError("call set_timesteps(num_inference_steps) before step()")
         if self._done:
             raise ValueError("this run has ended (all timesteps were stepped); call set_timesteps() to start another")
-        if self._run is None:
-            self._start(sample, timestep, generator)
-        elif sample is not self._returned and not torch.equal(sample, self._returned):
-            if not self._mirrors_first_half(sample):
-                raise ValueError("step() got a sample that differs from the prev_sample it returned: RevSDEScheduler's "
-                                 "samplers keep their own state (multistep history, Runge–Kutta stages), so the "
-                                 "latents may not be edited between steps (as 4-channel inpainting does); use a "
-                                 "9-channel inpainting model, or set_timesteps() to start a new run")
-            self._mirrored = True
-        query = self._query
+        run = self._run
+        if run is None:
+            run = self._run = self._start(sample, timestep, generator)
+        elif not run.accepts(sample):
+            raise ValueError("step() got a sample that differs from the prev_sample it returned: RevSDEScheduler's "
+                             "samplers keep their own state (multistep history, Runge–Kutta stages), so the "
+                             "latents may not be edited between steps (as 4-channel inpainting does); use a "
+                             "9-channel inpainting model, or set_timesteps() to start a new run")
+        query = run.query
         expected = self._query_model_list[self._step_index]
         on_host = not torch.is_tensor(timestep) or timestep.device.type == "cpu"  # reading it costs no sync
         if on_host and abs(float(timestep) - expected) > 1e-4 + 1e-6 * abs(expected):
             raise ValueError(f"step() got timestep {float(timestep):g} where the sampler evaluates at {expected:g} "
                              f"(entry {self._step_index} of scheduler.timesteps): step through scheduler.timesteps "
                              "in order, after set_timesteps()")
-        if generator is not None and isinstance(self._noise, GaussianNoise):
-            if not isinstance(generator, torch.Generator) and len(generator) != sample.shape[0]:
-                raise ValueError(f"generator is a list of {len(generator)} for a batch of {sample.shape[0]}: "
-                                 "give one per sample")
-            self._noise.generator = generator
+        run.use_generator(generator, sample.shape[0])
         if self._learned_variance:
             model_output = prediction_channels(model_output, query.x.shape[1], self.config.variance_type)
         if model_output.shape != query.x.shape:
@@ -427,25 +375,14 @@ class RevSDEScheduler(SchedulerMixin, ConfigMixin):
         value = model_output.to(query.x.dtype)
         if self._negate:  # invert_sigmas: the network's time runs backwards, its output is −flow
             value = -value
-        pred = Prediction(self._kind, value, query.x, query.t, self._grid_sde)
+        pred = Prediction(self._kind, value, query.x, query.t, run.sde)
         if self.config.thresholding:
             x0 = dynamic_threshold(pred.data, self.config.dynamic_thresholding_ratio, self.config.sample_max_value)
-            pred = Prediction("data", x0, query.x, query.t, self._grid_sde)
-        self.nfe += 1
+            pred = Prediction("data", x0, query.x, query.t, run.sde)
         last = self._step_index == self._query_model_t.shape[0] - 1
         self._step_index += 1
-        if last and self._final_zero:
-            x = pred.data
-            self._finish()
-        else:
-            x = self._advance(pred)
-        denoised = pred.data
-        if self._mirrored:
-            x, denoised = self._mirror(x), self._mirror(denoised)
-        if self._done and not bool(torch.isfinite(x).all()):
-            check_finite(self.sampler, Step(self.num_inference_steps - 1, x, query.t), self.nfe)
-        prev_sample = x.to(sample.dtype)
-        self._returned = prev_sample
+        x, denoised = run.answer(pred, final=last and self._final_zero, last_step=self.num_inference_steps - 1)
+        prev_sample = run.returned = x.to(sample.dtype)
         denoised = denoised.to(sample.dtype)
         if not return_dict:
             return prev_sample, denoised

@@ -19,7 +19,6 @@ SAMPLER_OPTIONS = ("order", "prediction", "stochastic", "lower_order_final", "de
 PREDICTION_TYPES = {"epsilon": "noise", "sample": "data", "v_prediction": "velocity"}
 TIMESTEP_SPACINGS = ("linspace", "leading", "trailing")
 FINAL_SIGMAS_TYPES = ("zero", "sigma_min")
-NOISES = ("gaussian", "brownian")
 #: the network's output is the prediction alone (DDPM's fixed_* name its own noise, which samplers choose here)
 FIXED_VARIANCE_TYPES = (None, "fixed_small", "fixed_small_log", "fixed_large", "fixed_large_log")
 #: the output holds 2C channels: the prediction, then a variance that no sampler here uses

@@ -8,14 +8,13 @@ guidance branches share the network.
 """
 from __future__ import annotations
 
-from types import SimpleNamespace
+from functools import partial
 from typing import Sequence
 
 import torch
 
 from ..model import Prediction, ScoreModel
-from ..samplers.base import Query, Step
-from ..solve import FiniteGuard
+from ..samplers.driver import Driver
 
 
 def _per_run(value, n: int, what: str) -> list:
@@ -60,40 +59,14 @@ def run_batched(model: ScoreModel, generators: Sequence, *, mu=None, cond=None,
         raise ValueError("run_batched needs at least one generator")
     mus = _per_run(mu, n, "mu")
     conds = [dict(c or {}) for c in _per_run(cond, n, "cond")]
-    results: list[torch.Tensor | None] = [None] * n
-    pending: dict[int, Query] = {}
-    steps = [0] * n
-
-    def advance(k: int, message):
-        """Send ``message`` to generator k; run through its Steps to its next Query or its end."""
-        try:
-            request = runs[k].send(message)
-            while isinstance(request, Step):
-                if k not in guards:  # no host sync per step off CPU, as in revsde.sample
-                    guards[k] = FiniteGuard(SimpleNamespace(name=f"generator {k}"), request.x.device)
-                guards[k](request, calls)
-                steps[k] += 1
-                if callback is not None:
-                    callback(k, request)
-                request = runs[k].send(None)
-        except StopIteration as stop:
-            results[k] = stop.value
-            pending.pop(k, None)
-            if k in guards:
-                guards[k].flush()
-            return
-        if not isinstance(request, Query):
-            raise TypeError(f"generator {k} yielded {type(request).__name__}; expected Query or Step")
-        pending[k] = request
-
+    drivers = [Driver(run, f"generator {k}", label=f"generator {k}",
+                      on_step=None if callback is None else partial(callback, k)) for k, run in enumerate(runs)]
     calls = 0
-    guards: dict[int, FiniteGuard] = {}
     try:
-        for k in range(n):
-            advance(k, None)
-        while pending:
-            live = list(pending)
-            queries = [pending[k] for k in live]
+        for driver in drivers:
+            driver.start()
+        while live := [k for k, driver in enumerate(drivers) if driver.query is not None]:
+            queries = [drivers[k].query for k in live]
             shapes = {tuple(q.x.shape[1:]) for q in queries}
             if len(shapes) > 1 or len({q.x.dtype for q in queries}) > 1:
                 raise ValueError(f"generators must share the state's shape (but the batch) and dtype to share a "
@@ -109,13 +82,13 @@ def run_batched(model: ScoreModel, generators: Sequence, *, mu=None, cond=None,
             else:
                 mu_cat = torch.cat([m.expand_as(q.x) for m, q in zip(live_mu, queries)])
             out = model.output(x, t, mu_cat, **_cat_cond([conds[k] for k in live], sizes))
-            calls += 1
+            calls += 1  # every live generator answers in every round: its driver's NFE is this count too
             for k, q, part in zip(live, queries, out.split(sizes)):
-                advance(k, Prediction(model.prediction, part, q.x, q.t, model.sde, mus[k]))
+                drivers[k].answer(Prediction(model.prediction, part, q.x, q.t, model.sde, mus[k]))
     finally:
-        for run in runs:
-            run.close()
-    return BatchedResults(results, calls, steps)
+        for driver in drivers:
+            driver.close()
+    return BatchedResults([driver.result for driver in drivers], calls, [driver.steps for driver in drivers])
 
 
 class BatchedResults(list):

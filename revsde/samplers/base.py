@@ -3,7 +3,8 @@
 Each network evaluation is written ``pred = yield Query(x, t)``; the driver answers with a
 ``Prediction``. After each step the sampler yields ``Step(i, x, t)`` so the driver can report
 progress, call callbacks and guard against NaN; the driver answers ``None``. The generator returns
-the final sample.
+the final sample. The driver is ``samplers.driver.Driver``, whoever evaluates the network; the
+``noise`` a run is given keeps the contract ``revsde.noise.NoiseSource``.
 """
 from __future__ import annotations
 

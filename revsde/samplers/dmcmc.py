@@ -38,10 +38,11 @@ from types import SimpleNamespace
 
 import torch
 
-from ..grids import check_levels
+from ..grids import check_levels, integration_grid, resample_grid
 from ..tensors import bcast
 from . import updates
 from .base import Query, Sampler, Step, check_choice, check_number
+from .driver import Driver
 
 INITS = ("integrator", "prior")
 KEEPS = ("min", "last")
@@ -171,7 +172,7 @@ class DMCMC(Sampler):
         if bool((levels[-1] <= grid[-1]).any()):
             raise ValueError(f"sampler 'dmcmc' needs every level above the grid's end (smallest level "
                              f"{float(levels[-1]):.6g}, grid end {float(grid[-1].max()):.6g})")
-        gens = _generators(noise)
+        gens = getattr(noise, "generators", None)  # NoiseSource: the chains' randomness, if it can be saved
         ctx = SimpleNamespace(mu=mu, noise=noise, levels=levels, alpha=sde.alpha(levels), i=0,
                               counts=dict.fromkeys(PHASES, 0), calls=0)
         self.run_info = {"classifier_calls": 0, "score_evals": ctx.counts}
@@ -257,22 +258,16 @@ class DMCMC(Sampler):
         return torch.searchsorted(cdf, (u * cdf[:, -1])[:, None], right=True)[:, 0].clamp(max=k - 1)
 
     def _relay(self, run, ctx, phase):
-        """Drive a sub-sampler: pass its queries through (counted in ``phase``), renumber its steps."""
+        """Drive a sub-sampler inside this run: its queries go up (counted in ``phase``), its steps renumbered."""
+        def renumber(step):
+            step.i = ctx.i
+            ctx.i += 1
+
+        inner = Driver(run, self._integrator.name, on_step=renumber, guard=False)  # the outer driver guards
         try:
-            request = next(run)
-            while True:
-                if isinstance(request, Query):
-                    ctx.counts[phase] += 1
-                    request = run.send((yield request))
-                else:
-                    request.i = ctx.i
-                    ctx.i += 1
-                    yield request
-                    request = run.send(None)
-        except StopIteration as stop:
-            return stop.value
+            return (yield from inner.relay())
         finally:
-            run.close()
+            ctx.counts[phase] += inner.nfe
 
     def _resume(self, state, x, gens):
         if tuple(state.x.shape) != tuple(x.shape):
@@ -285,47 +280,3 @@ class DMCMC(Sampler):
             for g, s in zip(gens, state.generators):
                 g.set_state(s)
         return state.x.to(device=x.device, dtype=x.dtype), state.level.to(x.device), state.rounds
-
-
-def _generators(noise) -> list[torch.Generator] | None:
-    """The noise source's generators (the chains' randomness), or None if it has none to save."""
-    gens = getattr(noise, "generator", None)
-    if gens is None:
-        gens = getattr(noise, "_fresh_gens", None)
-    if gens is None:
-        return None
-    return [gens] if isinstance(gens, torch.Generator) else list(gens)
-
-
-def resample_grid(sde, grid, steps: int) -> torch.Tensor:
-    """``grid`` (``(N+1,)`` or ``(N+1, B)``) with ``steps`` intervals instead of N, between the same ends and
-    with the same spacing profile: its half log-SNR λ (t if λ is not finite) interpolated linearly in the
-    step index, so a ``logsnr`` grid becomes the ``logsnr`` grid of ``steps`` steps."""
-    n = grid.shape[0] - 1
-    lam = sde.log_snr(grid)
-    finite = bool(torch.isfinite(lam).all())
-    value = lam if finite else grid
-    pos = torch.linspace(0, n, steps + 1, dtype=torch.float64, device=grid.device)
-    lo = pos.floor().long().clamp(max=n - 1)  # a grid has N ≥ 1 intervals; the last point uses lo = N − 1
-    w = bcast((pos - lo).to(value.dtype), value[lo])
-    out = value[lo] + w * (value[lo + 1] - value[lo])
-    t = (sde.t_from_log_snr(out) if finite else out).to(grid.dtype).clone()
-    t[0], t[-1] = grid[0], grid[-1]
-    return t.contiguous()
-
-
-def integration_grid(sde, grid, t_start) -> torch.Tensor:
-    """The ``(N+1, B)`` grid moved to start at ``t_start`` (``(B,)``) and end where ``grid`` ends, each
-    point at the same fraction of the λ-range as in ``grid`` (of the t-range if λ is not finite):
-    a ``logsnr`` grid becomes the ``logsnr`` grid from each chain's level."""
-    t_end = grid[-1]
-    lam, lam_start = sde.log_snr(grid), sde.log_snr(t_start)
-    if bool(torch.isfinite(lam).all() and torch.isfinite(lam_start).all()):
-        frac = (lam - lam[0]) / (lam[-1] - lam[0])
-        t = sde.t_from_log_snr(lam_start + frac * (lam[-1] - lam_start))
-    else:
-        frac = (grid - grid[0]) / (grid[-1] - grid[0])
-        t = t_start + frac * (t_end - t_start)
-    t = t.to(grid.dtype).clone()
-    t[0], t[-1] = t_start, t_end
-    return t.contiguous()
