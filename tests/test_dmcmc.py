@@ -322,7 +322,8 @@ def test_exact_posterior_is_bayes_rule_over_the_levels():
 def test_cnn_classifier_learns_and_its_training_resumes(tmp_path):
     """NoiseLevelClassifier on tiny data: the cross-entropy falls well below log K, and a run stopped
     half-way and resumed ends with the weights of an uninterrupted run; the export loads back."""
-    from revsde.apps.train_noise_classifier import export_weights, load_weights, read_config, train_noise_classifier
+    from revsde.apps.image.noise_classifier import export_weights, load_weights, read_config
+    from revsde.apps.image.train import train_noise_classifier
 
     sde = S.VPSDE()
     data = torch.rand(16, 1, 8, 8, generator=torch.Generator().manual_seed(0)) * 2 - 1
@@ -347,9 +348,9 @@ def test_cnn_classifier_learns_and_its_training_resumes(tmp_path):
 def test_committed_classifier_tells_the_noise_level_of_digits():
     """The committed weights (revsde/weights/noise_classifier_digits.md): levels are the built-in image model's
     100 log-SNR levels, and on fresh noised digits the argmax level is within ±3 for ≥ 97% (measured 99.3%)."""
-    from revsde.apps.image_data import digits
-    from revsde.apps.train_image import build_sde
-    from revsde.apps.train_noise_classifier import load_weights
+    from revsde.apps.image.data import digits
+    from revsde.apps.image.model import build_sde
+    from revsde.apps.image.noise_classifier import load_weights
 
     net, sde = load_weights(), build_sde()
     torch.testing.assert_close(net.levels, noise_levels(sde, 100), rtol=0, atol=0)
@@ -376,7 +377,7 @@ def test_cnn_classifier_drives_the_sampler():
 
 
 def test_cli_trains_and_exports_a_noise_classifier(tmp_path, capsys):
-    from revsde.apps.train_noise_classifier import load_weights
+    from revsde.apps.image.noise_classifier import load_weights
     from revsde.cli import main
 
     out = tmp_path / "nc"

@@ -11,7 +11,7 @@ PACKAGE = Path(revsde.__file__).resolve().parent
 #: the top-level part of revsde -> its layer (0: core; 1: kernels, nets, metrics, audio; 2: integrations,
 #: apps; 3: the command line)
 LAYERS = {"sde": 0, "samplers": 0, "model": 0, "grids": 0, "noise": 0, "solve": 0, "tensors": 0, "files": 0,
-          "graphs": 0, "graph_buffers": 0, "kernels": 1, "nets": 1, "metrics": 1, "audio": 1, "weights": 1,
+          "graphs": 0, "graph_buffers": 0, "kernels": 1, "nets": 1, "metrics": 1, "audio": 1, "io": 1, "weights": 1,
           "integrations": 2, "apps": 2, "cli": 3, "__main__": 3}
 
 
@@ -95,3 +95,36 @@ def test_no_import_cycles():
         if v not in index:
             visit(v)
     assert not cycles, "import cycles:\n" + "\n".join(" <-> ".join(c) for c in cycles)
+
+
+def is_training(module: str) -> bool:
+    return module.endswith(".train") or module == "revsde.apps.trainer"
+
+
+def test_inference_never_imports_training():
+    """Below the command line, no module reaches a training module (``apps.<app>.train``, ``apps.trainer``)
+    through its imports, directly or through others, unless it trains itself."""
+    graph = import_graph()
+
+    def reach(start: str) -> set[str]:
+        seen, todo = set(), [start]
+        while todo:
+            for target in graph.get(todo.pop(), ()):
+                if target not in seen:
+                    seen.add(target)
+                    todo.append(target)
+        return seen
+
+    found = sorted(f"{m} -> {', '.join(sorted(t for t in reach(m) if is_training(t)))}" for m in graph
+                   if not is_training(m) and layer(m) is not None and layer(m) < LAYERS["cli"]
+                   and any(is_training(t) for t in reach(m)))
+    assert not found, "inference importing training:\n" + "\n".join(found)
+
+
+def test_the_layout_limits():
+    """docs/architecture.md: modules of at most 400 lines, folders of at most 15 modules."""
+    long = sorted(f"{p.relative_to(PACKAGE.parent)}: {n}" for p in PACKAGE.rglob("*.py")
+                  if (n := len(p.read_text(encoding="utf-8").splitlines())) > 400)
+    crowded = sorted(f"{d.relative_to(PACKAGE.parent)}: {n}" for d in [PACKAGE, *PACKAGE.rglob("*")] if d.is_dir()
+                     and (n := len([p for p in d.glob("*.py") if p.name != "__init__.py"])) > 15)
+    assert not long and not crowded, f"modules over 400 lines: {long}; folders over 15 modules: {crowded}"
