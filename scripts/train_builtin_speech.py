@@ -216,8 +216,18 @@ def total_minutes(config: dict) -> float:
 NAMES = {"pesq": "PESQ", "estoi": "ESTOI", "si_sdr": "SI-SDR (dB)"}
 
 
+HISTORY = "## Training history"
+
+
+def kept_history(card_path: Path) -> str:
+    """The card's hand-written ``## Training history`` section (to its end), which a regenerated card keeps:
+    what each stage changed in the held-out results, written by the sessions that trained them."""
+    text = card_path.read_text(encoding="utf-8") if card_path.is_file() else ""
+    return text[text.index(HISTORY):].strip() if HISTORY in text else ""
+
+
 def card(config: dict, evals: list[dict], command: str, n_params: int, threads: int,
-         by_noise: dict | None = None) -> str:
+         by_noise: dict | None = None, history: str = "") -> str:
     sde, net = config["sde"], config["net"]
     rec = best_mrs(evals)
     rec_flags = "".join(f" --option {k}={v}" for k, v in rec["options"].items())
@@ -284,7 +294,7 @@ def card(config: dict, evals: list[dict], command: str, n_params: int, threads: 
                          f"{rec['mean']['pesq'] - ev['mean']['pesq']:+.3f} with {ev['nfe'] / rec['nfe']:.0f}× fewer "
                          "network evaluations.")
     extra = added_noise_results(config, by_noise or {})
-    return "\n".join(lines + ([""] + extra if extra else []) + [""])
+    return "\n".join(lines + ([""] + extra if extra else []) + (["", history] if history else []) + [""])
 
 
 def command_args(argv: list[str]) -> list[str]:
@@ -402,7 +412,8 @@ def main(argv=None) -> int:
         noises_path = out_dir / "eval_noises.json"
         by_noise = json.loads(noises_path.read_text()) if noises_path.exists() else {}
         with atomic_output(card_path) as f:
-            f.write(card(config, evals, command, n_params, args.threads, by_noise).encode())
+            f.write(card(config, evals, command, n_params, args.threads, by_noise,
+                         kept_history(card_path)).encode())
         print(f"wrote {card_path}")
         return 0
     speech = SpeechModel(score, spec, weights.name)
@@ -428,7 +439,8 @@ def main(argv=None) -> int:
     with atomic_output(out_dir / "eval_noises.json") as f:
         f.write(json.dumps(by_noise, indent=1).encode())
     with atomic_output(card_path) as f:
-        f.write(card(config, evals, command, n_params, args.threads, by_noise).encode())
+        f.write(card(config, evals, command, n_params, args.threads, by_noise,
+                         kept_history(card_path)).encode())
     print(f"wrote {card_path}")
     return 0
 

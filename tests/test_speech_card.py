@@ -232,3 +232,19 @@ def test_only_the_stage_resumed_with_another_total_says_so(script):
     assert "resumed" not in first
     assert "(the run was resumed with other totals; the cosine ran over 1500 steps from step 0, over 1000 steps " \
            "from step 120)" in last
+
+
+def test_a_regenerated_card_keeps_its_training_history(script, tmp_path):
+    """The card's hand-written ``## Training history`` section survives regeneration, verbatim and last;
+    a card without one (or no card yet) gets none."""
+    evals = [evaluation(*e) for e in EVALS]
+    history = "## Training history\n\nStage 2 lifted SI-SDR by 0.4 dB.\n\n- a probe that did not help"
+    old = tmp_path / "speech_enhance.md"
+    assert script.kept_history(old) == ""
+    old.write_text(script.card(CONFIG, evals, "cmd", 580_000, 2) + "\n" + history + "\n")
+    kept = script.kept_history(old)
+    assert kept == history
+    text = script.card(CONFIG, evals, "cmd", 580_000, 2, history=kept)
+    assert text.endswith(history + "\n") and text.count("## Training history") == 1
+    assert script.kept_history(old.with_name("none.md")) == ""
+
