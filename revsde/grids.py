@@ -203,6 +203,15 @@ def integration_grid(sde, grid, t_start) -> torch.Tensor:
     return t.contiguous()
 
 
+def sgmse_grid(steps: int, t_eps: float, t_max: float = 1.0) -> torch.Tensor:
+    """SGMSE+'s time points: ``linspace(t_max, t_eps, steps)`` then 0 (``steps`` intervals; its last step,
+    from ``t_eps`` to 0, is SGMSE's "from eps to 0"; one step goes from ``t_max`` straight to 0, as SGMSE's
+    loop does with N = 1)."""
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+        raise ValueError(f"SGMSE's grid needs at least 1 step (got {steps!r})")
+    return torch.cat([torch.linspace(t_max, t_eps, steps, dtype=torch.float64), torch.zeros(1, dtype=torch.float64)])
+
+
 def get(name: str) -> Callable:
     try:
         return GRIDS[name]

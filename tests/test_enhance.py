@@ -12,7 +12,8 @@ import soundfile as sf
 import torch
 
 from revsde.apps.speech import enhance as E
-from revsde.apps.speech.enhance import Enhancer, SpeechModel, chunking, enhance_array, enhance_files, sgmse_grid
+from revsde.apps.speech.enhance import Enhancer, SpeechModel, chunking, enhance_array, enhance_files
+from revsde.grids import sgmse_grid
 from revsde.apps.speech.model import export_weights
 from revsde.apps.speech.train import train_speech
 from revsde.audio.stream import PEAK_LIMIT, windows_count
@@ -333,17 +334,6 @@ def test_a_models_recommended_setting_is_the_default_and_anything_given_wins(tin
 
 
 # --- SGMSE+'s sampler ---------------------------------------------------------------------------
-def test_sgmse_grid_is_sgmse_timesteps_then_zero():
-    grid = sgmse_grid(30, 0.03)
-    assert grid.shape == (31,) and grid.dtype == torch.float64
-    torch.testing.assert_close(grid[:30], torch.linspace(1, 0.03, 30, dtype=torch.float64), rtol=0, atol=0)
-    assert float(grid[0]) == 1.0 and float(grid[29]) == 0.03 and float(grid[30]) == 0.0
-    torch.testing.assert_close(sgmse_grid(1, 0.03), torch.tensor([1.0, 0.0], dtype=torch.float64))  # SGMSE's N = 1
-    for bad in (0, 2.0, True):
-        with pytest.raises(ValueError, match="at least 1 step"):
-            sgmse_grid(bad, 0.03)
-
-
 def test_sgmse_sampler_runs_sgmse_grid_to_zero_at_two_evaluations_per_step(speech, tmp_path, monkeypatch):
     assert Enhancer(speech, sampler="sgmse", nfe=60).steps == 30
     torch.testing.assert_close(Enhancer(speech, sampler="sgmse", nfe=60).grid, sgmse_grid(30, 0.03), rtol=0, atol=0)

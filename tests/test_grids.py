@@ -156,3 +156,14 @@ def test_get_unknown_grid_lists_valid_names():
     with pytest.raises(ValueError) as info:
         grids.get("cosine")
     assert all(name in str(info.value) for name in grids.available())
+
+
+def test_sgmse_grid_is_sgmse_timesteps_then_zero():
+    grid = grids.sgmse_grid(30, 0.03)
+    assert grid.shape == (31,) and grid.dtype == torch.float64
+    torch.testing.assert_close(grid[:30], torch.linspace(1, 0.03, 30, dtype=torch.float64), rtol=0, atol=0)
+    assert float(grid[0]) == 1.0 and float(grid[29]) == 0.03 and float(grid[30]) == 0.0
+    torch.testing.assert_close(grids.sgmse_grid(1, 0.03), torch.tensor([1.0, 0.0], dtype=torch.float64))  # SGMSE's N = 1
+    for bad in (0, 2.0, True):
+        with pytest.raises(ValueError, match="at least 1 step"):
+            grids.sgmse_grid(bad, 0.03)

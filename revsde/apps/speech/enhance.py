@@ -39,6 +39,7 @@ from revsde.audio.stream import (ArraySource, FileSource, collect, keep_silence,
                             write_peak_safe)
 from revsde.model import ScoreModel
 from revsde.sde.ouve import OUVESDE
+from revsde.grids import sgmse_grid
 from revsde.solve import sample
 from revsde.io.batch import MAX_NFE, BatchReport, check_nfe, fixed_step_sampler, plan_batch, run_batch
 from revsde.io.batch import run_settings as batch_run_settings
@@ -106,15 +107,6 @@ def load_speech_model(model: str = "builtin", *, device=None, weights: str = "em
 
     ckpt = load_sgmse_checkpoint(path, weights=weights, map_location=device)
     return SpeechModel(ckpt.score_model(), ckpt.spec, f"{path.name}: {ckpt.describe()}")
-
-
-def sgmse_grid(steps: int, t_eps: float, t_max: float = 1.0) -> torch.Tensor:
-    """SGMSE+'s time points: ``linspace(t_max, t_eps, steps)`` then 0 (``steps`` intervals; its last step,
-    from ``t_eps`` to 0, is SGMSE's "from eps to 0"; one step goes from ``t_max`` straight to 0, as SGMSE's
-    loop does with N = 1)."""
-    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
-        raise ValueError(f"SGMSE's grid needs at least 1 step (got {steps!r})")
-    return torch.cat([torch.linspace(t_max, t_eps, steps, dtype=torch.float64), torch.zeros(1, dtype=torch.float64)])
 
 
 class Enhancer:
