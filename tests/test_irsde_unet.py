@@ -132,6 +132,27 @@ def test_channel_layer_norm_and_linear_attention_definitions():
     torch.testing.assert_close(attn(x), attn.to_out(out.reshape(2, 8, 5, 3)))
 
 
+def one_shot_linear_attention(attn: LinearAttention, x: torch.Tensor) -> torch.Tensor:
+    """IR-SDE's layer as it computes it: the whole ``to_qkv`` output at once, then every head together."""
+    b, _, h, w = x.shape
+    q, k, v = (part.reshape(b, attn.heads, attn.dim_head, h * w) for part in attn.to_qkv(x).chunk(3, dim=1))
+    q = q.softmax(dim=-2) * attn.scale
+    context = k.softmax(dim=-1) @ (v / (h * w)).transpose(-1, -2)
+    return attn.to_out((context.transpose(-1, -2) @ q).reshape(b, attn.heads * attn.dim_head, h, w))
+
+
+@pytest.mark.parametrize("shape", [(1, 16, 64, 64), (3, 32, 17, 9), (2, 64, 8, 8)])
+def test_head_by_head_attention_equals_the_one_shot_layer_bit_for_bit(shape):
+    """The bounded-memory layer (k and v into each head's context first, never the full to_qkv output)
+    returns exactly what IR-SDE's one-shot computation returns, in float32, with the same keys."""
+    torch.manual_seed(1)
+    attn = LinearAttention(shape[1])
+    x = torch.randn(shape)
+    with torch.no_grad():
+        assert torch.equal(attn(x), one_shot_linear_attention(attn, x))
+    assert sorted(attn.state_dict()) == ["to_out.0.bias", "to_out.0.weight", "to_out.1.g", "to_qkv.weight"]
+
+
 @pytest.fixture(scope="module")
 def small_net():
     torch.manual_seed(0)

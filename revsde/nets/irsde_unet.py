@@ -67,7 +67,14 @@ class Residual(nn.Module):
 
 
 class LinearAttention(nn.Module):
-    """Linear attention (softmax of q over its features, of k over positions), ``to_out`` = 1×1 conv + norm."""
+    """Linear attention (softmax of q over its features, of k over positions), ``to_out`` = 1×1 conv + norm.
+
+    IR-SDE's layer (``to_qkv`` a 1×1 conv to 3 · heads · dim_head channels, its key layout kept), computed
+    head by head in bounded memory: each head's k and v (1×1 convs with that head's rows of the ``to_qkv``
+    weight) go into its small ``dim_head × dim_head`` context first, then its q, so the full-resolution
+    ``to_qkv`` output (3 · 128 channels per pixel, ten times the 16-channel network's features) never
+    exists. The outputs equal the one-shot computation bit for bit (tested).
+    """
 
     def __init__(self, dim: int, heads: int = 4, dim_head: int = 32):
         super().__init__()
@@ -78,13 +85,18 @@ class LinearAttention(nn.Module):
 
     def forward(self, x):
         b, _, h, w = x.shape
-        q, k, v = (part.reshape(b, self.heads, self.dim_head, h * w) for part in self.to_qkv(x).chunk(3, dim=1))
-        q = q.softmax(dim=-2) * self.scale
-        k = k.softmax(dim=-1)
-        v = v / (h * w)
-        context = k @ v.transpose(-1, -2)  # (b, heads, d, e): Σ_n k_dn v_en
-        out = context.transpose(-1, -2) @ q  # (b, heads, e, n): Σ_d context_de q_dn
-        return self.to_out(out.reshape(b, self.heads * self.dim_head, h, w))
+        n, d, hidden = h * w, self.dim_head, self.heads * self.dim_head
+        weight = self.to_qkv.weight
+        out = x.new_empty(b, self.heads, d, n)
+        for head in range(self.heads):
+            def part(which: int) -> torch.Tensor:  # 0: q, 1: k, 2: v of this head, (b, d, n)
+                rows = weight[which * hidden + head * d: which * hidden + (head + 1) * d]
+                return F.conv2d(x, rows).reshape(b, d, n)
+
+            context = part(1).softmax(dim=-1) @ (part(2) / n).transpose(-1, -2)  # (b, d, e): Σ_n k_dn v_en
+            q = part(0).softmax(dim=-2) * self.scale
+            out[:, head] = context.transpose(-1, -2) @ q  # (b, e, n): Σ_d context_de q_dn
+        return self.to_out(out.reshape(b, hidden, h, w))
 
 
 def conv_nobias(dim_in: int, dim_out: int, kernel: int = 3) -> nn.Conv2d:
