@@ -158,3 +158,33 @@ def test_help_and_version_do_not_import_torch(args):
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
     assert "revsde" in done.stdout
+
+
+def test_threads_flag_sets_torch_threads_and_the_default_respects_the_affinity(tmp_path, capsys):
+    """--threads N sets torch's intra-op threads; without it torch's count stays, capped at the cores the
+    process may use; 0 is refused; the OpenMP wait policy is passive unless the user set one."""
+    import os
+
+    import torch
+
+    from revsde.cli.common import available_cores
+
+    before = torch.get_num_threads()
+    try:
+        argv = ["sample", "--n", "20", "--steps", "2", "-o", str(tmp_path / "s.npz"), "--no-plot"]
+        assert main([*argv, "--threads", "2"]) == 0 and torch.get_num_threads() == 2
+        torch.set_num_threads(1)
+        assert main(argv) == 0 and torch.get_num_threads() == 1  # the default keeps a lower count
+        torch.set_num_threads(available_cores() + 3)
+        assert main(argv) == 0 and torch.get_num_threads() == available_cores()
+        assert main([*argv, "--threads", "0"]) == 2
+        assert "revsde: error: --threads must be >= 1 (got 0)" in capsys.readouterr().err
+    finally:
+        torch.set_num_threads(before)
+    probe = ("import os\nfrom revsde.cli import main\ntry:\n    main(['--version'])\nexcept SystemExit:\n    pass\n"
+             "print(os.environ.get('OMP_WAIT_POLICY'))")
+    env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
+    for policy, expected in ((None, "PASSIVE"), ("ACTIVE", "ACTIVE")):
+        extra = {} if policy is None else {"OMP_WAIT_POLICY": policy}
+        out = subprocess.run([sys.executable, "-c", probe], env={**env, **extra}, capture_output=True, text=True)
+        assert out.stdout.split()[-1] == expected, out

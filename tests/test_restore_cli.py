@@ -11,7 +11,8 @@ import pytest
 import torch
 
 from revsde.io.images import Image, read_image, write_image
-from revsde.apps.restore.restore import restore_tiled, tiles
+from revsde.apps.restore.restore import (DEFAULT_MAX_MEMORY, MIN_AUTO_TILE, auto_tile, bytes_per_pixel,
+                                         restore_tiled, tiles)
 from revsde.apps.restore.model import export_weights
 from revsde.cli import main
 from revsde.nets.irsde_unet import ConditionalUNet
@@ -130,6 +131,41 @@ def test_tiling_equals_whole_image_where_it_fits(tiny_model, images, tmp_path):
     assert read_image(tmp_path / "small" / "rgb.png").pixels.shape == (20, 27, 3)
 
 
+def test_auto_tile_is_the_largest_tile_within_the_budget():
+    assert auto_tile(512, 512, 2560, DEFAULT_MAX_MEMORY) is None  # 0.67 GB fits 768 MiB: one call, no tiles
+    side = auto_tile(3000, 3000, 2560, DEFAULT_MAX_MEMORY)
+    assert side % 16 == 0 and side**2 * 2560 <= DEFAULT_MAX_MEMORY < (side + 16) ** 2 * 2560
+    assert auto_tile(3000, 200, 2560, DEFAULT_MAX_MEMORY) == side  # a strip that does not fit: the same tiles
+    assert auto_tile(10**5, 10**5, 2560, None) is None  # no budget: never tiles by itself
+    assert auto_tile(200, 200, 1000, MIN_AUTO_TILE**2 * 1000) == MIN_AUTO_TILE
+    with pytest.raises(ValueError, match="the smallest is 64 px"):
+        auto_tile(200, 200, 1000, MIN_AUTO_TILE**2 * 1000 - 1)
+
+
+def test_bytes_per_pixel_grows_with_the_network_width(tiny_model):
+    from revsde.apps.restore.restore import load_restore_model
+
+    model, _ = load_restore_model(str(tiny_model))
+    assert bytes_per_pixel(model) == 1536 + 64 * 8  # the tiny ConditionalUNet has nf = 8
+    assert bytes_per_pixel(lambda x: x) == 1536 + 64 * 64  # unknown: as large as IR-SDE's own nf = 64
+
+
+def test_an_image_over_the_budget_is_tiled_by_itself_and_one_within_it_is_not(tiny_model, tmp_path):
+    """--max-memory: a 100×90 image that needs more than 8 MiB (tiny net: 2048 B/pixel) is restored in
+    64-px tiles, byte for byte as --tile 64 does; within 64 MiB it is restored whole, as with no budget."""
+    rng = np.random.default_rng(3)
+    src = tmp_path / "big.png"
+    write_image(src, Image(rng.random((100, 90, 3), dtype=np.float32)))
+    common = ["--model", tiny_model, "--nfe", "2"]
+    run(src, "-o", tmp_path / "auto", "--max-memory", "8M", *common)
+    run(src, "-o", tmp_path / "forced", "--tile", "64", "--max-memory", "none", *common)
+    run(src, "-o", tmp_path / "whole", "--max-memory", "none", *common)
+    run(src, "-o", tmp_path / "fits", "--max-memory", "64M", *common)
+    auto, forced = (tmp_path / "auto" / "big.png").read_bytes(), (tmp_path / "forced" / "big.png").read_bytes()
+    whole, fits = (tmp_path / "whole" / "big.png").read_bytes(), (tmp_path / "fits" / "big.png").read_bytes()
+    assert auto == forced and fits == whole and auto != whole
+
+
 # --- checked before any work ----------------------------------------------------------------------
 def refused(capsys) -> str:
     """The one error line of a run refused before any work (no banner, nothing restored)."""
@@ -171,6 +207,8 @@ def test_an_unwritable_output_folder_is_refused_before_any_work(tiny_model, imag
     (["--nfe", "99999999999"], "--nfe must be an integer from 1 to 10000 (got 99999999999)"),
     (["--nfe", "0"], "--nfe must be an integer >= 1"),
     (["--sampler", "nope"], "unknown sampler 'nope'"),
+    (["--max-memory", "1M"], "--max-memory 1048576 bytes is below one 64 px tile of this model (8388608 bytes"),
+    (["--threads", "0"], "--threads must be >= 1 (got 0)"),
 ])
 def test_settings_are_refused_before_the_banner_and_any_image(tiny_model, images, tmp_path, capsys, args, message):
     out = tmp_path / "out"

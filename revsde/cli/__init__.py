@@ -8,11 +8,12 @@ is a bug and keeps its traceback.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 from .. import __version__
-from .common import (Parser, integer, option_dict, options_of, parse_mu, parse_option,  # noqa: F401
-                     parse_value)
+from .common import (Parser, add_threads_flag, apply_threads, integer, option_dict, options_of,  # noqa: F401
+                     parse_mu, parse_option, parse_value)
 
 DESCRIPTION = """\
 revsde: a diffusion sampling engine. One solver core for every linear diffusion path (VP, sub-VP,
@@ -132,6 +133,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="fresh Gaussian noise per step, or one fixed Brownian path per sample, the same "
                         "at every step count (default: gaussian)")
     p.add_argument("--device", default=None, help="torch device, e.g. cpu or cuda (default: cpu)")
+    add_threads_flag(p)
     p.add_argument("-o", "--output", default=None, metavar="OUT",
                    help="where to write the samples, exact moments and metadata (default: out/gmm_samples.npz); "
                         "with --diffusers a folder for sample_NNN.png, grid.png, run.json "
@@ -200,6 +202,7 @@ def main(argv: list[str] | None = None) -> int:
     from .bench import old_form_error
 
     argv = sys.argv[1:] if argv is None else list(argv)
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # idle OpenMP threads sleep: set before torch starts them
     if old_form_error(argv):
         print(old_form_error(argv), file=sys.stderr)
         return 2
@@ -208,6 +211,7 @@ def main(argv: list[str] | None = None) -> int:
     from ..solve import NonFiniteStateError
 
     try:
+        apply_threads(args)
         return args.run(args)
     except ValueError as error:
         print(f"revsde: error: {error}", file=sys.stderr)

@@ -9,6 +9,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from .common import add_threads_flag
+
 BENCH_DESCRIPTION = """\
 Measure samplers against their peers, per task:
   gmm      analytic Gaussian-mixture problems whose score and distribution are exact: every revsde
@@ -40,6 +42,7 @@ def _harness_flags(p, stem: str, nfe_default: str) -> None:
                         "(by default its cells are reused; a cache written with other settings is refused)")
     p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
                    help="show a progress bar on stderr (default: when stderr is a terminal)")
+    add_threads_flag(p)
 
 
 def _selection_flags(p) -> None:

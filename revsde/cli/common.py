@@ -46,6 +46,58 @@ def integer(text: str) -> int:
     return value
 
 
+UNITS = {"": 1, "K": 2**10, "M": 2**20, "G": 2**30, "T": 2**40}
+
+
+def memory_size(text: str) -> int | None:
+    """Bytes from ``768M``, ``2G``, ``1.5G``, ``4096`` (K, M, G, T: powers of 1024, a trailing B or iB
+    allowed); ``none`` for no limit."""
+    cleaned = text.strip().upper().removesuffix("IB").removesuffix("B")
+    if cleaned in ("NONE", "NO"):
+        return None
+    unit = cleaned[-1:] if cleaned[-1:] in UNITS else ""
+    try:
+        value = float(cleaned[: len(cleaned) - len(unit)])
+    except ValueError:
+        value = -1.0
+    if not value > 0 or value != value or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a size such as 768M, 2G or 4096 (bytes), or none (got {text!r})")
+    return int(value * UNITS[unit])
+
+
+def available_cores() -> int:
+    """The CPU cores this process may run on (its affinity where the system tells it)."""
+    import os
+
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
+def add_threads_flag(p) -> None:
+    p.add_argument("--threads", type=integer, default=None, metavar="N",
+                   help="torch CPU threads (default: torch's, at most the cores available to this process); idle "
+                        "threads wait passively (OMP_WAIT_POLICY=PASSIVE unless set), so they do not slow a shared "
+                        "machine by spinning")
+
+
+def apply_threads(args) -> int | None:
+    """Set torch's intra-op threads from ``--threads``; without it, torch's own count capped at the cores
+    this process may run on (torch counts the machine's cores, a container or ``taskset`` may allow fewer).
+    Returns the count in force (``None`` for a command without the flag)."""
+    if not hasattr(args, "threads"):
+        return None
+    if args.threads is not None and args.threads < 1:
+        raise ValueError(f"--threads must be >= 1 (got {args.threads})")
+    import torch
+
+    threads = args.threads or min(torch.get_num_threads(), available_cores())
+    if threads != torch.get_num_threads():
+        torch.set_num_threads(threads)
+    return threads
+
+
 class Parser(argparse.ArgumentParser):
     """argparse whose errors are one line that names the problem and where the help is, not the usage
     block (sub-commands' parsers are of the same class). Help that lists the registries (samplers,

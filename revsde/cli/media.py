@@ -4,18 +4,19 @@ from __future__ import annotations
 import argparse
 import sys
 
-from .common import integer, options_of, parse_option
+from .common import add_threads_flag, integer, memory_size, options_of, parse_option
 
 RESTORE_DESCRIPTION = """\
 Restore degraded images with a mean-reverting diffusion model: the image is the observation mu of
 the MR SDE, sampling starts at mu + lambda z and runs the sampler for --nfe network evaluations.
-PNG, JPEG and TIFF; gray, RGB and RGBA (alpha kept); 8 and 16 bits (kept). Any size: the network
-pads and crops; --tile cuts large images into overlapping, blended tiles. Settings, inputs, the
-model file and the --output folder are checked before any work (exit status 2). Outputs are written
-atomically under --output and never over an input; a file that cannot be read is reported and
-skipped, the rest go on, and the exit status is 1 if any failed. A folder is searched without the
---output folder inside it and without revsde's temporary files; a run removes the temporaries that a
-killed run left beside its outputs."""
+PNG, JPEG and TIFF; gray, RGB and RGBA (alpha kept); 8 and 16 bits (kept). Any size, in bounded
+memory: the network pads and crops, and an image that needs more than --max-memory is cut into
+overlapping, blended tiles (--tile forces a size). Settings, inputs, the model file and the --output
+folder are checked before any work (exit status 2). Outputs are written atomically under --output
+and never over an input; a file that cannot be read is reported and skipped, the rest go on, and the
+exit status is 1 if any failed. A folder is searched without the --output folder inside it and
+without revsde's temporary files; a run removes the temporaries that a killed run left beside its
+outputs."""
 
 ENHANCE_DESCRIPTION = """\
 Enhance noisy speech with an SGMSE+-style score model on the OUVE SDE: each channel's compressed
@@ -41,6 +42,7 @@ def _batch_flags(p, items: str, option_example: str, bars: str) -> None:
     p.add_argument("--seed", type=integer, default=0, help="seed of the sampling noise (default: 0)")
     p.add_argument("--skip-existing", action="store_true", help=f"leave {items} whose output exists (resume a folder)")
     p.add_argument("--device", default=None, help="torch device, e.g. cpu or cuda (default: cpu)")
+    add_threads_flag(p)
     p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
                    help=f"show {bars} on stderr (default: when stderr is a terminal)")
 
@@ -78,7 +80,13 @@ def add_restore_parser(commands) -> None:
                         "--sampler other than the card's and no --option is given, the built-in's included; else 10). "
                         "A run outside the sampler and NFE range the card validated warns on stderr")
     r.add_argument("--tile", type=integer, default=None, metavar="PX",
-                   help="restore in overlapping PX x PX tiles, blended (for images too large for memory)")
+                   help="restore in overlapping PX x PX tiles, blended (default: tiles only when an image needs more "
+                        "than --max-memory, then the largest that fit)")
+    r.add_argument("--max-memory", type=memory_size, default="768M", metavar="SIZE",
+                   help="the network's memory budget per image or tile, e.g. 768M or 2G (default: 768M, so a run "
+                        "stays within about 2 GiB at any image size); an image that needs more is restored in the "
+                        "largest overlapping tiles that fit, one that fits is restored whole; 'none': never tile "
+                        "unless --tile is given")
     r.add_argument("--overlap", type=integer, default=None, metavar="PX",
                    help="tile overlap, smaller than --tile (default: 32, at most half the tile)")
     _batch_flags(r, "images", "--option order=3", "a progress bar")
@@ -111,22 +119,25 @@ def add_enhance_parser(commands) -> None:
 
 
 def _run_restore(args) -> int:
-    from ..apps.restore.restore import (check_settings, load_restore_model, plan, recommended_setting, restore_files,
-                          run_settings, validation_warning)
+    from ..apps.restore.restore import (check_budget, check_settings, load_restore_model, plan, recommended_setting,
+                                        restore_files, run_settings, validation_warning)
 
     options, progress, device = _setup(args)
     recommended = recommended_setting(args.model, args.task)  # the file's metadata only
     sampler, nfe, options, origin = run_settings(recommended, args.sampler, args.nfe, options)
-    overlap = check_settings(sampler=sampler, nfe=nfe, options=options, tile=args.tile, overlap=args.overlap)
+    overlap = check_settings(sampler=sampler, nfe=nfe, options=options, tile=args.tile, overlap=args.overlap,
+                             max_memory=args.max_memory)
     plan(args.inputs, args.output)  # inputs found, -o usable, no input overwritten: before the model loads
     model, description = load_restore_model(args.model, args.task, irsde_config=args.irsde_config, device=device)
+    check_budget(model, args.tile, args.max_memory)
     shown = "".join(f", {k}={v}" for k, v in options.items())
     print(f"model: {description}; sampler {sampler}{shown}, NFE {nfe} per image (tile) ({origin}), seed {args.seed}")
     warning = validation_warning(recommended, sampler, nfe, options)
     if warning:
         print(warning, file=sys.stderr)
     report = restore_files(args.inputs, args.output, model, sampler=sampler, nfe=nfe, seed=args.seed,
-                           options=options, tile=args.tile, overlap=overlap, skip_existing=args.skip_existing,
+                           options=options, tile=args.tile, overlap=overlap, max_memory=args.max_memory,
+                           skip_existing=args.skip_existing,
                            device=device, progress=progress, log=print)
     print(report.summary())
     return 1 if report.failed else 0

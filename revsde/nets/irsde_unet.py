@@ -9,9 +9,8 @@ Network contract: ``net(x, time, mu=mu) -> ε`` with ``x`` the state ``x_t``, ``
 (the MR SDE's mean) and ``time`` the raw IR-SDE index (0 … T, float, scalar or ``(B,)``) — exactly what
 ``revsde.ScoreModel`` passes with ``sde.model_time`` of an ``MRSDE``. The net sees ``cat([x − μ, μ])``.
 
-The denoising task of that repository is a different model (``DenoisingSDE``, unconditional, softmax
-attention in the middle block); its checkpoint does not load here and it has no entry in
-``OFFICIAL_CONFIGS``.
+That repository's denoising task is another model (``DenoisingSDE``, unconditional, softmax attention):
+its checkpoint does not load here and has no ``OFFICIAL_CONFIGS`` entry.
 """
 from __future__ import annotations
 
@@ -68,13 +67,8 @@ class Residual(nn.Module):
 
 class LinearAttention(nn.Module):
     """Linear attention (softmax of q over its features, of k over positions), ``to_out`` = 1×1 conv + norm.
-
-    IR-SDE's layer (``to_qkv`` a 1×1 conv to 3 · heads · dim_head channels, its key layout kept), computed
-    head by head in bounded memory: each head's k and v (1×1 convs with that head's rows of the ``to_qkv``
-    weight) go into its small ``dim_head × dim_head`` context first, then its q, so the full-resolution
-    ``to_qkv`` output (3 · 128 channels per pixel, ten times the 16-channel network's features) never
-    exists. The outputs equal the one-shot computation bit for bit (tested).
-    """
+    Head by head: each head's k, v (that head's rows of the ``to_qkv`` weight) into its small context, then
+    its q, so the full-resolution ``to_qkv`` output never exists; bit-identical to the one-shot layer."""
 
     def __init__(self, dim: int, heads: int = 4, dim_head: int = 32):
         super().__init__()
@@ -90,8 +84,7 @@ class LinearAttention(nn.Module):
         out = x.new_empty(b, self.heads, d, n)
         for head in range(self.heads):
             def part(which: int) -> torch.Tensor:  # 0: q, 1: k, 2: v of this head, (b, d, n)
-                rows = weight[which * hidden + head * d: which * hidden + (head + 1) * d]
-                return F.conv2d(x, rows).reshape(b, d, n)
+                return F.conv2d(x, weight[which * hidden + head * d: which * hidden + (head + 1) * d]).reshape(b, d, n)
 
             context = part(1).softmax(dim=-1) @ (part(2) / n).transpose(-1, -2)  # (b, d, e): Σ_n k_dn v_en
             q = part(0).softmax(dim=-2) * self.scale

@@ -175,6 +175,47 @@ def restore_tiled(restore: Callable[[np.ndarray, int], np.ndarray], rgb: np.ndar
 
 #: the tile overlap when none is given: 32 pixels, at most half the tile
 DEFAULT_OVERLAP = 32
+#: the memory the network may use per patch when neither ``tile`` nor ``max_memory`` is given: 768 MiB, so
+#: that a run (torch, the model, the image and its blend buffers) stays within 2 GiB on any image size
+DEFAULT_MAX_MEMORY = 768 * 2**20
+#: the smallest tile automatic tiling uses (a budget that allows less is refused)
+MIN_AUTO_TILE = 64
+
+
+def bytes_per_pixel(model) -> int:
+    """The network's working memory per pixel of a patch (float32, batch 1), an upper estimate: IR-SDE's
+    ``ConditionalUNet`` of width ``nf`` measured 2114, 2733 and 4440 B/pixel at nf 16, 32 and 64 (marginal
+    peak RSS between 384² and 768² on CPU), bounded here by ``1536 + 64·nf``; a network of another kind is
+    taken to be as large as the official nf = 64 one."""
+    from revsde.nets.irsde_unet import ConditionalUNet
+
+    net = getattr(model, "net", model)
+    nf = next((m.nf for m in net.modules() if isinstance(m, ConditionalUNet)), 64) if isinstance(
+        net, torch.nn.Module) else 64
+    return 1536 + 64 * nf
+
+
+def check_budget(model, tile: int | None, max_memory: int | None) -> int:
+    """``bytes_per_pixel(model)``, after checking that ``max_memory`` allows at least one ``MIN_AUTO_TILE`` tile
+    of this model when tiles are chosen by the budget (``ValueError`` otherwise)."""
+    per_pixel = bytes_per_pixel(model)
+    if tile is None and max_memory is not None and max_memory < MIN_AUTO_TILE ** 2 * per_pixel:
+        raise ValueError(f"--max-memory {max_memory} bytes is below one {MIN_AUTO_TILE} px tile of this model "
+                         f"({MIN_AUTO_TILE ** 2 * per_pixel} bytes at {per_pixel} B/pixel)")
+    return per_pixel
+
+
+def auto_tile(height: int, width: int, per_pixel: int, max_memory: int | None) -> int | None:
+    """The tile side that keeps one patch's network memory within ``max_memory`` bytes: ``None`` (the whole
+    image in one call, as without tiling) when the image fits, else the largest multiple of 16 whose
+    square fits; ``ValueError`` when that is below ``MIN_AUTO_TILE``. ``max_memory=None``: no limit."""
+    if max_memory is None or height * width * per_pixel <= max_memory:
+        return None
+    side = int((max_memory / per_pixel) ** 0.5) // 16 * 16
+    if side < MIN_AUTO_TILE:
+        raise ValueError(f"--max-memory {max_memory} bytes allows tiles of {side} px at {per_pixel} B/pixel; "
+                         f"the smallest is {MIN_AUTO_TILE} px ({MIN_AUTO_TILE ** 2 * per_pixel} bytes)")
+    return side
 
 
 def _fixed_step_sampler(sampler: str, nfe: int, options: dict | None):
@@ -186,10 +227,12 @@ def _fixed_step_sampler(sampler: str, nfe: int, options: dict | None):
 
 
 def check_settings(*, sampler: str = "mrs", nfe: int = 10, options: dict | None = None, tile: int | None = None,
-                   overlap: int | None = None) -> int:
+                   overlap: int | None = None, max_memory: int | None = None) -> int:
     """Check a restore run's settings before any work (``ValueError`` naming the bad one and what is valid);
     returns the tile overlap to use (``overlap``, or ``DEFAULT_OVERLAP`` capped at half the tile)."""
     _fixed_step_sampler(sampler, nfe, options)
+    if max_memory is not None and (isinstance(max_memory, bool) or not isinstance(max_memory, int) or max_memory < 1):
+        raise ValueError(f"--max-memory must be a positive number of bytes, e.g. 768M or 2G (got {max_memory!r})")
     if tile is not None and (isinstance(tile, bool) or not isinstance(tile, int) or tile < 16):
         raise ValueError(f"--tile must be an integer >= 16 pixels (got {tile!r})")
     if overlap is None:
@@ -232,11 +275,18 @@ def plan(inputs: list[str], out_dir: str | os.PathLike) -> list[tuple[Path, Path
 
 def restore_files(inputs: list[str], out_dir: str | os.PathLike, model, *, sampler: str = "mrs", nfe: int = 10,
                   seed: int = 0, options: dict | None = None, tile: int | None = None, overlap: int | None = None,
-                  skip_existing: bool = False, device=None, progress: bool = False,
-                  log: Callable[[str], None] | None = None) -> BatchReport:
+                  max_memory: int | None = DEFAULT_MAX_MEMORY, skip_existing: bool = False, device=None,
+                  progress: bool = False, log: Callable[[str], None] | None = None) -> BatchReport:
     """Restore every image of ``inputs`` into ``out_dir`` (same relative names and formats); everything that
-    can be checked is checked before the first image (``check_settings``, ``plan``)."""
-    overlap = check_settings(sampler=sampler, nfe=nfe, options=options, tile=tile, overlap=overlap)
+    can be checked is checked before the first image (``check_settings``, ``plan``).
+
+    ``tile`` forces tiles of that side; without it an image whose network memory would exceed
+    ``max_memory`` bytes (``bytes_per_pixel``) is cut into the largest tiles that fit (``auto_tile``), and
+    one that fits is restored whole, exactly as without tiling. ``max_memory=None``: never tile by itself.
+    """
+    overlap = check_settings(sampler=sampler, nfe=nfe, options=options, tile=tile, overlap=overlap,
+                             max_memory=max_memory)
+    per_pixel = check_budget(model, tile, max_memory)
     pairs = plan(inputs, out_dir)
     run = restorer(model, sampler=sampler, nfe=nfe, seed=seed, options=options, device=device)
     report = BatchReport("restored")
@@ -247,12 +297,14 @@ def restore_files(inputs: list[str], out_dir: str | os.PathLike, model, *, sampl
         nfe_before = run.nfe
         image = read_image(path)
         rgb = image.rgb()
+        side = tile if tile is not None else auto_tile(rgb.shape[0], rgb.shape[1], per_pixel, max_memory)
+        gap = overlap if tile is not None or side is None else min(overlap, side // 2)
         # inside an image: tiles × steps, with tqdm's rate and ETA (a large tiled image takes minutes)
-        total = tile_count(rgb.shape[0], rgb.shape[1], tile, overlap) * run.steps
+        total = tile_count(rgb.shape[0], rgb.shape[1], side, gap) * run.steps
         with tqdm(total=total, desc=path.name, unit="step", leave=False, disable=not progress) as bar:
             run.on_step = lambda: bar.update(1)
             try:
-                restored = restore_tiled(run, rgb, tile, overlap)
+                restored = restore_tiled(run, rgb, side, gap)
             finally:
                 run.on_step = None
         write_image(target, image.with_rgb(restored))
