@@ -564,3 +564,38 @@ def test_a_run_killed_with_sigkill_leaves_a_temporary_that_is_no_input_and_the_n
     assert run(folder / "long.wav", "-o", out, "--model", tiny_model, "--nfe", "2", "--chunk-seconds", "8") == 0
     assert f"removed {left}: a temporary file left by an interrupted run" in capsys.readouterr().out
     assert listing(out) == ["long.wav"]
+
+
+# --- the memory budget -------------------------------------------------------------------------------
+def test_a_budget_groups_channels_and_shortens_windows_only_when_needed(speech):
+    """--max-memory: the tiny net (nf 8) needs 1024 B per bin, 8.4 MB for one 64-frame block. A budget of
+    one block per call enhances three channels one at a time, each as in the batched call (its own noise);
+    a window longer than a budget allows is shortened to whole blocks; a budget below one block is refused."""
+    from revsde.apps.speech.enhance import bytes_per_bin, chunking, window_bytes
+
+    spec = speech.spec
+    block = (spec.pad_multiple - 1) * spec.hop_length  # 64 frames
+    assert bytes_per_bin(speech) == 128 * 8 and window_bytes(speech, block) == 256 * 64 * 1024
+    x = speech_like(0.5, RATE, channels=3, seed=11)
+    wave = x / np.abs(x).max(axis=1, keepdims=True)
+    batched, grouped = Enhancer(speech, nfe=2, seed=0), Enhancer(speech, nfe=2, seed=0, max_memory=window_bytes(speech, 8000))
+    a, b = batched.window(wave, 4), grouped.window(wave, 4)
+    np.testing.assert_allclose(a, b, rtol=0, atol=1e-5)
+    assert (batched.nfe, grouped.nfe) == (2, 6)  # one call per channel
+    assert Enhancer(speech, nfe=2, max_memory=3 * window_bytes(speech, 8000)).window(wave, 4).shape == wave.shape
+
+    asked = chunking(speech, 8.0, 0.5)
+    assert chunking(speech, 8.0, 0.5, 10**12) == asked  # within the budget: unchanged
+    assert chunking(speech, 8.0, 0.5, 3 * window_bytes(speech, block))[0] == (3 * 64 - 1) * spec.hop_length
+    with pytest.raises(ValueError, match="below one window of 64 frames"):
+        chunking(speech, 8.0, 0.5, window_bytes(speech, block) - 1)
+
+
+def test_cli_says_when_the_budget_shortens_the_windows(tiny_model, noisy, tmp_path, capsys):
+    assert main(["enhance", str(noisy / "a.wav"), "-o", str(tmp_path / "out"), "--model", str(tiny_model), "--nfe", "2",
+                 "--max-memory", "40M", "--no-progress"]) == 0
+    assert "windows of 1.02 s, not 8.18 s: a longer one needs more than --max-memory 41943040 bytes" in \
+        capsys.readouterr().out
+    assert main(["enhance", str(noisy / "a.wav"), "-o", str(tmp_path / "o2"), "--model", str(tiny_model),
+                 "--max-memory", "1M"]) == 2
+    assert "--max-memory 1048576 bytes is below one window of 64 frames" in capsys.readouterr().err

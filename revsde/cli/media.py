@@ -114,6 +114,10 @@ def add_enhance_parser(commands) -> None:
                    help="window length (default: 8; rounded to whole 64-frame blocks)")
     e.add_argument("--overlap-seconds", type=float, default=0.5, metavar="S",
                    help="cross-fade between windows (default: 0.5)")
+    e.add_argument("--max-memory", type=memory_size, default="768M", metavar="SIZE",
+                   help="the network's memory budget per call, e.g. 768M or 2G (default: 768M): a window's channels "
+                        "are enhanced in groups that fit, and a window longer than the budget allows for one channel "
+                        "is shortened to the longest that fits (the banner says so); 'none': no limit")
     _batch_flags(e, "files", "--option order=1 --option snr=0.33", "progress bars")
     e.set_defaults(run=_run_enhance)
 
@@ -152,13 +156,17 @@ def _run_enhance(args) -> int:
     plan(args.inputs, args.output)  # inputs found, -o usable, no input overwritten: before the model loads
     speech = load_speech_model(args.model, device=device, weights=args.weights)
     sampler, nfe, options, origin = run_settings(speech, args.sampler, args.nfe, options)
-    chunking(speech, args.chunk_seconds, args.overlap_seconds)  # the rest of the checks, before the banner
+    chunk, _ = chunking(speech, args.chunk_seconds, args.overlap_seconds, args.max_memory)  # before the banner
+    asked, _ = chunking(speech, args.chunk_seconds, args.overlap_seconds)
     Enhancer(speech, sampler=sampler, nfe=nfe, options=options, device=device)
     shown = "".join(f", {k}={v}" for k, v in options.items())
     print(f"model: {speech.description}; {speech.sample_rate} Hz; sampler {sampler}{shown}, NFE {nfe} per window "
           f"({origin}), seed {args.seed}")
+    if chunk < asked:
+        print(f"windows of {chunk / speech.sample_rate:.2f} s, not {asked / speech.sample_rate:.2f} s: a longer one "
+              f"needs more than --max-memory {args.max_memory} bytes")
     report = enhance_files(args.inputs, args.output, speech, sampler=sampler, nfe=nfe, seed=args.seed,
                            options=options, chunk_seconds=args.chunk_seconds, overlap_seconds=args.overlap_seconds,
-                           skip_existing=args.skip_existing, device=device, progress=progress, log=print)
+                           max_memory=args.max_memory, skip_existing=args.skip_existing, device=device, progress=progress, log=print)
     print(report.summary())
     return 1 if report.failed else 0

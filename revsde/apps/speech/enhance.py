@@ -68,6 +68,27 @@ class SpeechModel:
 
 
 DEFAULT_NFE = {"mrs": 10, "sgmse": 60}
+#: the network's memory budget per call when none is given (as ``revsde restore``'s): channels of a window
+#: beyond it are enhanced in groups, and a window longer than it allows is shortened
+DEFAULT_MAX_MEMORY = 768 * 2**20
+
+
+def bytes_per_bin(speech: SpeechModel) -> int:
+    """The network's working memory per spectrogram bin (frequency × frame) of one channel, an upper
+    estimate: the built-in NCSN++ (nf 16) measured 1891 B (marginal peak RSS between 256 and 512 frames on
+    CPU), bounded here by ``128·nf``; a network of another kind is taken to be SGMSE+'s nf = 128."""
+    from revsde.nets.ncsnpp import NCSNpp
+
+    net = getattr(speech.model, "net", None)
+    nf = next((m.nf for m in net.modules() if isinstance(m, NCSNpp)), 128) if isinstance(net, torch.nn.Module) else 128
+    return 128 * nf
+
+
+def window_bytes(speech: SpeechModel, chunk: int) -> int:
+    """One channel's network memory for a window of ``chunk`` samples (frames padded as the model pads)."""
+    spec = speech.spec
+    frames = -(-(chunk // spec.hop_length + 1) // spec.pad_multiple) * spec.pad_multiple
+    return (spec.n_fft // 2 + 1) * frames * bytes_per_bin(speech)
 
 
 def run_settings(speech: SpeechModel, sampler: str | None = None, nfe: int | None = None,
@@ -119,7 +140,8 @@ class Enhancer:
     """
 
     def __init__(self, speech: SpeechModel, *, sampler: str = "mrs", nfe: int = 10, seed: int = 0,
-                 options: dict | None = None, device=None, progress: bool = False, final_denoise: bool = True):
+                 options: dict | None = None, device=None, progress: bool = False, final_denoise: bool = True,
+                 max_memory: int | None = None):
         smp = fixed_step_sampler(sampler, options)
         self.final_denoise = bool(final_denoise) and smp.name != "sgmse"
         k, extra = smp.evals_per_step, int(self.final_denoise)
@@ -144,7 +166,7 @@ class Enhancer:
             self.model = copy.copy(speech.model)  # the same net on the SDE continued to t = 0
             self.model.sde = OUVESDE(sde.theta, sde.sigma_min, sde.sigma_max, t_min=0.0)
             self.grid = sgmse_grid(self.steps, sde.t_min, sde.t_max)
-        self.progress, self.nfe = progress, 0
+        self.progress, self.nfe, self.max_memory = progress, 0, max_memory
 
     def generators(self, index: int, channels: int) -> list[torch.Generator]:
         """One CPU generator per channel of window ``index``, seeded from (seed, index, channel) without
@@ -169,13 +191,16 @@ class Enhancer:
         return self.model(sol.x, t_eps, y).data
 
     def window(self, wave: np.ndarray, index: int) -> np.ndarray:
-        """Enhance a ``(C, n)`` window of normalised samples at the model's rate (channels batched)."""
+        """Enhance a ``(C, n)`` window of normalised samples at the model's rate: channels batched, in
+        groups whose network memory fits ``max_memory`` (each channel's noise is its own either way)."""
         spec = self.speech.spec
         n = wave.shape[1]
         short = max(0, spec.n_fft - n)  # the STFT's reflect padding needs more than n_fft/2 samples
         y = torch.from_numpy(np.pad(wave, ((0, 0), (0, short)))).to(self.device)
-        Y = to_spec(y, spec)
-        X = self.spectrogram(pad_frames(Y, spec), self.generators(index, wave.shape[0]))
+        Y = pad_frames(to_spec(y, spec), spec)
+        generators = self.generators(index, wave.shape[0])
+        group = len(generators) if self.max_memory is None else max(1, self.max_memory // window_bytes(self.speech, n))
+        X = torch.cat([self.spectrogram(Y[i:i + group], generators[i:i + group]) for i in range(0, len(Y), group)])
         x = from_spec(X, n + short, spec)[:, :n]
         return x.float().cpu().numpy()
 
@@ -199,13 +224,22 @@ def check_run(*, sampler: str | None = None, nfe: int | None = None, options: di
     check_seconds(chunk_seconds, overlap_seconds)
 
 
-def chunking(speech: SpeechModel, chunk_seconds: float, overlap_seconds: float) -> tuple[int, int]:
+def chunking(speech: SpeechModel, chunk_seconds: float, overlap_seconds: float,
+             max_memory: int | None = None) -> tuple[int, int]:
     """``(chunk, overlap)`` in samples at the model's rate: the chunk a whole number of frame multiples
-    (``(64k − 1)·hop`` samples make exactly ``64k`` frames, so no frame is padding), the overlap whole hops."""
+    (``(64k − 1)·hop`` samples make exactly ``64k`` frames, so no frame is padding), the overlap whole hops.
+    With ``max_memory`` (bytes) a window whose one channel would need more is shortened to the longest that
+    fits (``window_bytes``); ``ValueError`` if not even one frame multiple fits."""
     spec = speech.spec
     check_seconds(chunk_seconds, overlap_seconds)
     frames = chunk_seconds * spec.sample_rate / spec.hop_length
     k = max(1, round(frames / spec.pad_multiple))
+    if max_memory is not None:
+        per_multiple = window_bytes(speech, (spec.pad_multiple - 1) * spec.hop_length)
+        if per_multiple > max_memory:
+            raise ValueError(f"--max-memory {max_memory} bytes is below one window of {spec.pad_multiple} frames "
+                             f"of this model ({per_multiple} bytes)")
+        k = min(k, max_memory // per_multiple)
     chunk = (k * spec.pad_multiple - 1) * spec.hop_length
     overlap = round(overlap_seconds * spec.sample_rate / spec.hop_length) * spec.hop_length
     if 2 * overlap >= chunk:
@@ -223,7 +257,7 @@ def enhance_array(enhancer: Enhancer, wave: np.ndarray, sample_rate: int, *, chu
     """Enhance a ``(C, N)`` (or ``(N,)``) waveform at ``sample_rate``; returns the same shape (not peak-limited)."""
     wave = np.asarray(wave, dtype=np.float32)
     source = ArraySource(wave, sample_rate)
-    chunk, overlap = chunking(enhancer.speech, chunk_seconds, overlap_seconds)
+    chunk, overlap = chunking(enhancer.speech, chunk_seconds, overlap_seconds, enhancer.max_memory)
     top, silences = scan(source)
     blocks = process_stream(source, _normalised(enhancer, top), enhancer.speech.sample_rate, chunk, overlap)
     out = collect(keep_silence(blocks, silences), source.channels)
@@ -237,7 +271,7 @@ def enhance_file(enhancer: Enhancer, src, dst, *, chunk_seconds: float = 8.0, ov
     from tqdm.auto import tqdm
 
     source = FileSource(src)
-    chunk, overlap = chunking(enhancer.speech, chunk_seconds, overlap_seconds)
+    chunk, overlap = chunking(enhancer.speech, chunk_seconds, overlap_seconds, enhancer.max_memory)
     top, silences = scan(source)  # AudioError for NaN or infinite samples
     fn = _normalised(enhancer, top)
     frames = math.ceil(source.frames * enhancer.speech.sample_rate / source.samplerate)
@@ -259,12 +293,15 @@ def plan(inputs: list[str], out_dir: str | os.PathLike) -> list[tuple[Path, Path
 
 def enhance_files(inputs: list[str], out_dir: str | os.PathLike, speech: SpeechModel, *, sampler: str = "mrs",
                   nfe: int = 10, seed: int = 0, options: dict | None = None, chunk_seconds: float = 8.0,
-                  overlap_seconds: float = 0.5, skip_existing: bool = False, device=None, progress: bool = False,
-                  log: Callable[[str], None] | None = None) -> BatchReport:
+                  overlap_seconds: float = 0.5, max_memory: int | None = DEFAULT_MAX_MEMORY, skip_existing: bool = False,
+                  device=None, progress: bool = False, log: Callable[[str], None] | None = None) -> BatchReport:
     """Enhance every audio file of ``inputs`` into ``out_dir`` (same relative names and formats); everything
-    that can be checked is checked before the first file (``chunking``, ``Enhancer``, ``plan``)."""
-    chunking(speech, chunk_seconds, overlap_seconds)
-    enhancer = Enhancer(speech, sampler=sampler, nfe=nfe, seed=seed, options=options, device=device)
+    that can be checked is checked before the first file (``chunking``, ``Enhancer``, ``plan``).
+    ``max_memory``: the network's budget per call (``chunking`` shortens longer windows, ``Enhancer``
+    groups channels); ``None``: no limit."""
+    chunking(speech, chunk_seconds, overlap_seconds, max_memory)
+    enhancer = Enhancer(speech, sampler=sampler, nfe=nfe, seed=seed, options=options, device=device,
+                        max_memory=max_memory)
     pairs = plan(inputs, out_dir)
 
     def process(path: Path, target: Path) -> int:
