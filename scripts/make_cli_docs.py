@@ -5,7 +5,7 @@
 
 The help is formatted in-process from ``revsde.cli.build_parser()`` at 100 columns, so the page does not
 depend on the terminal it was made in. argparse's layout changes between Python versions, so the page
-records the version that made it; ``tests/test_docs.py`` compares it with the parser on that version.
+records the version that made it; ``tests/project/test_docs.py`` compares it with the parser on that version.
 """
 from __future__ import annotations
 
