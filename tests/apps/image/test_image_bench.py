@@ -144,8 +144,8 @@ def _free_port() -> int:
 WORKER = r"""
 import json, sys, torch
 sys.path.insert(0, {tests!r})
+from fixtures import LABELS, projection_space
 from revsde.apps.image import bench as B
-from revsde.apps.image import runners as R
 from revsde.apps.bench.harness import Dist
 dist = Dist.from_env()
 r = B.run_image_bench({model!r}, nfes=(4,), n_samples=24, labels=LABELS, space=projection_space(), max_batch=5,
