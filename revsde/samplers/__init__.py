@@ -14,10 +14,11 @@ from .pc import PC, SGMSE
 from .registry import REGISTRY, available, get, option_names, register
 from .rk45 import ODERK45
 from .torchsde_sampler import TorchSDE
+from .unipc import UniPCSampler
 
 register(
     EulerMaruyama, ReverseDiffusion, Ancestral, PC, SGMSE,
-    ODEEuler, ODEHeun, ODERK4, ODERK45, MRSampler, Posterior, TorchSDE, DMCMC,
+    ODEEuler, ODEHeun, ODERK4, ODERK45, MRSampler, UniPCSampler, Posterior, TorchSDE, DMCMC,
 )
 
 

@@ -125,7 +125,12 @@ def test_ode_convergence_order(name, sde_name):
         assert sol.nfe == n * smp.evals_per_step
         errors.append(float((sol.x - exact).abs().max()))
     order = loglog_slope(ns, errors)
-    assert abs(order - smp.order) <= 0.3, (name, sde_name, order, errors)
+    expected = smp.order
+    if sde_name == "rf" and name == "unipc":
+        # the step into σ = 0 (t = 0, λ = +∞) is first order, an O(Δ²) error in x̂₀ there: UniPC's third
+        # order shows on every SDE whose grid ends at a finite λ, and is capped at 2 here
+        expected = min(smp.order, 2.0)
+    assert abs(order - expected) <= 0.3, (name, sde_name, order, errors)
 
 
 @pytest.mark.parametrize("sde_name", [*SDES, "mr-linear"])
