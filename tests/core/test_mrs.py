@@ -55,7 +55,7 @@ def test_multistep_warmup_caps_third_order_at_two(sde_name):
 def test_third_order_step_integrates_a_quadratic_exactly():
     """One step, data prediction: y_t = (σ_t/σ_s) y_s + σ_t ∫ e^λ q(λ) dλ with q the quadratic through
     the three history points, checked against Simpson quadrature."""
-    from revsde.samplers.mrs import MRSampler
+    from revsde.samplers.mrs_weights import exponential
 
     sde = S.VPSDE()
     t = torch.tensor([[0.5], [0.4], [0.3], [0.2]], dtype=torch.float64)
@@ -64,7 +64,9 @@ def test_third_order_step_integrates_a_quadratic_exactly():
     x = torch.randn(1, 3, generator=gen, dtype=torch.float64)
     qs = [torch.randn(1, 3, generator=gen, dtype=torch.float64) for _ in range(3)]
     history = [(lam[2], qs[0]), (lam[1], qs[1]), (lam[0], qs[2])]
-    y = MRSampler(order=3)._exponential_step(sde, x, None, t[2], t[3], history, 3, None)
+    w = exponential("data", 3, [h[0] for h in history], lam[2], lam[3], sde.alpha(t[2]), sde.alpha(t[3]),
+                    sde.sigma(t[2]), sde.sigma(t[3]))
+    y = w.linear * x + sum(wj * q for wj, (_, q) in zip(w.outputs, history))
 
     nodes = [float(h[0]) for h in history]
 
