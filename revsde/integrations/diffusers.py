@@ -96,7 +96,7 @@ class RevSDEScheduler(SchedulerMixin, ConfigMixin):
                  third_order: str | None = None, predictor: str | None = None, corrector: str | None = None,
                  snr: float | None = None, corrector_steps: int | None = None, langevin_norms: str | None = None,
                  denoise: bool | None = None, discretization: str | None = None, variance: str | None = None,
-                 variant: str | None = None, grid: str = "discrete",
+                 variant: str | None = None, eta: float | None = None, grid: str = "discrete",
                  final_sigmas_type: str = "zero", noise: str = "gaussian", num_train_timesteps: int = 1000,
                  beta_start: float = 0.0001, beta_end: float = 0.02, beta_schedule: str = "linear",
                  trained_betas=None, prediction_type: str = "epsilon", timestep_spacing: str = "linspace",
@@ -111,7 +111,7 @@ class RevSDEScheduler(SchedulerMixin, ConfigMixin):
                      denoise_last=denoise_last, warmup=warmup, second_order=second_order, third_order=third_order,
                      predictor=predictor, corrector=corrector, snr=snr, corrector_steps=corrector_steps,
                      langevin_norms=langevin_norms, denoise=denoise, discretization=discretization, variance=variance,
-                     variant=variant)
+                     variant=variant, eta=eta)
         self.sampler = samplers_mod.get(sampler, **{k: v for k, v in given.items() if v is not None})
         if self.sampler.adaptive or self.sampler.evals_per_step is None:
             raise ValueError(f"sampler {sampler!r} chooses its steps as it goes, but a diffusers pipeline iterates "

@@ -15,7 +15,7 @@ from .. import grids as grids_mod
 #: sampler options a config may carry (``None``: the sampler's default)
 SAMPLER_OPTIONS = ("order", "prediction", "stochastic", "lower_order_final", "denoise_last", "warmup",
                    "second_order", "third_order", "predictor", "corrector", "snr", "corrector_steps",
-                   "langevin_norms", "denoise", "discretization", "variance", "variant")
+                   "langevin_norms", "denoise", "discretization", "variance", "variant", "eta")
 PREDICTION_TYPES = {"epsilon": "noise", "sample": "data", "v_prediction": "velocity"}
 TIMESTEP_SPACINGS = ("linspace", "leading", "trailing")
 FINAL_SIGMAS_TYPES = ("zero", "sigma_min")

@@ -45,6 +45,9 @@ class MRSampler(Sampler):
     consistent, so its ``order`` is 2.
     ODE: global order as stated; SDE: a weak solver (its noise is an exact draw of the step's
     stochastic integral, not a Brownian increment), no strong order.
+    ``eta`` (data prediction) in [0, 1]: the reverse SDE with noise √η·g, from the ODE (η = 0) to the
+    SDE (η = 1, ``stochastic=True``), as k-diffusion's ``sample_dpmpp_2m_sde(eta=…)``: exact in its
+    linear part and noise for every η, so every η samples the same marginals.
     """
 
     name = "mrs"
@@ -53,8 +56,19 @@ class MRSampler(Sampler):
 
     def __init__(self, *, order: int = 2, prediction: str = "data", stochastic: bool = False,
                  lower_order_final: bool = True, denoise_last: bool = False, warmup: str = "multistep",
-                 second_order: str = "exact", third_order: str = "exact"):
-        self.stochastic = check_choice(self.name, "stochastic", stochastic, (False, True))
+                 second_order: str = "exact", third_order: str = "exact", eta: float | None = None):
+        stochastic = check_choice(self.name, "stochastic", stochastic, (False, True))
+        if eta is not None:
+            if isinstance(eta, bool) or not isinstance(eta, (int, float)) or not 0 <= eta <= 1:
+                raise ValueError(f"sampler 'mrs' takes eta in [0, 1] (0: the ODE, 1: the SDE) (got {eta!r})")
+            if stochastic and eta == 0:
+                raise ValueError("sampler 'mrs': stochastic=True with eta=0 contradict (eta=0 is the ODE); give one")
+            if prediction != "data" and eta not in (0, 1):
+                raise ValueError(f"sampler 'mrs' takes eta between 0 and 1 with prediction='data' only (got "
+                                 f"prediction={prediction!r}, eta={eta!r})")
+            stochastic = eta > 0
+        self.eta = float(eta) if eta is not None else float(stochastic)
+        self.stochastic = stochastic
         self.prediction = check_choice(self.name, "prediction", prediction, PREDICTIONS)
         valid_orders = (1, 2) if stochastic else (1, 2, 3)
         if order not in valid_orders or isinstance(order, bool):
@@ -79,7 +93,8 @@ class MRSampler(Sampler):
     def options(self):
         return {"order": self.solver_order, "prediction": self.prediction, "stochastic": self.stochastic,
                 "lower_order_final": self.lower_order_final, "denoise_last": self.denoise_last,
-                "warmup": self.warmup, "second_order": self.second_order, "third_order": self.third_order}
+                "warmup": self.warmup, "second_order": self.second_order, "third_order": self.third_order,
+                "eta": self.eta}
 
     @property
     def kind(self):
@@ -195,7 +210,7 @@ class MRSampler(Sampler):
             return mrs_weights.velocity(order, nodes, node_s, node_t, a_s, a_t, s_s, s_t, sde.velocity_scale)
         return mrs_weights.exponential(self.prediction, order, nodes, node_s, node_t, a_s, a_t, s_s, s_t,
                                        stochastic=self.stochastic, second_order=self.second_order,
-                                       third_order=self.third_order)
+                                       third_order=self.third_order, eta=self.eta)
 
     def _node(self, sde, lam, alpha, sigma):
         """The integration variable: the half log-SNR λ, or the angle φ for velocity."""

@@ -55,14 +55,17 @@ class StepWeights(NamedTuple):
 
 def exponential(prediction: str, order: int, lam: Sequence[torch.Tensor], lam_s, lam_t, alpha_s, alpha_t,
                 sigma_s, sigma_t, *, stochastic: bool = False, second_order: str = "exact",
-                third_order: str = "exact") -> StepWeights:
+                third_order: str = "exact", eta: float = 1.0) -> StepWeights:
     """The data- or noise-prediction step from λ_s to λ_t (module docstring); ``lam``: the outputs'
-    nodes λ_j, newest first (``order`` of them are used)."""
+    nodes λ_j, newest first (``order`` of them are used). ``eta`` (data prediction, ``stochastic``): the
+    share of the SDE's noise, ``y_t = (σ_t/σ_s) e^{−ηh} y_s + (1 + η) α_t ∫ e^{(1+η)u} ŷ₀ dλ
+    + σ_t sqrt(1 − e^{−2ηh}) z`` (the reverse SDE with noise √η·g: η = 1 the table's SDE, η → 0 the ODE;
+    k-diffusion's ``eta`` of ``sample_dpmpp_2m_sde``)."""
     h = lam_t - lam_s
     if prediction == "data":
-        a, prefactor = (2.0, 2 * alpha_t) if stochastic else (1.0, alpha_t)
-        linear = sigma_t / sigma_s * (torch.exp(-h) if stochastic else 1)
-        noise = sigma_t * torch.sqrt(-torch.expm1(-2 * h)) if stochastic else None
+        a, prefactor = (1.0 + eta, (1.0 + eta) * alpha_t) if stochastic else (1.0, alpha_t)
+        linear = sigma_t / sigma_s * (torch.exp(-eta * h) if stochastic else 1)
+        noise = sigma_t * torch.sqrt(-torch.expm1(-2 * eta * h)) if stochastic else None
     else:
         a, prefactor = -1.0, -(2 if stochastic else 1) * sigma_t
         linear = alpha_t / alpha_s
