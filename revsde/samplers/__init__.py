@@ -12,13 +12,14 @@ from .mrs import MRSampler
 from .ode import ODEEuler, ODEHeun, ODERK4
 from .pc import PC, SGMSE
 from .registry import REGISTRY, available, get, option_names, register
+from .restart import Restart
 from .rk45 import ODERK45
 from .torchsde_sampler import TorchSDE
 from .unipc import UniPCSampler
 
 register(
     EulerMaruyama, ReverseDiffusion, Ancestral, PC, SGMSE,
-    ODEEuler, ODEHeun, ODERK4, ODERK45, MRSampler, UniPCSampler, Posterior, TorchSDE, DMCMC,
+    ODEEuler, ODEHeun, ODERK4, ODERK45, MRSampler, UniPCSampler, Restart, Posterior, TorchSDE, DMCMC,
 )
 
 
