@@ -42,6 +42,12 @@ def revsde_configs() -> list[Config]:
     for label, options in [("mrs ODE 2 data", {"order": 2}), ("mrs ODE 3 data", {"order": 3}),
                            ("mrs SDE 2 data", {"order": 2, "stochastic": True})]:
         configs.append(Config(f"{label} uniform_t", "mrs", {**options, "grid": "uniform_t"}))
+    # UniPC (predictor + corrector, no extra NFE), its bh1 form, and UniP alone
+    for order in (2, 3):
+        configs.append(Config(f"unipc {order}", "unipc", {"order": order}))
+    configs += [Config("unipc 2 bh1", "unipc", {"order": 2, "variant": "bh1"}),
+                Config("unipc 3 uniform_t", "unipc", {"order": 3, "grid": "uniform_t"}),
+                Config("unip 3 (no corrector)", "unipc", {"order": 3, "corrector": False})]
     # Denoising MCMC (Kim & Ye) in front of an integrator: the same integrator with and without DLG
     for integrator, options in DLG_INTEGRATORS:
         configs.append(Config(f"DLG + {integrator}", "dmcmc", {"integrator": options["sampler"],
