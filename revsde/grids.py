@@ -16,6 +16,7 @@ from typing import Callable
 
 import torch
 
+from .grid_files import fingerprint, load_grid, save_grid  # noqa: F401  (revsde.grids.save_grid, …)
 from .tensors import bcast
 
 
@@ -253,3 +254,24 @@ def resolve(grid, sde, steps: int | None, batch: int, device=None) -> torch.Tens
     if t.ndim == 1:
         t = t[:, None].expand(-1, batch)
     return t.to(device).contiguous()
+
+
+# --- grids fitted to a model (revsde.grid_fit: LD3) and grid files (revsde.grid_files) ---------------
+# The fit drives samplers, and a sampler (dmcmc) imports this module: grid_fit is imported here when
+# called and takes ``resolve`` as an argument, so the imports run one way (grids -> grid_fit).
+
+def fit_grid(model, shape, *, sampler, steps: int, **kwargs):
+    """``revsde.grid_fit.fit``: the fitted grid with its losses and settings (a ``GridFit``)."""
+    from .grid_fit import fit
+
+    return fit(model, shape, sampler=sampler, steps=steps, resolve=resolve, **kwargs)
+
+
+def optimize(model, shape, *, sampler, steps: int, n: int = 64, seed: int = 0, mu=None, cond=None,
+             **options) -> torch.Tensor:
+    """A decreasing ``(steps + 1,)`` float64 grid for ``sampler`` fitted to ``model`` from its own samples
+    (LD3: ``n`` seeded prior draws, the few-step outputs matched to a high-NFE teacher's by Adam on the
+    grid's increments). ``shape`` is one sample's shape; ``options`` the sampler's options and the fit's
+    (``start``, ``teacher``, ``teacher_steps``, ``iterations``, ``lr``, ``progress``, ``dtype``,
+    ``device``): see ``revsde.grid_fit.fit``. ODE samplers only; deterministic by ``seed``."""
+    return fit_grid(model, shape, sampler=sampler, steps=steps, n=n, seed=seed, mu=mu, cond=cond, **options).grid
