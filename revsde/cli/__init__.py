@@ -115,9 +115,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="a registry name, listed below (default: ode_heun; mrs with --diffusers)")
     p.add_argument("--steps", type=integer, default=None, metavar="N",
                    help="grid intervals; ignored by adaptive samplers (default: 50; 20 with --diffusers)")
-    p.add_argument("--grid", default=None, metavar="NAME", help="time grid")
+    p.add_argument("--grid", default=None, metavar="NAME|FILE.json", help="time grid")
     p.lazy_help["grid"] = lambda: (f"time grid: {', '.join(_grid_names())} (default: the sampler's own; "
-                                   "with --diffusers also 'discrete', the folder's timestep spacing, the default)")
+                                   "with --diffusers also 'discrete', the folder's timestep spacing, the default), "
+                                   "or a grid file written by `revsde tune-grid` for this model, sampler, options "
+                                   "and --steps (which it sets)")
     p.add_argument("--n", type=integer, default=None, metavar="N",
                    help="number of samples, and of exact samples to compare with (default: 2000; "
                         "4 images with --diffusers)")
@@ -148,9 +150,11 @@ def build_parser() -> argparse.ArgumentParser:
     from .media import add_enhance_parser, add_restore_parser
     from .train import add_train_parser
     from .bench import add_bench_parser
+    from .tune import add_tune_parser
 
     add_restore_parser(commands)
     add_enhance_parser(commands)
+    add_tune_parser(commands)
 
     add_train_parser(commands)
 
@@ -168,9 +172,13 @@ def _run_sample(args) -> int:
         if value is not None:
             raise ValueError(f"{flag} applies only with --diffusers PATH")
     from ..apps.mixture.sample import sample_gmm
+    from .tune import gmm_model, grid_flag, is_grid_file
 
     output = args.output or "out/gmm_samples.npz"
-    result = sample_gmm(sde=args.sde, sampler=args.sampler or "ode_heun", steps=args.steps or 50, grid=args.grid,
+    sampler, steps, grid = args.sampler or "ode_heun", args.steps or 50, args.grid
+    if is_grid_file(grid):
+        grid, steps = grid_flag(grid, model=gmm_model(args.sde), sampler=sampler, options=options, steps=args.steps), None
+    result = sample_gmm(sde=args.sde, sampler=sampler, steps=steps, grid=grid,
                         n=args.n or 2000, seed=args.seed, mu=args.mu, options=options, noise=args.noise,
                         progress=progress, device=args.device)
     print(result.report())
@@ -188,6 +196,8 @@ def _run_sample_diffusers(args, options, progress) -> int:
     if args.sde != "vp" or args.mu is not None:
         raise ValueError("--sde and --mu do not apply with --diffusers: the pipeline's scheduler config "
                          "defines its (discrete VP) SDE")
+    if args.grid is not None and args.grid.endswith(".json"):
+        raise ValueError("--grid FILE.json applies to --model gmm; with --diffusers give a grid name")
     result = sample_diffusers(args.diffusers, sampler=args.sampler or "mrs", steps=args.steps or 20, grid=args.grid,
                               options=options, n=args.n or 4, seed=args.seed, prompt=args.prompt,
                               negative_prompt=args.negative_prompt, guidance_scale=args.guidance_scale,
