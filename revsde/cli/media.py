@@ -79,6 +79,9 @@ def add_restore_parser(commands) -> None:
                    help="network evaluations per image (default: the setting the model's card found best when no "
                         "--sampler other than the card's and no --option is given, the built-in's included; else 10). "
                         "A run outside the sampler and NFE range the card validated warns on stderr")
+    r.add_argument("--grid", default=None, metavar="NAME|FILE.json",
+                   help="time grid: a name (logsnr, uniform_t, karras, quadratic; default: the sampler's own) or a "
+                        "grid file fitted to this model, sampler and NFE (revsde.grids.optimize / save_grid)")
     r.add_argument("--tile", type=integer, default=None, metavar="PX",
                    help="restore in overlapping PX x PX tiles, blended (default: tiles only when an image needs more "
                         "than --max-memory, then the largest that fit)")
@@ -134,17 +137,32 @@ def _run_restore(args) -> int:
     plan(args.inputs, args.output)  # inputs found, -o usable, no input overwritten: before the model loads
     model, description = load_restore_model(args.model, args.task, irsde_config=args.irsde_config, device=device)
     check_budget(model, args.tile, args.max_memory)
+    grid = _restore_grid(args.grid, model, sampler, nfe, options)
     shown = "".join(f", {k}={v}" for k, v in options.items())
-    print(f"model: {description}; sampler {sampler}{shown}, NFE {nfe} per image (tile) ({origin}), seed {args.seed}")
+    grid_text = "" if args.grid is None else f", grid {args.grid}"
+    print(f"model: {description}; sampler {sampler}{shown}, NFE {nfe} per image (tile) ({origin}){grid_text}, "
+          f"seed {args.seed}")
     warning = validation_warning(recommended, sampler, nfe, options)
     if warning:
         print(warning, file=sys.stderr)
     report = restore_files(args.inputs, args.output, model, sampler=sampler, nfe=nfe, seed=args.seed,
                            options=options, tile=args.tile, overlap=overlap, max_memory=args.max_memory,
-                           skip_existing=args.skip_existing,
-                           device=device, progress=progress, log=print)
+                           skip_existing=args.skip_existing, grid=grid, device=device, progress=progress, log=print)
     print(report.summary())
     return 1 if report.failed else 0
+
+
+def _restore_grid(grid, model, sampler: str, nfe: int, options: dict):
+    """``--grid``: a grid name as it is, or a fitted grid file loaded for this model, sampler and NFE."""
+    from .. import grids, samplers
+
+    if grid is None or not grid.endswith(".json"):
+        if grid is not None and grid not in grids.available():
+            raise ValueError(f"--grid must be one of {', '.join(grids.available())} or a grid file FILE.json "
+                             f"(got {grid!r})")
+        return grid
+    steps = nfe // samplers.get(sampler, **options).evals_per_step
+    return grids.load_grid(grid, model=model, sampler=sampler, steps=steps, options=options)
 
 
 def _run_enhance(args) -> int:

@@ -245,20 +245,24 @@ def check_settings(*, sampler: str = "mrs", nfe: int = 10, options: dict | None 
 
 
 def restorer(model, *, sampler: str = "mrs", nfe: int = 10, seed: int = 0, options: dict | None = None,
-             device=None) -> Callable[[np.ndarray, int], np.ndarray]:
+             device=None, grid=None) -> Callable[[np.ndarray, int], np.ndarray]:
     """A function restoring one RGB patch (H, W, 3) in [0, 1] with ``model`` (a ``ScoreModel`` on an MR
     SDE): its noise is seeded by ``seed`` and the patch index, so results repeat exactly. ``run.steps`` is
-    the sampler's steps per patch; ``run.on_step``, when set, is called after every step (progress)."""
+    the sampler's steps per patch; ``run.on_step``, when set, is called after every step (progress).
+    ``grid``: a grid name, or a ``(steps + 1,)`` tensor of times (a fitted grid, ``grids.load_grid``),
+    whose steps must be the NFE's."""
     smp = _fixed_step_sampler(sampler, nfe, options)
     steps = nfe // smp.evals_per_step
+    if isinstance(grid, torch.Tensor) and grid.shape[0] - 1 != steps:
+        raise ValueError(f"the grid has {grid.shape[0] - 1} steps, but {sampler!r} at NFE {nfe} takes {steps}")
     device = torch.device(device or "cpu")
 
     def run(rgb: np.ndarray, index: int):
         mu = torch.from_numpy(np.ascontiguousarray(rgb.transpose(2, 0, 1)))[None].to(device)
         callback = None if run.on_step is None else (lambda _: run.on_step())
         with torch.no_grad():
-            sol = sample(model, mu.shape, sampler=smp, steps=steps, mu=mu, seed=seed * 1_000_003 + index,
-                         device=device, callback=callback)
+            sol = sample(model, mu.shape, sampler=smp, steps=steps, grid=grid, mu=mu,
+                         seed=seed * 1_000_003 + index, device=device, callback=callback)
         out = sol.x[0].clamp(0, 1).permute(1, 2, 0).cpu().numpy()
         run.nfe += sol.nfe
         return out
@@ -276,7 +280,7 @@ def plan(inputs: list[str], out_dir: str | os.PathLike) -> list[tuple[Path, Path
 def restore_files(inputs: list[str], out_dir: str | os.PathLike, model, *, sampler: str = "mrs", nfe: int = 10,
                   seed: int = 0, options: dict | None = None, tile: int | None = None, overlap: int | None = None,
                   max_memory: int | None = DEFAULT_MAX_MEMORY, skip_existing: bool = False, device=None,
-                  progress: bool = False, log: Callable[[str], None] | None = None) -> BatchReport:
+                  progress: bool = False, log: Callable[[str], None] | None = None, grid=None) -> BatchReport:
     """Restore every image of ``inputs`` into ``out_dir`` (same relative names and formats); everything that
     can be checked is checked before the first image (``check_settings``, ``plan``).
 
@@ -288,7 +292,7 @@ def restore_files(inputs: list[str], out_dir: str | os.PathLike, model, *, sampl
                              max_memory=max_memory)
     per_pixel = check_budget(model, tile, max_memory)
     pairs = plan(inputs, out_dir)
-    run = restorer(model, sampler=sampler, nfe=nfe, seed=seed, options=options, device=device)
+    run = restorer(model, sampler=sampler, nfe=nfe, seed=seed, options=options, device=device, grid=grid)
     report = BatchReport("restored")
 
     def process(path: Path, target: Path) -> int:

@@ -283,3 +283,33 @@ def test_progress_counts_tiles_times_steps_inside_an_image(tiny_restore_model, t
                  "--nfe", "3", "--tile", "32", "--overlap", "8", "--progress"]) == 0
     err = capsys.readouterr().err
     assert "big.png" in err and "0/12 [" in err, err  # the bar's total; tqdm redraws at most every 0.1 s
+
+
+def test_a_fitted_grid_file_drives_restore_and_a_wrong_one_is_refused(tiny_restore_model, images, tmp_path, capsys):
+    """--grid FILE.json: a grid saved for this model, sampler and NFE is used (other bytes than the default
+    grid, the same as the Python call with that grid); one fitted to another NFE or model is refused
+    before any image; --grid NAME takes a grid name."""
+    import revsde
+    from revsde.apps.restore.restore import load_restore_model
+
+    model, _ = load_restore_model(str(tiny_restore_model))
+    grid = torch.tensor([1.0, 0.6, 0.25, 0.01], dtype=torch.float64)
+    good = revsde.grids.save_grid(tmp_path / "g3.json", grid, model=model, sampler="mrs", options={"order": 2})
+    common = ["--model", tiny_restore_model, "--sampler", "mrs", "--option", "order=2"]
+    assert run(images / "rgb.png", "-o", tmp_path / "fitted", "--nfe", "3", "--grid", good, *common) == 0
+    assert f"grid {good}" in capsys.readouterr().out
+    assert run(images / "rgb.png", "-o", tmp_path / "plain", "--nfe", "3", *common) == 0
+    fitted, plain = (tmp_path / "fitted" / "rgb.png").read_bytes(), (tmp_path / "plain" / "rgb.png").read_bytes()
+    assert fitted != plain
+    assert run(images / "rgb.png", "-o", tmp_path / "named", "--nfe", "3", "--grid", "uniform_t", *common) == 0
+    capsys.readouterr()
+    out = tmp_path / "refused"
+    assert run(images, "-o", out, "--nfe", "4", "--grid", good, *common) == 2
+    assert "steps" in refused(capsys)
+    assert not out.exists()
+    other = revsde.grids.save_grid(tmp_path / "other.json", grid, model="sha256:0123456789abcdef", sampler="mrs",
+                                   options={"order": 2})
+    assert run(images, "-o", out, "--nfe", "3", "--grid", other, *common) == 2
+    assert "was fitted to the model with fingerprint sha256:0123456789abcdef" in refused(capsys)
+    assert run(images, "-o", out, "--nfe", "3", "--grid", "nope", *common) == 2
+    assert "--grid must be one of" in refused(capsys)
