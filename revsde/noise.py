@@ -1,11 +1,14 @@
 """Noise sources for samplers: ``noise(t0, t1)`` returns a standard normal of the state's shape.
 
 No sampler calls ``torch.randn`` itself. ``NoiseSource`` is the contract a sampler relies on.
-``GaussianNoise`` draws fresh normals from one generator per sample (a sample never depends on its
-batch); ``BrownianNoise`` returns normalised increments ``(W(t_hi) − W(t_lo)) / sqrt(t_hi − t_lo)`` of
-a fixed Brownian path (``torchsde.BrownianInterval`` in tree mode), so the path is the same at every
-step count. ``fresh()`` gives normals that are not part of the path (Langevin correctors). Complex
-states get circular complex normals, E|z|² = 1. ``make_noise`` builds either by name (``NOISES``).
+``GaussianNoise`` draws fresh normals from a ``PhiloxGenerator`` (``revsde.philox``: one counter-based stream
+per sample, all drawn in one vectorised call; what ``seed=`` gives), from per-sample torch generators,
+or from one batch generator; with either of the first two a sample never depends on its batch.
+``BrownianTree`` (Philox keys) and ``BrownianNoise`` (``torchsde.BrownianInterval`` in tree mode, from torch
+generators) return normalised increments ``(W(t_hi) − W(t_lo)) / sqrt(t_hi − t_lo)`` of a fixed Brownian
+path, so the path is the same at every step count. ``fresh()`` gives normals that are not part of the path
+(Langevin correctors). Complex states get circular complex normals, E|z|² = 1. ``make_noise`` builds either
+by name (``NOISES``).
 """
 from __future__ import annotations
 
@@ -13,9 +16,11 @@ from typing import Protocol, Sequence, runtime_checkable
 
 import torch
 
+from .brownian_tree import BrownianTree
+from .philox import PhiloxGenerator
 from .tensors import as_time
 
-Generators = torch.Generator | Sequence[torch.Generator] | None
+Generators = PhiloxGenerator | torch.Generator | Sequence[torch.Generator] | None
 #: the noise sources ``revsde.sample`` and ``RevSDEScheduler`` build by name
 NOISES = ("gaussian", "brownian")
 
@@ -29,14 +34,15 @@ class NoiseSource(Protocol):
       by ``sqrt(|t1 − t0|)``, so the same path serves every step count.
     - ``fresh()``: a standard normal that is no part of any path (Langevin correctors, Denoising MCMC's
       chains and level draws).
-    - ``generators``: the ``torch.Generator`` objects whose states hold all the randomness the source has
-      still to draw (a Brownian path is fixed by its seeds; its ``fresh()`` normals come from these), or
-      ``None`` if it has none to save. Denoising MCMC saves their states with its chains and restores
-      them to resume; a source without this attribute is read as having none.
+    - ``generators``: the generators whose states hold all the randomness the source has still to draw
+      (a Brownian path is fixed by its seeds; its ``fresh()`` normals come from these): ``torch.Generator``
+      objects, or a ``PhiloxGenerator`` (whose ``get_state`` / ``set_state`` save its draw index and keys
+      the same way), or ``None`` if it has none to save. Denoising MCMC saves their states with its chains
+      and restores them to resume; a source without this attribute is read as having none.
 
     A Brownian source may also offer ``increment(t0, t1, return_U=False)``: the unnormalised increment
     and, with ``return_U``, its space-time Lévy area, which the ``torchsde`` sampler's higher-order
-    methods use where it exists (``BrownianNoise``).
+    methods use where it exists (``BrownianTree``, ``BrownianNoise``).
     """
 
     def __call__(self, t0, t1) -> torch.Tensor: ...
@@ -44,17 +50,27 @@ class NoiseSource(Protocol):
     def fresh(self) -> torch.Tensor: ...
 
     @property
-    def generators(self) -> list[torch.Generator] | None: ...
+    def generators(self) -> list[torch.Generator | PhiloxGenerator] | None: ...
+
+
+def generator_from_seed(seed: int | None, batch: int, device=None) -> PhiloxGenerator:
+    """What ``seed=`` means: sample ``b`` draws from the Philox stream keyed ``seed + b`` (``None``: a seed
+    from torch's global generator), all samples in one vectorised draw."""
+    if seed is None:
+        seed = int(torch.randint(2**31, ()))
+    return PhiloxGenerator.from_seed(seed, batch, device)
 
 
 def generators_from_seed(seed: int, batch: int, device=None) -> list[torch.Generator]:
-    """EDM's scheme: sample ``b`` of a run with ``seed`` draws from its own generator seeded ``seed + b``."""
+    """EDM's scheme with torch generators: sample ``b`` draws from its own ``torch.Generator`` seeded
+    ``seed + b`` (``generator=`` these to reproduce what ``seed=`` drew before the Philox streams)."""
     device = torch.device(device) if device is not None else torch.device("cpu")
     return [torch.Generator(device=device).manual_seed(int(seed) + b) for b in range(batch)]
 
 
 def randn(shape: tuple, generator: Generators = None, dtype=None, device=None) -> torch.Tensor:
-    """Standard normals; with a list of generators, row ``b`` comes from generator ``b`` alone.
+    """Standard normals; with a list of generators, row ``b`` comes from generator ``b`` alone, and with a
+    ``PhiloxGenerator`` from stream ``b`` (its next draw).
 
     A generator on another device than ``device`` (a CPU generator for a CUDA state) draws on its own
     device and the result is moved, so the numbers do not depend on where the state lives.
@@ -65,6 +81,8 @@ def randn(shape: tuple, generator: Generators = None, dtype=None, device=None) -
         out = torch.randn(shape_, generator=g, dtype=dtype, device=g.device)
         return out if device is None else out.to(device)
 
+    if isinstance(generator, PhiloxGenerator):
+        return generator.normal(shape, dtype=dtype, device=device)
     if generator is None or isinstance(generator, torch.Generator):
         return draw(shape, generator)
     if len(generator) != shape[0]:
@@ -76,6 +94,10 @@ def check_generators(generator: Generators, batch: int) -> Generators:
     """``generator`` as given, a sequence of them as a list, refused unless it has one per sample."""
     if generator is None or isinstance(generator, torch.Generator):
         return generator
+    if isinstance(generator, PhiloxGenerator):
+        if len(generator) != batch:
+            raise ValueError(f"the Philox generator has {len(generator)} streams for a batch of {batch}")
+        return generator
     generator = list(generator)
     if len(generator) != batch:
         raise ValueError(f"generator is a list of {len(generator)} for a batch of {batch}: give one per sample")
@@ -83,7 +105,10 @@ def check_generators(generator: Generators, batch: int) -> Generators:
 
 
 def draw_entropy(generator: Generators, batch: int) -> list[int]:
-    """Integer seeds drawn from the generators (one per sample, or ``batch`` from a single one)."""
+    """Integer seeds drawn from the generators (one per sample, or ``batch`` from a single one); a Philox
+    generator's are its keys."""
+    if isinstance(generator, PhiloxGenerator):
+        return generator.keys.tolist()
     if generator is None or isinstance(generator, torch.Generator):
         return torch.randint(2**62, (batch,), generator=generator, device="cpu" if generator is None
                              else generator.device).tolist()
@@ -91,7 +116,8 @@ def draw_entropy(generator: Generators, batch: int) -> list[int]:
 
 
 class GaussianNoise:
-    """Fresh ``N(0, I)`` at every call, drawn from per-sample generators (or one batch generator)."""
+    """Fresh ``N(0, I)`` at every call, drawn from a Philox generator or per-sample torch generators (a
+    sample never depends on its batch), or from one batch generator."""
 
     def __init__(self, shape: tuple, generator: Generators = None, dtype=torch.float32, device=None):
         self.shape, self.generator, self.dtype, self.device = tuple(shape), generator, dtype, device
@@ -102,9 +128,9 @@ class GaussianNoise:
     fresh = __call__
 
     @property
-    def generators(self) -> list[torch.Generator] | None:
+    def generators(self) -> list[torch.Generator | PhiloxGenerator] | None:
         gen = self.generator
-        return None if gen is None else [gen] if isinstance(gen, torch.Generator) else list(gen)
+        return None if gen is None else [gen] if isinstance(gen, (torch.Generator, PhiloxGenerator)) else list(gen)
 
     def entropy(self) -> list[int]:
         return draw_entropy(self.generator, self.shape[0])
@@ -199,12 +225,15 @@ class BrownianNoise:
 
 
 def make_noise(kind: str, shape: tuple, generator: Generators, grid: torch.Tensor, dtype=torch.float32,
-               device=None) -> GaussianNoise | BrownianNoise:
+               device=None) -> GaussianNoise | BrownianTree | BrownianNoise:
     """The noise source ``kind`` (one of ``NOISES``) of a run over the times of ``grid``: fresh normals from
-    ``generator``, or a Brownian path over the grid's span per sample (seeded from each sample's generator),
-    or one path for the batch when ``generator`` is a single generator."""
+    ``generator``, or a Brownian path over the grid's span per sample: a ``BrownianTree`` on a Philox
+    generator's keys, else a torchsde path seeded from each sample's generator, or one path for the batch
+    when ``generator`` is a single generator."""
     if kind == "gaussian":
         return GaussianNoise(shape, generator, dtype=dtype, device=device)
+    if isinstance(generator, PhiloxGenerator):
+        return BrownianTree(shape, float(grid.min()), float(grid.max()), generator, dtype=dtype, device=device)
     entropy = draw_entropy(generator, shape[0])
     if isinstance(generator, torch.Generator):
         entropy = entropy[0]  # one path for the batch

@@ -12,7 +12,7 @@ import torch
 from . import grids as grids_mod
 from . import samplers as samplers_mod
 from .model import Prediction, ScoreModel
-from .noise import NOISES, check_generators, generators_from_seed, make_noise
+from .noise import NOISES, check_generators, generator_from_seed, make_noise
 from .samplers.base import Step
 from .samplers.driver import Driver, NonFiniteStateError  # noqa: F401  (revsde.solve.NonFiniteStateError)
 from .sde.cached import GridCoefficients
@@ -48,9 +48,7 @@ def state_dtype(dtype, x_init=None, mu=None) -> torch.dtype:
 def _generators(seed, generator, batch, device):
     if generator is not None:
         return check_generators(generator, batch)
-    if seed is None:
-        seed = int(torch.randint(2**31, ()))
-    return generators_from_seed(seed, batch, device)
+    return generator_from_seed(seed, batch, device)
 
 
 def sample(model: ScoreModel, shape: Sequence[int] | None = None, *, sampler="euler_maruyama",
@@ -65,10 +63,11 @@ def sample(model: ScoreModel, shape: Sequence[int] | None = None, *, sampler="eu
     ``(N+1,)`` / ``(N+1, B)`` tensor, or a callable ``grid(sde, steps)`` such as ``grids.Shifted(3.0)``
     (the SDE's ``default_grid``, where it has one, before the sampler's: ``uniform_t`` on rectified
     flow, whose log-SNR is infinite at both ends). The start is ``x_init`` or a prior draw of ``shape``.
-    Randomness: ``seed`` gives sample ``b`` its own generator ``seed + b`` (a sample never depends on
-    its batch); ``generator`` (one, or a list with one per sample) replaces it. ``noise`` is
-    ``"gaussian"``, ``"brownian"`` (a fixed Brownian path per sample, the same at every step count)
-    or a noise source. The state is float32, or float64 / complex when the input is.
+    Randomness: ``seed`` gives sample ``b`` its own counter-based Philox stream keyed ``seed + b``
+    (``revsde.philox``: a sample never depends on its batch, and all samples draw in one vectorised call);
+    ``generator`` (a ``torch.Generator``, a list with one per sample, or a ``PhiloxGenerator``) replaces it.
+    ``noise`` is ``"gaussian"``, ``"brownian"`` (a fixed Brownian path per sample, the same at every step
+    count) or a noise source. The state is float32, or float64 / complex when the input is.
     ``graphs``: replay the network from CUDA graphs (``ScoreModel.graphed()``): ``"auto"`` (default)
     on CUDA devices, ``True``, or ``False``. On CUDA the loop makes no host sync per step: the NaN
     guard reads its verdicts every 16 steps and at the end.

@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 
 from ..model import Prediction
-from ..noise import GaussianNoise, check_generators, generators_from_seed, make_noise
+from ..noise import GaussianNoise, check_generators, generator_from_seed, make_noise
 from ..samplers.base import Step
 from ..samplers.driver import Driver
 from ..sde.cached import GridCoefficients
@@ -20,15 +20,16 @@ from ..solve import state_dtype
 
 class SchedulerRun:
     """``sampler`` started at ``sample`` on ``grid`` (decreasing ``(N+1,)`` times from the run's first
-    step); ``noise`` is one of ``NOISES``, drawn from ``generator`` (one, or one per sample; ``None``: a
-    seed from torch's global generator). The state is float32 (float64 if ``sample`` is)."""
+    step); ``noise`` is one of ``NOISES``, drawn from ``generator`` (one, or one per sample; ``None``:
+    per-sample Philox streams from a seed drawn from torch's global generator, as ``revsde.sample``'s
+    ``seed=``). The state is float32 (float64 if ``sample`` is)."""
 
     def __init__(self, sampler, sde, grid: torch.Tensor, sample: torch.Tensor, generator, noise: str):
         batch, device = sample.shape[0], sample.device
         dtype = state_dtype(sample.dtype)
         grid = grid[:, None].expand(-1, batch).to(device).contiguous()
         if generator is None:
-            generator = generators_from_seed(int(torch.randint(2**31, ())), batch, device)
+            generator = generator_from_seed(None, batch, device)
         generator = check_generators(generator, batch)
         self.noise = make_noise(noise, tuple(sample.shape), generator, grid, dtype=dtype, device=device)
         self.sde = GridCoefficients(sde, grid)  # as revsde.sample: once per grid, on device

@@ -95,7 +95,7 @@ def test_chains_are_the_same_on_every_sde():
     torch.testing.assert_close(x_vp, vp.alpha(levels_vp[vp_state.level])[:, None] * x_ve, rtol=1e-9, atol=1e-11)
     # one VE step by hand, with the run's first normal: x + (η/2) s + sqrt(η) z at the argmax level
     level = ExactNoisePosterior(data, ve, levels_ve)(x_tilde).argmax(1)
-    z = revsde.noise.randn((5, 2), revsde.noise.generators_from_seed(3, 5), dtype=torch.float64)
+    z = revsde.noise.randn((5, 2), revsde.noise.generator_from_seed(3, 5), dtype=torch.float64)
     score = exact_model(data, ve)(x_tilde, levels_ve[level]).score
     torch.testing.assert_close(chains(ve, levels_ve, steps=1, level="argmax")[0], x_tilde + 0.15 * score + 0.3**0.5 * z)
 
@@ -231,15 +231,19 @@ def test_lock_step_batch_equals_separate_chains_and_run_batched_shares_calls():
         torch.testing.assert_close(x, sol.x, rtol=1e-12, atol=1e-12)
 
 
-def test_chains_resume_bit_identically(tmp_path):
+@pytest.mark.parametrize("source", ["seed", "generators"])
+def test_chains_resume_bit_identically(tmp_path, source):
     """A run, its chain state saved and loaded into a new sampler, a second run: bit-identical to the same
-    instance running twice (exact Gibbs and a stochastic integrator: the generators are resumed too)."""
+    instance running twice (exact Gibbs and a stochastic integrator: the generators are resumed too), with
+    the Philox streams of ``seed=`` (one state: draw index and keys) and with per-sample torch generators."""
     sde = S.VPSDE()
     data = two_modes()
     post = ExactNoisePosterior(data, sde, 30)
     model = exact_model(data, sde)
     options = dict(noise_level="sample", integrator_options={"stochastic": True}, burn_in_steps=3, mcmc_steps=4)
-    run = lambda smp: revsde.sample(model, shape=(4, 2), sampler=smp, steps=5, seed=1, dtype=torch.float64).x
+    randomness = (lambda: {"seed": 1}) if source == "seed" else \
+        (lambda: {"generator": [torch.Generator().manual_seed(1 + b) for b in range(4)]})
+    run = lambda smp: revsde.sample(model, shape=(4, 2), sampler=smp, steps=5, dtype=torch.float64, **randomness()).x
 
     first = dmcmc(post, **options)
     run(first)
@@ -251,7 +255,8 @@ def test_chains_resume_bit_identically(tmp_path):
     assert torch.equal(run(resumed), continued)
     assert not torch.equal(continued, out)
     state = DMCMCState.from_state_dict(resumed.state.state_dict())
-    assert state.rounds == 3 + 4 + 4 and state.level.dtype == torch.int64 and len(state.generators) == 4
+    assert state.rounds == 3 + 4 + 4 and state.level.dtype == torch.int64
+    assert len(state.generators) == (1 if source == "seed" else 4)
     resumed.reset()
     assert torch.equal(run(resumed), out)  # fresh chains again
     with pytest.raises(ValueError, match="holds chains of shape"):

@@ -30,7 +30,7 @@ def start(sde, sampler, steps, batch, seed, grid=None, **options):
     """A sampler generator with its own prior draw and noise, as ``revsde.sample`` would make it."""
     smp = revsde.samplers.get(sampler, **options)
     t = revsde.grids.resolve(grid or smp.default_grid, sde, steps, batch, None)
-    gens = revsde.noise.generators_from_seed(seed, batch)
+    gens = revsde.noise.generator_from_seed(seed, batch)  # what seed= makes
     x = sde.prior_sample((batch, 2), generator=gens, dtype=torch.float64)
     return smp.run(sde, t, x, None, revsde.GaussianNoise((batch, 2), gens, dtype=torch.float64))
 
@@ -76,7 +76,7 @@ def test_run_batched_with_mu_and_cond():
     for mu, b, s in zip(mus, (2, 3), (0, 1)):
         smp = revsde.samplers.get("euler_maruyama")
         t = revsde.grids.resolve("uniform_t", sde, 20, b, None)
-        gens = revsde.noise.generators_from_seed(s, b)
+        gens = revsde.noise.generator_from_seed(s, b)
         x = sde.prior_sample((b, 2), mu, generator=gens, dtype=torch.float64)
         runs.append(smp.run(sde, t, x, mu, revsde.GaussianNoise((b, 2), gens, dtype=torch.float64)))
     got = run_batched(model, runs, mu=mus)

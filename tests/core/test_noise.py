@@ -1,6 +1,8 @@
 """Noise sources: per-sample reproducibility, standard-normal moments (statistical, fixed seeds, 5 standard
 errors), and the Brownian path's defining properties (one path at every step count, independent
-increments, space-time Lévy area)."""
+increments, space-time Lévy area), each for both kinds of randomness: per-sample torch generators
+(torchsde's ``BrownianInterval``) and the per-sample Philox streams of ``seed=`` (``BrownianTree``). The
+Philox generator's own tests are in test_counter_noise.py."""
 from __future__ import annotations
 
 import math
@@ -8,7 +10,8 @@ import math
 import pytest
 import torch
 
-from revsde.noise import BrownianNoise, GaussianNoise, generators_from_seed, randn
+from revsde.noise import (BrownianNoise, BrownianTree, GaussianNoise, PhiloxGenerator, generator_from_seed,
+                          generators_from_seed, randn)
 
 F64 = torch.float64
 # Statistical tests keep each tensor under 32768 elements: above it torch splits elementwise ops over
@@ -31,11 +34,22 @@ def corr(a: torch.Tensor, b: torch.Tensor) -> float:
     return float((a * b).sum() / torch.sqrt((a * a).sum() * (b * b).sum()))
 
 
+def philox_tree(shape, t0, t1, entropy, dtype=F64):
+    """``BrownianNoise``'s signature on a ``BrownianTree``: a list of keys, or an int ``s`` for keys s + b."""
+    keys = torch.tensor(entropy) if not isinstance(entropy, int) else torch.arange(shape[0]) + entropy
+    return BrownianTree(shape, t0, t1, PhiloxGenerator(keys), dtype=dtype)
+
+
+SEEDED = pytest.mark.parametrize("seeded", [generators_from_seed, generator_from_seed], ids=["torch", "philox"])
+BROWNIAN = pytest.mark.parametrize("brownian", [BrownianNoise, philox_tree], ids=["torchsde", "philox"])
+
+
 # --- GaussianNoise ----------------------------------------------------------------------------------
 
-def test_gaussian_rows_do_not_depend_on_the_batch():
-    small = GaussianNoise((3, 2, 4), generators_from_seed(40, 3), dtype=F64)
-    large = GaussianNoise((5, 2, 4), generators_from_seed(40, 5), dtype=F64)
+@SEEDED
+def test_gaussian_rows_do_not_depend_on_the_batch(seeded):
+    small = GaussianNoise((3, 2, 4), seeded(40, 3), dtype=F64)
+    large = GaussianNoise((5, 2, 4), seeded(40, 5), dtype=F64)
     for _ in range(3):  # every call, not only the first
         a, b = small(0.5, 0.4), large(0.5, 0.4)
         assert torch.equal(a, b[:3])
@@ -56,16 +70,18 @@ def test_gaussian_single_generator_is_reproducible():
     assert not torch.equal(a(), first)  # each call draws anew
 
 
-def test_gaussian_moments_are_standard_normal():
-    noise = GaussianNoise((4, N // 4), generators_from_seed(0, 4), dtype=F64)
+@SEEDED
+def test_gaussian_moments_are_standard_normal(seeded):
+    noise = GaussianNoise((4, N // 4), seeded(0, 4), dtype=F64)
     first, second = noise(1.0, 0.9), noise(0.9, 0.8)
     assert_standard_normal(first)
     assert_standard_normal(second)
     assert abs(corr(first, second)) < 5 / math.sqrt(N)
 
 
-def test_gaussian_complex_has_half_variance_per_part():
-    z = GaussianNoise((2, N // 2), generators_from_seed(3, 2), dtype=torch.complex128)()
+@SEEDED
+def test_gaussian_complex_has_half_variance_per_part(seeded):
+    z = GaussianNoise((2, N // 2), seeded(3, 2), dtype=torch.complex128)()
     assert z.dtype == torch.complex128
     assert_standard_normal(z.real, 0.5)
     assert_standard_normal(z.imag, 0.5)
@@ -77,9 +93,9 @@ def test_randn_needs_one_generator_per_sample():
         randn((3, 4), generators_from_seed(0, 2))
 
 
-# --- BrownianNoise -----------------------------------------------------------------------------------
+# --- Brownian paths: BrownianNoise (torchsde) and BrownianTree (Philox) -------------------------
 
-def increments_along(noise: BrownianNoise, grid: torch.Tensor) -> torch.Tensor:
+def increments_along(noise, grid: torch.Tensor) -> torch.Tensor:
     """Σ sqrt(Δ)·noise over a decreasing grid: the unnormalised increment W(grid[0]) − W(grid[-1])."""
     total = 0
     for hi, lo in zip(grid[:-1], grid[1:]):
@@ -87,37 +103,40 @@ def increments_along(noise: BrownianNoise, grid: torch.Tensor) -> torch.Tensor:
     return total
 
 
+@BROWNIAN
 @pytest.mark.parametrize("entropy", [[11, 12, 13], 5], ids=["per_sample", "batch"])
-def test_brownian_path_is_the_same_at_every_step_count(entropy):
+def test_brownian_path_is_the_same_at_every_step_count(brownian, entropy):
     """Two samplers with 64 and 5 (irregular) steps and one with a single step see one path."""
     shape = (3, 2, 4)
-    coarse = BrownianNoise(shape, 0.0, 1.0, entropy, dtype=F64)
+    coarse = brownian(shape, 0.0, 1.0, entropy, dtype=F64)
     whole = math.sqrt(0.99) * coarse(1.0, 0.01)
-    fine = increments_along(BrownianNoise(shape, 0.0, 1.0, entropy, dtype=F64),
+    fine = increments_along(brownian(shape, 0.0, 1.0, entropy, dtype=F64),
                             torch.linspace(1.0, 0.01, 65, dtype=F64))
-    odd = increments_along(BrownianNoise(shape, 0.0, 1.0, entropy, dtype=F64),
+    odd = increments_along(brownian(shape, 0.0, 1.0, entropy, dtype=F64),
                            torch.tensor([1.0, 0.731, 0.5, 0.123456789, 0.0123, 0.01], dtype=F64))
     torch.testing.assert_close(fine, whole, rtol=0, atol=1e-9)
     torch.testing.assert_close(odd, whole, rtol=0, atol=1e-9)
     assert float(whole.abs().max()) > 0.1  # not a degenerate path
     # a sub-interval queried directly equals the sum of the fine steps inside it
-    sub = BrownianNoise(shape, 0.0, 1.0, entropy, dtype=F64)
+    sub = brownian(shape, 0.0, 1.0, entropy, dtype=F64)
     middle = increments_along(sub, torch.linspace(0.75, 0.25, 9, dtype=F64))
-    direct = math.sqrt(0.5) * BrownianNoise(shape, 0.0, 1.0, entropy, dtype=F64)(0.25, 0.75)
+    direct = math.sqrt(0.5) * brownian(shape, 0.0, 1.0, entropy, dtype=F64)(0.25, 0.75)
     torch.testing.assert_close(middle, direct, rtol=0, atol=1e-9)
 
 
-def test_brownian_different_entropies_give_different_paths():
-    a = BrownianNoise((2, 3), 0.0, 1.0, [1, 2], dtype=F64)(1.0, 0.5)
-    b = BrownianNoise((2, 3), 0.0, 1.0, [1, 3], dtype=F64)(1.0, 0.5)
+@BROWNIAN
+def test_brownian_different_entropies_give_different_paths(brownian):
+    a = brownian((2, 3), 0.0, 1.0, [1, 2], dtype=F64)(1.0, 0.5)
+    b = brownian((2, 3), 0.0, 1.0, [1, 3], dtype=F64)(1.0, 0.5)
     assert torch.equal(a[0], b[0]) and not torch.equal(a[1], b[1])
 
 
-def brownian_samples(intervals, paths: int = 4, return_U: bool = False):
-    """Normalised increments over ``intervals`` from ``paths`` independent batch-mode paths of N values."""
+def brownian_samples(brownian, intervals, paths: int = 4, return_U: bool = False):
+    """Normalised increments over ``intervals`` from ``paths`` independent batch-mode paths of N values
+    (a tree's keys: entropy + b, so the paths' entropies lie N apart)."""
     out = [[] for _ in intervals]
     for seed in range(paths):
-        noise = BrownianNoise((N,), 0.0, 1.0, 1000 + seed, dtype=F64)
+        noise = brownian((N,), 0.0, 1.0, 1000 + N * seed, dtype=F64)
         for i, (lo, hi) in enumerate(intervals):
             out[i].append(noise.increment(lo, hi, return_U=True) if return_U else noise(lo, hi))
     if return_U:
@@ -125,9 +144,10 @@ def brownian_samples(intervals, paths: int = 4, return_U: bool = False):
     return [torch.cat(o) for o in out]
 
 
-def test_brownian_increments_are_independent_standard_normals():
+@BROWNIAN
+def test_brownian_increments_are_independent_standard_normals(brownian):
     disjoint = [(0.0, 0.3), (0.3, 0.7), (0.7, 1.0), (0.05, 0.06)]
-    z = brownian_samples(disjoint + [(0.0, 0.5), (0.25, 0.75)])
+    z = brownian_samples(brownian, disjoint + [(0.0, 0.5), (0.25, 0.75)])
     n = z[0].numel()
     for zi in z:
         assert_standard_normal(zi)
@@ -139,9 +159,10 @@ def test_brownian_increments_are_independent_standard_normals():
     assert abs(corr(z[4], z[5]) - 0.5) < 5 * (1 - 0.25) / math.sqrt(n)
 
 
-def test_brownian_space_time_levy_area_statistics():
+@BROWNIAN
+def test_brownian_space_time_levy_area_statistics(brownian):
     """U = ∫_lo^hi (W_r − W_lo) dr: Var W = h, Var U = h³/3, Cov(W, U) = h²/2."""
-    (w, u), = brownian_samples([(0.2, 0.6)], return_U=True)
+    (w, u), = brownian_samples(brownian, [(0.2, 0.6)], return_U=True)
     h, n = 0.4, w.numel()
     assert_standard_normal(w / math.sqrt(h))
     assert_standard_normal(u / math.sqrt(h**3 / 3))
@@ -150,19 +171,21 @@ def test_brownian_space_time_levy_area_statistics():
     assert abs(float((w * u).mean()) - h**2 / 2) < 5 * math.sqrt((h * h**3 / 3 + (h**2 / 2) ** 2) / n)
 
 
+@BROWNIAN
 @pytest.mark.parametrize("entropy", [[21, 22, 23], 9], ids=["per_sample", "batch"])
-def test_brownian_increment_agrees_with_the_normalised_noise(entropy):
-    a = BrownianNoise((3, 5), 0.0, 1.0, entropy, dtype=F64)
-    b = BrownianNoise((3, 5), 0.0, 1.0, entropy, dtype=F64)
+def test_brownian_increment_agrees_with_the_normalised_noise(brownian, entropy):
+    a = brownian((3, 5), 0.0, 1.0, entropy, dtype=F64)
+    b = brownian((3, 5), 0.0, 1.0, entropy, dtype=F64)
     w, u = a.increment(0.9, 0.4, return_U=True)
     assert w.shape == u.shape == (3, 5)
     torch.testing.assert_close(w, math.sqrt(0.5) * b(0.9, 0.4), rtol=0, atol=1e-12)
     assert torch.equal(a.increment(0.4, 0.9), w)
 
 
-def test_brownian_per_sample_rows_do_not_depend_on_the_batch():
-    small = BrownianNoise((3, 4), 0.0, 1.0, [30, 31, 32], dtype=F64)
-    large = BrownianNoise((5, 4), 0.0, 1.0, [30, 31, 32, 33, 34], dtype=F64)
+@BROWNIAN
+def test_brownian_per_sample_rows_do_not_depend_on_the_batch(brownian):
+    small = brownian((3, 4), 0.0, 1.0, [30, 31, 32], dtype=F64)
+    large = brownian((5, 4), 0.0, 1.0, [30, 31, 32, 33, 34], dtype=F64)
     for t_hi, t_lo in [(1.0, 0.6), (0.6, 0.35), (0.35, 0.0)]:
         assert torch.equal(small(t_hi, t_lo), large(t_hi, t_lo)[:3])
     assert torch.equal(small.fresh(), large.fresh()[:3])
@@ -171,33 +194,36 @@ def test_brownian_per_sample_rows_do_not_depend_on_the_batch():
     assert torch.equal(w3, w5[:3]) and torch.equal(u3, u5[:3])
 
 
+@BROWNIAN
 @pytest.mark.parametrize("entropy", [[40, 41, 42], 8], ids=["per_sample", "batch"])
-def test_brownian_per_sample_times(entropy):
+def test_brownian_per_sample_times(brownian, entropy):
     """A (B,) time gives every sample its own interval of its own row of the path."""
-    noise = BrownianNoise((3, 4), 0.0, 1.0, entropy, dtype=F64)
+    noise = brownian((3, 4), 0.0, 1.0, entropy, dtype=F64)
     hi = torch.tensor([1.0, 0.8, 0.5], dtype=F64)
     lo = torch.tensor([0.7, 0.2, 0.45], dtype=F64)
     z = noise(hi, lo)
-    ref = BrownianNoise((3, 4), 0.0, 1.0, entropy, dtype=F64)
+    ref = brownian((3, 4), 0.0, 1.0, entropy, dtype=F64)
     for b in range(3):
         torch.testing.assert_close(z[b], ref(float(hi[b]), float(lo[b]))[b], rtol=0, atol=1e-12)
 
 
-def test_brownian_fresh_is_reproducible_and_off_the_path():
-    a = BrownianNoise((2, N // 2), 0.0, 1.0, [3, 4], dtype=F64)
-    b = BrownianNoise((2, N // 2), 0.0, 1.0, [3, 4], dtype=F64)
+@BROWNIAN
+def test_brownian_fresh_is_reproducible_and_off_the_path(brownian):
+    a = brownian((2, N // 2), 0.0, 1.0, [3, 4], dtype=F64)
+    b = brownian((2, N // 2), 0.0, 1.0, [3, 4], dtype=F64)
     first = a.fresh()
     assert torch.equal(first, b.fresh())
     second = a.fresh()
     assert torch.equal(second, b.fresh()) and not torch.equal(first, second)
     assert_standard_normal(first)
     assert abs(corr(first, a(1.0, 0.0))) < 5 / math.sqrt(N)
-    batch = BrownianNoise((3, 2), 0.0, 1.0, 6, dtype=F64)
-    assert torch.equal(batch.fresh(), BrownianNoise((3, 2), 0.0, 1.0, 6, dtype=F64).fresh())
+    batch = brownian((3, 2), 0.0, 1.0, 6, dtype=F64)
+    assert torch.equal(batch.fresh(), brownian((3, 2), 0.0, 1.0, 6, dtype=F64).fresh())
 
 
-def test_brownian_complex_has_half_variance_per_part():
-    noise = BrownianNoise((N // 2,), 0.0, 1.0, 17, dtype=torch.complex128)
+@BROWNIAN
+def test_brownian_complex_has_half_variance_per_part(brownian):
+    noise = brownian((N // 2,), 0.0, 1.0, 17, dtype=torch.complex128)
     z = noise(0.8, 0.3)
     assert z.dtype == torch.complex128
     assert_standard_normal(z.real, 0.5)

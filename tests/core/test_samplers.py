@@ -238,21 +238,39 @@ def _stochastic_variants():
     return out
 
 
-@pytest.mark.parametrize("sde_name", ["vp", "ve", "mr", "rf"])
+@pytest.mark.parametrize("sde_name", list(SDES))
 @pytest.mark.parametrize("noise", ["gaussian", "brownian"])
 @pytest.mark.parametrize("name, options", _stochastic_variants())
 def test_sample_does_not_depend_on_its_batch(name, options, noise, sde_name):
-    """With per-sample generators (seed + b), sample b is the same in a batch of 3 and of 5, for every
-    stochastic sampler on VP, VE, MR and rectified flow (the Langevin corrector included: its norms are per sample)."""
+    """With ``seed=`` (per-sample Philox streams keyed seed + b), sample b is the same, bit for bit, in a
+    batch of 3 and of 5 and placed elsewhere in a batch (keys 9 + b with b = 2, 3, 4 are 11, 12, 13), for
+    every stochastic sampler on every SDE (the Langevin corrector included: its norms are per sample)."""
     smp = revsde.samplers.get(name, **options)
     assert smp.batch_independent
     sde = SDES[sde_name]()
     model = exact_model(two_modes(), sde)
     mu = mu_for(sde)
 
-    def run(batch):
-        return revsde.sample(model, shape=(batch, 2), sampler=smp, steps=5, seed=11, noise=noise,
+    def run(batch, seed=11):
+        return revsde.sample(model, shape=(batch, 2), sampler=smp, steps=5, seed=seed, noise=noise,
                              mu=None if mu is None else mu.expand(batch, 2), dtype=torch.float64).x
+
+    alone = run(3)
+    assert torch.equal(alone, run(5)[:3])
+    assert torch.equal(alone, run(5, seed=9)[2:])
+
+
+@pytest.mark.parametrize("noise", ["gaussian", "brownian"])
+@pytest.mark.parametrize("name, options", _stochastic_variants())
+def test_sample_with_per_sample_torch_generators_does_not_depend_on_its_batch(name, options, noise):
+    """``generator=`` a list of ``torch.Generator``s (one per sample) keeps its own batch invariance."""
+    smp = revsde.samplers.get(name, **options)
+    model = exact_model(two_modes(), S.VPSDE())
+
+    def run(batch):
+        gens = [torch.Generator().manual_seed(11 + b) for b in range(batch)]
+        return revsde.sample(model, shape=(batch, 2), sampler=smp, steps=5, generator=gens, noise=noise,
+                             dtype=torch.float64).x
 
     torch.testing.assert_close(run(3), run(5)[:3], rtol=1e-12, atol=1e-12)
 

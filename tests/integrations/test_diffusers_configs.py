@@ -22,7 +22,6 @@ from revsde.integrations.diffusers import RevSDEScheduler  # noqa: E402
 from revsde.integrations.mixture_unet import ExactMixtureUNet  # noqa: E402
 from revsde.integrations.pipelines import UnconditionalPipeline, load_pipeline  # noqa: E402
 from revsde.integrations.scheduler_config import discrete_timesteps, dynamic_threshold  # noqa: E402
-from revsde.noise import generators_from_seed  # noqa: E402
 from revsde.sde.vp import DiscreteVPSDE, ddpm_alphas_cumprod  # noqa: E402
 
 from fixtures import (DIT_NULL_CLASS, count_unet_calls, tiny_ddpm_pipeline, tiny_dit_pipeline,  # noqa: E402
@@ -229,7 +228,8 @@ def test_ddpm_fixed_variance_types_are_accepted():
 # --- item 8: DiT's doubled guidance batch ---------------------------------------------------------------
 def dit_reference(pipe, labels, guidance_scale, seed, global_seed, sampler, options):
     """What a DiT run should give: ``revsde.sample`` on the guided transformer (ε channels), from the
-    pipeline's latents, with the per-sample generators the scheduler draws from the global seed."""
+    pipeline's latents, with the per-sample Philox streams the scheduler keys from a seed of the global
+    generator (``seed=`` that seed)."""
     transformer, vae, rev = pipe.transformer, pipe.vae, pipe.scheduler
     channels = transformer.config.in_channels
 
@@ -245,7 +245,7 @@ def dit_reference(pipe, labels, guidance_scale, seed, global_seed, sampler, opti
     noise_seed = int(torch.randint(2**31, ()))
     with torch.no_grad():
         sol = revsde.sample(model, x_init=x_init, sampler=sampler, grid=rev._grid, **options,
-                            generator=generators_from_seed(noise_seed, batch),
+                            seed=noise_seed,
                             cond={"class_labels": torch.tensor(labels)})
         return (vae.decode(sol.x / vae.config.scaling_factor).sample / 2 + 0.5).clamp(0, 1)
 

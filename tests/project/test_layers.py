@@ -11,7 +11,7 @@ PACKAGE = Path(revsde.__file__).resolve().parent
 #: the top-level part of revsde -> its layer (0: core; 1: kernels, nets, metrics, audio; 2: integrations,
 #: apps; 3: the command line)
 LAYERS = {"sde": 0, "samplers": 0, "model": 0, "grids": 0, "noise": 0, "solve": 0, "tensors": 0, "files": 0,
-          "graphs": 0, "graph_buffers": 0, "grid_fit": 0, "grid_files": 0,
+          "philox": 0, "brownian_tree": 0, "graphs": 0, "graph_buffers": 0, "grid_fit": 0, "grid_files": 0,
           "kernels": 1, "nets": 1, "metrics": 1, "audio": 1, "io": 1, "weights": 1,
           "integrations": 2, "apps": 2, "cli": 3, "__main__": 3}
 
