@@ -38,6 +38,7 @@ from revsde.audio.io import SUFFIXES, AudioError
 from revsde.audio.stream import (ArraySource, FileSource, collect, keep_silence, process_stream, scan, windows_count,
                             write_peak_safe)
 from revsde.model import ScoreModel
+from revsde.philox import PhiloxGenerator, as_keys
 from revsde.sde.ouve import OUVESDE
 from revsde.grids import sgmse_grid
 from revsde.solve import sample
@@ -168,19 +169,21 @@ class Enhancer:
             self.grid = sgmse_grid(self.steps, sde.t_min, sde.t_max)
         self.progress, self.nfe, self.max_memory = progress, 0, max_memory
 
-    def generators(self, index: int, channels: int) -> list[torch.Generator]:
-        """One CPU generator per channel of window ``index``, seeded from (seed, index, channel) without
-        collisions between windows and channels (up to 4099 channels), so results repeat on any device."""
-        return [torch.Generator().manual_seed((self.seed * 1_000_003 + index) * 4099 + b) for b in range(channels)]
+    def generators(self, index: int, channels: int) -> PhiloxGenerator:
+        """One Philox stream per channel of window ``index``, keyed by (seed, index, channel) without
+        collisions between windows and channels (up to 4099 channels); on the CPU, so that results repeat
+        on any device."""
+        return PhiloxGenerator(as_keys((self.seed * 1_000_003 + index) * 4099 + b for b in range(channels)))
 
-    def spectrogram(self, y: torch.Tensor, generators: list[torch.Generator]) -> torch.Tensor:
+    def spectrogram(self, y: torch.Tensor, generators: PhiloxGenerator) -> torch.Tensor:
         """Sample the clean spectrogram ``[B, 1, F, T]`` given the noisy one ``y`` (frames padded)."""
         with torch.no_grad():
             return self.unrolled(y, generators)
 
     def unrolled(self, y: torch.Tensor, generator) -> torch.Tensor:
         """``spectrogram`` with autograd on: the whole sampling run is differentiable in the network's
-        weights (``train_speech``'s ``crp`` loss trains through it). ``generator``: one, or one per item."""
+        weights (``train_speech``'s ``crp`` loss trains through it). ``generator``: a ``torch.Generator``, one
+        per item, or a ``PhiloxGenerator``."""
         sol = sample(self.model, y.shape, mu=y, sampler=self.sampler, steps=None if self.grid is not None else self.steps,
                      grid=self.grid, generator=generator, device=self.device, progress=self.progress)
         self.nfe += sol.nfe

@@ -360,7 +360,7 @@ def test_sgmse_sampler_runs_sgmse_grid_to_zero_at_two_evaluations_per_step(speec
 # --- channels and levels ------------------------------------------------------------------------
 def test_channels_are_enhanced_on_their_own_with_their_own_scale_and_seed(speech):
     """Channel ``b`` of window ``i`` is sample ``b`` of one batched call and draws its noise from its own
-    generator seeded ``(seed·1000003 + i)·4099 + b``: identical channels come out different, channel 0
+    Philox stream keyed ``(seed·1000003 + i)·4099 + b``: identical channels come out different, channel 0
     equals a one-channel call, and no channel shares its noise with another window's channel."""
     x = speech_like(0.5, RATE, seed=10)[0]
     xn = x / np.abs(x).max()
@@ -369,7 +369,7 @@ def test_channels_are_enhanced_on_their_own_with_their_own_scale_and_seed(speech
     np.testing.assert_allclose(both[0], enhancer.window(xn[None], 0)[0], rtol=0, atol=1e-5)
     assert np.abs(both[1] - enhancer.window(xn[None], 1)[0]).max() > 1e-2  # window 1 draws other noise
     assert np.abs(both[0] - both[1]).max() > 1e-2
-    seeds = {g.initial_seed() for i in range(50) for g in enhancer.generators(i, 3)}
+    seeds = {key for i in range(50) for key in enhancer.generators(i, 3).keys.tolist()}
     assert len(seeds) == 150
 
     wave = np.stack([x, x, 0.1 * x])
