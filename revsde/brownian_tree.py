@@ -54,7 +54,7 @@ class BrownianTree:
         for start in range(0, nodes.shape[1], step):
             z = block_normals(g.keys, nodes[:, start:start + step], self._count, purpose="brownian",
                               schedule=g.schedule)
-            yield from z.reshape(len(g), -1, 2, self._count).unbind(1)
+            yield from zip(z[0].unbind(1), z[1].unbind(1))
 
     def _point(self, k: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``W`` and ``I = ∫_{t0} W dr`` at the cell corners ``t0 + k · cell`` (``k``: ``(B,)``, 0 to 2^depth)."""
@@ -69,10 +69,10 @@ class BrownianTree:
         splits = torch.bitwise_left_shift(torch.ones_like(levels), levels) + first_bits
         draws = self._normals(torch.cat([torch.zeros_like(cell_index)[:, None], splits], 1))
         dt = self.t1 - self.t0
-        x1, x2 = next(draws).unbind(1)
+        x1, x2 = next(draws)
         w, area = math.sqrt(dt) * x1, math.sqrt(dt / 12) * x2  # the cell's increment W and space-time area H
         w_a, i_a = torch.zeros_like(w), torch.zeros_like(w)  # W and its integral at the cell's start a
-        for level, (x1, x2) in enumerate(z.unbind(1) for z in draws):
+        for level, (x1, x2) in enumerate(draws):
             right = ((cell_index >> (self.depth - 1 - level)) & 1).bool()[:, None]
             # the halves' (W, H) given the cell's: the exact Gaussian bridge of (W, H) at the midpoint
             w_left = 0.5 * w + 1.5 * area + (math.sqrt(dt) / 4) * x1
@@ -87,7 +87,7 @@ class BrownianTree:
         end = (k == last)[:, None]  # t1 itself: the end of the last cell
         values = (torch.where(end, w_a + w, w_a),
                   torch.where(end, i_a + dt * w_a + dt * (area + 0.5 * w), i_a))
-        self._points = [*self._points[-1:], (k.clone(), values)]
+        self._points = [*self._points[-2:], (k.clone(), values)]  # a step shares a point with the one before
         return values
 
     def _sample(self, t0, t1, return_U: bool):

@@ -46,9 +46,8 @@ def round_keys(k0, k1, rounds: int = ROUNDS) -> torch.Tensor:
     """Philox's key schedule ``(k0 + r W0, k1 + r W1)`` for rounds ``r = 0 … rounds − 1``: ``(rounds, 2, *shape)``.
     Left unreduced mod 2³² (below 2³⁶): the rounds mask what they xor it into."""
     k0, k1 = torch.broadcast_tensors(torch.as_tensor(k0, dtype=torch.int64), torch.as_tensor(k1, dtype=torch.int64))
-    lanes = (rounds, 2, *([1] * k0.ndim))
     steps = torch.arange(rounds, dtype=torch.int64, device=k0.device)
-    return torch.stack([k0, k1]) + (steps[:, None] * _lanes(WEYL, k0.device)).reshape(lanes)
+    return torch.stack([k0, k1]) + (steps[:, None] * _lanes(WEYL, k0.device)).reshape(rounds, 2, *([1] * k0.ndim))
 
 
 def philox_lanes(counter, keys: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -64,10 +63,11 @@ def philox_lanes(counter, keys: torch.Tensor) -> tuple[torch.Tensor, torch.Tenso
     odd = torch.stack([c3.expand(shape), c1.expand(shape)])
     for key in keys:
         product = mul * mult  # wraps mod 2^64: the low 64 bits of the 32 x 32-bit products
-        # (hi0 ^ c3, hi1 ^ c1) flipped is (hi1 ^ c1, hi0 ^ c3), the new (c0, c2); the low words, the new (c3, c1)
+        # (hi0 ^ c3, hi1 ^ c1) flipped is (hi1 ^ c1, hi0 ^ c3), the new (c0, c2); the low words, the new (c3, c1),
+        # are kept with the high ones above them: the mask here clears what they bring in
         mul = ((product >> 32).bitwise_xor_(odd).flip(0) ^ key).bitwise_and_(MASK)
-        odd = product.bitwise_and_(MASK)
-    return mul, odd
+        odd = product
+    return mul, odd & MASK
 
 
 def philox4x32(counter, key, rounds: int = ROUNDS) -> tuple[torch.Tensor, ...]:
@@ -102,11 +102,11 @@ def box_muller(radius_words: torch.Tensor, angle_words: torch.Tensor) -> torch.T
 
 def block_normals(keys: torch.Tensor, row, count: int, *, rows: int = 1, purpose: str = "normal",
                   schedule: torch.Tensor | None = None) -> torch.Tensor:
-    """``(B, 2 R, count)`` float64 standard normals of the counter rows ``row … row + rows − 1`` of each
+    """``(2, B, R, count)`` float64 standard normals of the counter rows ``row … row + rows − 1`` of each
     sample's key (``keys``: ``(B,)`` int64; ``row``: an int, or an int64 tensor ``()``, ``(B,)`` or ``(B, R₀)``
     for several rows per sample, read on no host; ``R = R₀ · rows``). Counter ``(q, row, ·, purpose)`` gives
-    elements ``2q, 2q + 1`` twice: from words (w0, w3) in output row ``2 i`` and from (w2, w1) in row
-    ``2 i + 1``. ``schedule``: ``key_schedule(keys)``, if kept."""
+    elements ``2q, 2q + 1`` twice: from words (w0, w3) in lane 0 and from (w2, w1) in lane 1.
+    ``schedule``: ``key_schedule(keys)``, if kept."""
     device = keys.device
     batch, pairs = keys.shape[0], (count + 1) // 2
     schedule = key_schedule(keys) if schedule is None else schedule
@@ -116,26 +116,27 @@ def block_normals(keys: torch.Tensor, row, count: int, *, rows: int = 1, purpose
     r_lo, r_hi = split_words(index)
     q = torch.arange(pairs, dtype=torch.int64, device=device)
     radius, angle = philox_lanes((q, r_lo, r_hi, PURPOSES[purpose]), schedule)  # ((w0, w2), (w3, w1))
-    z = box_muller(radius, angle).expand(2, batch, index.shape[1], pairs, 2)  # (lane, B, row, pair, cos/sin)
-    return z.permute(1, 2, 0, 3, 4).reshape(batch, 2 * index.shape[1], 2 * pairs)[..., :count]
+    z = box_muller(radius, angle)  # (lane, B, row, pair, cos/sin)
+    return z.reshape(2, batch, -1, 2 * pairs)[..., :count]
 
 
 def normals(keys: torch.Tensor, draw, count: int, *, draws: int = 1, schedule: torch.Tensor | None = None,
             ) -> torch.Tensor:
     """``(B, draws, count)`` float64 standard normals: draws ``draw … draw + draws − 1`` of each sample's
-    Philox stream (``keys``: ``(B,)`` int64, the run's seed + b). Draw ``d`` is output row ``d mod 2`` of
-    counter row ``d // 2`` (``block_normals``): two consecutive draws share their blocks, so no word is
-    wasted whatever the number of elements. ``draw``: an int, or an int64 tensor (one draw; nothing is read
-    on the host, so the draw can be captured in a CUDA graph)."""
+    Philox stream (``keys``: ``(B,)`` int64, the run's seed + b). Draw ``d`` is lane ``d mod 2`` of counter
+    row ``d // 2`` (``block_normals``): two consecutive draws share their blocks, so no word is wasted
+    whatever the number of elements. ``draw``: an int, or an int64 tensor (one draw; nothing is read on the
+    host, so the draw can be captured in a CUDA graph)."""
     if torch.is_tensor(draw):
         if draws != 1:
             raise ValueError("a draw index held in a tensor draws one draw at a time")
         z = block_normals(keys, draw >> 1, count, schedule=schedule)
-        return z.index_select(1, (draw & 1).reshape(1))
+        return z.index_select(0, (draw & 1).reshape(1))[0]
     first = int(draw) // 2
     rows = (int(draw) + draws - 1) // 2 - first + 1
+    z = block_normals(keys, first, count, rows=rows, schedule=schedule)
     offset = int(draw) - 2 * first
-    return block_normals(keys, first, count, rows=rows, schedule=schedule)[:, offset:offset + draws]
+    return z.permute(1, 2, 0, 3).reshape(keys.shape[0], 2 * rows, -1)[:, offset:offset + draws]
 
 
 def as_keys(values, device=None) -> torch.Tensor:
@@ -152,28 +153,29 @@ class PhiloxGenerator:
     """Per-sample Philox streams of a batch, used where a list of per-sample ``torch.Generator``\\ s would be:
     ``normal(shape)`` returns the next draw, sample ``b`` from key ``keys[b]``.
 
-    The draw index counts calls; it lives in an int64 tensor on the keys' device, so a draw makes no host
-    read on CUDA and replays correctly from a CUDA graph. On the CPU, small draws are computed
-    ``CACHE_DRAWS`` at a time (the same numbers: each is a pure function of its index), which amortises the
-    cost per tensor operation. ``get_state`` / ``set_state`` save and restore the index and the keys, as a
+    ``draw`` counts the draws. With keys on a GPU it is an int64 tensor there, so a draw makes no host read and
+    replays correctly from a CUDA graph; on the CPU it is an int, and small draws are computed ``CACHE_DRAWS``
+    at a time (the same numbers: each is a pure function of its index), which amortises the cost of each
+    tensor operation. ``get_state`` / ``set_state`` save and restore the draw index and the keys, as a
     ``torch.Generator``'s state does.
     """
 
     def __init__(self, keys: torch.Tensor):
         self._set_keys(torch.as_tensor(keys, dtype=torch.int64).flatten())
-        self.draw = torch.zeros((), dtype=torch.int64, device=self.device)
+        self.draw = torch.zeros((), dtype=torch.int64, device=self.device) if self._on_device else 0
 
     def _set_keys(self, keys: torch.Tensor) -> None:
         self.keys, self.device = keys, keys.device
+        self._on_device = keys.device.type != "cpu"
         self.schedule = key_schedule(keys)
-        self._cache = None  # (count, first draw index, (B, draws, count) normals)
+        self._cache = None  # (count, first draw index, its block_normals: (2, B, rows, count))
 
     @classmethod
     def from_seed(cls, seed: int, batch: int, device=None) -> "PhiloxGenerator":
         return cls(keys_from_seed(seed, batch, device))
 
     def __len__(self) -> int:
-        return self.keys.numel()
+        return self.keys.shape[0]
 
     def normal(self, shape, dtype=None, device=None) -> torch.Tensor:
         """The next draw: standard normals of ``shape`` (``(B, ...)``; complex dtypes: circular, E|z|² = 1)."""
@@ -189,34 +191,38 @@ class PhiloxGenerator:
         return z.reshape(shape).to(dtype=dtype, device=device if device is not None else self.device, copy=True)
 
     def _next(self, count: int) -> torch.Tensor:
-        if self.device.type != "cpu":
+        if self._on_device:
             z = normals(self.keys, self.draw, count, schedule=self.schedule)[:, 0]
             self.draw.add_(1)
             return z
-        draw = int(self.draw)
-        cache = self._cache
-        if cache is None or cache[0] != count or not 0 <= draw - cache[1] < cache[2].shape[1]:
+        draw, cache = self.draw, self._cache
+        if cache is None or cache[0] != count or not 0 <= draw - cache[1] < 2 * cache[2].shape[2]:
             first = draw - draw % 2  # a counter row holds two draws: compute both
             draws = max(2, min(CACHE_DRAWS, CACHE_NORMALS // max(1, len(self) * count)))
-            cache = self._cache = (count, first, normals(self.keys, first, count, draws=draws + draws % 2,
-                                                         schedule=self.schedule))
-        self.draw.add_(1)
-        return cache[2][:, draw - cache[1]]
+            block = block_normals(self.keys, first // 2, count, rows=(draws + 1) // 2, schedule=self.schedule)
+            cache = self._cache = (count, first, block)
+        self.draw = draw + 1
+        i = draw - cache[1]
+        return cache[2][i % 2, :, i // 2]
 
     def __getitem__(self, index: slice) -> "PhiloxGenerator":
         """The streams of the samples ``index`` (a slice), at the same draw index."""
         part = PhiloxGenerator(self.keys[index])
-        part.draw.copy_(self.draw)
+        part.set_state(torch.cat([self.get_state()[:1], part.keys.cpu()]))
         return part
 
     def get_state(self) -> torch.Tensor:
         """``[draw index, keys...]`` as an int64 tensor on the CPU."""
-        return torch.cat([self.draw.reshape(1), self.keys]).cpu()
+        draw = self.draw.reshape(1) if self._on_device else torch.tensor([self.draw], device=self.device)
+        return torch.cat([draw, self.keys]).cpu()
 
     def set_state(self, state: torch.Tensor) -> None:
-        state = state.to(dtype=torch.int64, device=self.device)
-        self.draw.copy_(state[0])
-        self._set_keys(state[1:].clone())
+        state = state.to(dtype=torch.int64)
+        self._set_keys(state[1:].to(self.device).clone())
+        if self._on_device:
+            self.draw.copy_(state[0])
+        else:
+            self.draw = int(state[0])
 
     def __repr__(self) -> str:
         keys = self.keys.tolist() if len(self) <= 4 else f"{int(self.keys[0])}..{int(self.keys[-1])}"

@@ -2,11 +2,16 @@
 
 ``sampler_overhead``: the cost of the sampling loop itself — every sampler driven with a network that
 costs nothing (it returns a tensor made once), per step, beside diffusers' ``DPMSolverMultistepScheduler.step``
-in the same loop shape, and ``RevSDEScheduler.step`` (the diffusers path). ``graph_speed`` (CUDA only):
+in the same loop shape, and ``RevSDEScheduler.step`` (the diffusers path). ``peer_overhead``: each sampler's
+loop against its equivalents in diffusers, k-diffusion (an optional benchmark extra: ``pip install
+'revsde[bench]'``; its rows are skipped with a note without it) and a transcription of score_sde's PC loop, per
+network evaluation, the two run alternately in one process. ``graph_speed`` (CUDA only):
 a small UNet sampled eagerly and replayed from CUDA graphs at several batch sizes, beside the bare
 network's time per call, which is the limit. ``startup``: the wall time of fresh ``revsde`` processes
 (``--version``, ``--help``, a tiny ``sample`` run) beside a process that only imports torch, which every
-command that samples must pay. ``revsde bench speed`` prints them and writes them.
+command that samples must pay. ``noise_speed``: per-sample, batch-invariant noise (``seed=``: Philox streams)
+beside one shared ``torch.Generator`` for a whole batch, and the per-sample torch generators ``seed=`` used
+before. ``revsde bench speed`` prints them and writes them.
 """
 from __future__ import annotations
 
@@ -24,6 +29,8 @@ import torch
 from revsde import __version__
 from revsde import samplers as samplers_mod
 from revsde.files import write_report
+
+from .peers import peer_overhead
 
 #: (label, sampler, options) of the loop-overhead table
 OVERHEAD_SAMPLERS = [
@@ -48,6 +55,20 @@ def _median_seconds(fn, repeats: int) -> float:
     return statistics.median(times)
 
 
+def _interleaved_medians(fns, repeats: int) -> list[float]:
+    """Median seconds of each of ``fns``, timed in turn ``repeats`` times (after a warm-up), so that a
+    machine's load drifting during the measurement weighs on all of them alike."""
+    for fn in fns:
+        fn()
+    times = [[] for _ in fns]
+    for _ in range(repeats):
+        for seconds, fn in zip(times, fns):
+            start = time.perf_counter()
+            fn()
+            seconds.append(time.perf_counter() - start)
+    return [statistics.median(t) for t in times]
+
+
 @dataclass
 class SpeedResult:
     """Rows of ``{"label", "path", "ms_per_step", "ratio"}`` (ratio to diffusers' DPM-Solver++ step in
@@ -60,6 +81,8 @@ class SpeedResult:
     graphs: list[dict] = field(default_factory=list)
     threads: int = 1
     startup: list[dict] = field(default_factory=list)
+    peers: list[dict] = field(default_factory=list)
+    noise: list[dict] = field(default_factory=list)
 
     def markdown(self) -> str:
         lines = [f"Sampling-loop overhead per step: a free network (returns a tensor made once), state {tuple(self.shape)}, "
@@ -70,6 +93,19 @@ class SpeedResult:
         for row in self.overhead:
             lines.append(f"| {row['label']} | {row['path']} | {row['evals_per_step']} | {row['ms_per_step']:.4f} | "
                          f"{row['ratio']:.2f}x | {row['ratio_per_nfe']:.2f}x |")
+        if self.peers:
+            lines += ["", "### Loop overhead against diffusers, k-diffusion and score_sde", "",
+                      f"Each loop with a free network (a DDPM noise prediction made once), {self.steps} steps, CPU, one "
+                      "thread: µs per network evaluation (NFE), the revsde run and its peer alternately in one "
+                      "process (medians); revsde draws its noise from one batch generator, as its peers do.", "",
+                      "| revsde | peer | batch | revsde µs/NFE | peer µs/NFE | ratio |", "|---|---|---|---|---|---|"]
+            for row in self.peers:
+                peer = f"{row['library']} {row['peer']}"
+                if "skipped" in row:
+                    lines.append(f"| {row['label']} | {peer} | {row['batch']} | | | skipped: {row['skipped']} |")
+                else:
+                    lines.append(f"| {row['label']} | {peer} | {row['batch']} | {row['revsde_us']:.1f} | "
+                                 f"{row['peer_us']:.1f} | {row['ratio']:.2f}x |")
         if self.graphs:
             lines += ["", "CUDA graphs: a small UNet (about 2 M parameters, 32x32), ms per network evaluation "
                       "(NFE) while sampling (mrs, 20 steps), and the bare network's ms per call, eager and "
@@ -80,6 +116,15 @@ class SpeedResult:
                 lines.append(f"| {g['batch']} | {g['net_eager_ms']:.3f} | {g['net_ms']:.3f} | {g['eager_ms']:.3f} | "
                              f"{g['graphed_ms']:.3f} | {g['eager_ms'] / g['graphed_ms']:.2f}x | "
                              f"{g['graphed_ms'] / g['net_ms']:.2f} |")
+        if self.noise:
+            lines += ["", f"Batch-invariant noise: revsde.sample of the exact ring mixture (VP), shape (n, 2), "
+                      f"euler_maruyama, {self.noise[0]['steps']} steps, CPU, one thread; ms per run (median), and "
+                      "its ratio to one shared torch.Generator for the batch in the same process.", "",
+                      "| n | shared generator | seed= (Philox streams) | ratio | per-sample torch generators | ratio |",
+                      "|---|---|---|---|---|---|"]
+            for row in self.noise:
+                lines.append(f"| {row['n']} | {row['shared_ms']:.1f} | {row['philox_ms']:.1f} | {row['ratio']:.2f}x | "
+                             f"{row['torch_ms']:.1f} | {row['torch_ratio']:.2f}x |")
         if self.startup:
             lines += ["", "Start-up: wall time of a fresh process (median), and its ratio to a process that only "
                       "imports torch.", "", "| command | seconds | ratio to `import torch` |", "|---|---|---|"]
@@ -88,7 +133,8 @@ class SpeedResult:
         return "\n".join(lines)
 
     def to_json(self) -> dict:
-        return {"overhead": self.overhead, "graphs": self.graphs, "startup": self.startup, "steps": self.steps, "shape": list(self.shape),
+        return {"overhead": self.overhead, "graphs": self.graphs, "startup": self.startup, "noise": self.noise,
+                "steps": self.steps, "shape": list(self.shape),
                 "device": self.device, "threads": self.threads, "version": __version__,
                 "torch": torch.__version__}
 
@@ -134,6 +180,30 @@ def sampler_overhead(steps: int = 50, shape=(1, 3, 32, 32), repeats: int = 20, s
             per_step = _median_seconds(loop, repeats) / steps
             rows.append({"label": label, "path": path, "evals_per_step": evals, "ms_per_step": per_step * 1e3,
                          "ratio": per_step / base, "ratio_per_nfe": per_step / evals / base})
+    return rows
+
+
+def noise_speed(sizes=(64, 1000, 8000), steps: int = 50, repeats: int = 7) -> list[dict]:
+    """Per-sample, batch-invariant noise against one shared generator (issue 26's benchmark): ``revsde.sample``
+    of the exact ring mixture under VP, shape ``(n, 2)``, euler_maruyama, with ``seed=`` (Philox streams), with
+    ``generator=`` one ``torch.Generator`` for the batch (the two timed in turn), and with a list of per-sample
+    torch generators (the former ``seed=``; timed once after a warm-up, it is slow). Rows of ms per run and
+    ratios to the shared generator."""
+    from revsde.nets.gmm import GaussianMixture, exact_model
+    from revsde.noise import generators_from_seed
+    from revsde.sde import VPSDE
+    from revsde.solve import sample
+
+    model = exact_model(GaussianMixture.ring(), VPSDE())
+    rows = []
+    for n in sizes:
+        def run(**randomness):
+            return lambda: sample(model, (n, 2), sampler="euler_maruyama", steps=steps, graphs=False, **randomness)
+
+        shared, philox = _interleaved_medians([run(generator=torch.Generator().manual_seed(0)), run(seed=0)], repeats)
+        per_sample = _median_seconds(lambda: run(generator=generators_from_seed(0, n))(), 1)
+        rows.append({"n": n, "steps": steps, "shared_ms": shared * 1e3, "philox_ms": philox * 1e3,
+                     "ratio": philox / shared, "torch_ms": per_sample * 1e3, "torch_ratio": per_sample / shared})
     return rows
 
 
@@ -209,11 +279,12 @@ def startup(repeats: int = 3) -> list[dict]:
 
 
 def run_speed(steps: int = 50, repeats: int = 20, shape=(1, 3, 32, 32), gpu: bool | None = None) -> SpeedResult:
-    """The overhead table (CPU, one thread, as the tests run) and, with CUDA, the graphs table."""
+    """The overhead and noise tables (CPU, one thread, as the tests run) and, with CUDA, the graphs table."""
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
         overhead = sampler_overhead(steps, shape, repeats)
+        noise = noise_speed()
     finally:
         torch.set_num_threads(threads)
     gpu = torch.cuda.is_available() if gpu is None else gpu
@@ -221,7 +292,7 @@ def run_speed(steps: int = 50, repeats: int = 20, shape=(1, 3, 32, 32), gpu: boo
         raise ValueError("--gpu asked for, but this torch build sees no CUDA device")
     graphs = graph_speed() if gpu else []
     return SpeedResult(overhead=overhead, steps=steps, shape=tuple(shape), device="cpu", graphs=graphs,
-                       startup=startup())
+                       startup=startup(), noise=noise)
 
 
 def write(result: SpeedResult, out_dir: str | os.PathLike) -> dict[str, Path]:

@@ -36,3 +36,7 @@ def test_cli_writes_the_speed_tables(tmp_path, capsys):
                             "revsde sample --n 100 --steps 5 --no-plot"}
     assert all(r["seconds"] > 0 for r in startup.values()) and startup["import torch"]["ratio"] == 1.0
     assert "Start-up" in (tmp_path / "bench_speed.md").read_text()
+    noise = data["noise"]  # issue 26: seed= (Philox streams) against one shared generator
+    assert [r["n"] for r in noise] == [64, 1000, 8000]
+    assert all(r["ratio"] == pytest.approx(r["philox_ms"] / r["shared_ms"]) for r in noise)
+    assert "Batch-invariant noise" in (tmp_path / "bench_speed.md").read_text()
