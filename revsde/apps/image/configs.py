@@ -129,6 +129,9 @@ def flow_revsde_configs() -> list[SchedulerConfig]:
         native("mrs 3 velocity shift 2", "mrs", order=3, prediction="velocity", shift=2.0),
         native("mrs SDE 2", "mrs", order=2, stochastic=True),
         native("mrs SDE 2 shift 1.5", "mrs", order=2, stochastic=True, shift=1.5),
+        native("unipc 2", "unipc", order=2),
+        native("unipc 3", "unipc", order=3),
+        native("unipc 2 shift 1.5", "unipc", order=2, shift=1.5),
         native("revsde ode_heun", "ode_heun"),
         # mrs 2 as a scheduler in the pipeline, on the model's FlowMatchEuler sigmas (1 … 1/1000, then 0)
         SchedulerConfig("RevSDEScheduler mrs 2", "RevSDEScheduler", {"sampler": "mrs", "order": 2}),
