@@ -29,15 +29,31 @@ class Query:
     t: torch.Tensor
 
 
-@dataclass
 class Step:
-    """The state after step ``i`` (0-based) at times ``t``; ``denoised`` is the latest x̂₀ if known."""
+    """The state after step ``i`` (0-based) at times ``t``; ``denoised`` is the latest x̂₀ if known.
 
-    i: int
-    x: torch.Tensor
-    t: torch.Tensor
-    denoised: torch.Tensor | None = None
-    nfe: int = 0
+    A sampler may pass the step's ``Prediction`` as ``denoised``: its x̂₀ is then computed only if someone
+    reads it (a callback, a scheduler's ``pred_original_sample``), not at every step of every run.
+    """
+
+    __slots__ = ("i", "x", "t", "_denoised", "nfe")
+
+    def __init__(self, i: int, x: torch.Tensor, t: torch.Tensor,
+                 denoised: torch.Tensor | Prediction | None = None, nfe: int = 0):
+        self.i, self.x, self.t, self._denoised, self.nfe = i, x, t, denoised, nfe
+
+    @property
+    def denoised(self) -> torch.Tensor | None:
+        if isinstance(self._denoised, Prediction):
+            self._denoised = self._denoised.data
+        return self._denoised
+
+    @denoised.setter
+    def denoised(self, value) -> None:
+        self._denoised = value
+
+    def __repr__(self) -> str:
+        return f"Step(i={self.i}, t={self.t!r}, nfe={self.nfe})"
 
 
 Run = Generator[Query | Step, Prediction | None, torch.Tensor]

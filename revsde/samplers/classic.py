@@ -1,4 +1,8 @@
-"""Song et al.'s reverse-SDE predictors as stand-alone samplers (score_sde, ICLR 2021)."""
+"""Song et al.'s reverse-SDE predictors as stand-alone samplers (score_sde, ICLR 2021).
+
+Each predictor plans its coefficients for the whole grid before the loop (``plan``: one vectorised pass
+on the grid's device) and takes step ``i`` from row ``i`` of the plan (``step``).
+"""
 from __future__ import annotations
 
 from . import updates
@@ -15,18 +19,25 @@ class _PredictorSampler(Sampler):
     def __init__(self, *, denoise: bool = True):
         self.denoise = check_choice(self.name, "denoise", denoise, (True, False))
 
-    def update(self, sde, x, t_cur, t_next, pred, mu):
+    def plan(self, sde, grid, x):
+        """Every step's coefficients, computed once for ``grid``."""
+        raise NotImplementedError
+
+    def step(self, plan, i, x, pred, mu):
+        """``(mean, std)`` of step ``i``."""
         raise NotImplementedError
 
     def run(self, sde, grid, x, mu, noise):
         n = grid.shape[0] - 1
+        plan = self.plan(sde, grid, x)
+        times = grid.unbind(0)  # each row's view made once
         for i in range(n):
-            t_cur, t_next = grid[i], grid[i + 1]
+            t_cur, t_next = times[i], times[i + 1]
             pred = yield Query(x, t_cur)
-            mean, std = self.update(sde, x, t_cur, t_next, pred, mu)
+            mean, std = self.step(plan, i, x, pred, mu)
             # The last step returns the noise-free mean (score_sde's noise_removal) unless told not to.
             x = mean if (self.denoise and i == n - 1) else mean + std * noise(t_cur, t_next)
-            yield Step(i, x, t_next, pred.data)
+            yield Step(i, x, t_next, pred)
         return x
 
 
@@ -39,8 +50,11 @@ class EulerMaruyama(_PredictorSampler):
 
     name = "euler_maruyama"
 
-    def update(self, sde, x, t_cur, t_next, pred, mu):
-        return updates.euler_maruyama(sde, x, t_cur, t_next, pred, mu)
+    def plan(self, sde, grid, x):
+        return updates.euler_plan(sde, grid, x)
+
+    def step(self, plan, i, x, pred, mu):
+        return updates.euler_step(plan, i, x, pred, mu)
 
 
 class ReverseDiffusion(_PredictorSampler):
@@ -65,8 +79,11 @@ class ReverseDiffusion(_PredictorSampler):
         super().__init__(denoise=denoise)
         self.discretization = check_choice(self.name, "discretization", discretization, ("exact", "euler"))
 
-    def update(self, sde, x, t_cur, t_next, pred, mu):
-        return updates.reverse_diffusion(sde, x, t_cur, t_next, pred, mu, self.discretization)
+    def plan(self, sde, grid, x):
+        return updates.euler_plan(sde, grid, x, self.discretization)
+
+    def step(self, plan, i, x, pred, mu):
+        return updates.euler_step(plan, i, x, pred, mu)
 
 
 class Ancestral(_PredictorSampler):
@@ -83,8 +100,11 @@ class Ancestral(_PredictorSampler):
         super().__init__(denoise=denoise)
         self.variance = check_choice(self.name, "variance", variance, ("posterior", "forward"))
 
-    def update(self, sde, x, t_cur, t_next, pred, mu):
-        return updates.posterior(sde, x, t_cur, t_next, pred, mu, self.variance)
+    def plan(self, sde, grid, x):
+        return updates.posterior_plan(sde, grid, x, self.variance)
+
+    def step(self, plan, i, x, pred, mu):
+        return updates.posterior_step(plan, i, x, pred, mu)
 
 
 PREDICTORS = {"euler_maruyama": EulerMaruyama, "reverse_diffusion": ReverseDiffusion, "ancestral": Ancestral}

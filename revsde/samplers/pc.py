@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import torch
 
+from ..tensors import bcast, real_dtype
 from . import updates
 from .base import Query, Sampler, Step, check_choice, check_number
 from .classic import PREDICTORS
@@ -60,30 +61,49 @@ class PC(Sampler):
     def order(self):
         return self._predictor.order if self._n_corrector == 0 else None
 
-    def _corrector_step_size(self, sde, t_cur, t_next, score, z):
-        a = torch.exp(2 * (sde.log_alpha(t_cur) - sde.log_alpha(t_next))) if self._anneal_with_alpha else 1.0
+    def _corrector_plan(self, sde, grid, x):
+        """The corrector's per-step factors, computed once for the grid: ``"ald"``'s ``ε`` and ``sqrt(2ε)`` as
+        state-shaped rows; ``"langevin"``'s ``2 a_i`` per sample (``(N, B)``, in the state's real dtype), which
+        each step multiplies by its ``(snr ‖z‖/‖s‖)²``."""
+        if self._anneal_with_alpha:
+            log_alpha = updates.grid_table(sde, "log_alpha", grid)
+            a = torch.exp(2 * (log_alpha[:-1] - log_alpha[1:]))
+        else:
+            a = torch.ones_like(grid[:-1])
         if self.corrector == "ald":
-            return 2 * a * (self.snr * sde.sigma(t_cur)) ** 2
-        noise_norm, grad_norm = _norm(z).to(t_cur.dtype), _norm(score).to(t_cur.dtype)  # per sample, (B,)
-        if self.langevin_norms == "batch":  # score_sde: the batch means, one step for the whole batch
-            noise_norm, grad_norm = noise_norm.mean().expand_as(t_cur), grad_norm.mean().expand_as(t_cur)
-        return (self.snr * noise_norm / grad_norm) ** 2 * 2 * a
+            step = 2 * a * (self.snr * updates.grid_table(sde, "sigma", grid)[:-1]) ** 2
+            return updates.per_step(x, step, torch.sqrt(2 * step))
+        two_a = (2 * a).to(device=x.device, dtype=real_dtype(x.dtype))  # the state's precision, as its norms
+        return (two_a if two_a.ndim > 1 else two_a[:, None]).unbind(0)
+
+    def _corrector_step(self, plan, i, x, score, z):
+        """One Langevin move ``x + ε s + sqrt(2ε) z`` at step ``i``, rounded as score_sde rounds it."""
+        if self.corrector == "ald":
+            step, root = plan[0][i], plan[1][i]
+        else:
+            noise_norm, grad_norm = _norm(z), _norm(score)  # per sample, (B,)
+            if self.langevin_norms == "batch":  # score_sde: the batch means, one step for the whole batch
+                noise_norm, grad_norm = noise_norm.mean(), grad_norm.mean()
+            eps = (self.snr * noise_norm / grad_norm) ** 2 * plan[i]
+            step, root = bcast(eps, x), bcast(torch.sqrt(2 * eps), x)
+        return x + step * score + root * z
 
     def run(self, sde, grid, x, mu, noise):
         n = grid.shape[0] - 1
+        plan = self._predictor.plan(sde, grid, x)
+        corrector = self._corrector_plan(sde, grid, x) if self._n_corrector else None
+        times = grid.unbind(0)  # each row's view made once
         for i in range(n):
-            t_cur, t_next = grid[i], grid[i + 1]
+            t_cur, t_next = times[i], times[i + 1]
             # Corrector: Langevin moves that leave p_{t_cur} invariant.
             for _ in range(self._n_corrector):
                 pred = yield Query(x, t_cur)
-                z = noise.fresh()
-                step = self._corrector_step_size(sde, t_cur, t_next, pred.score, z)
-                x = updates.langevin(x, pred.score, step, z)
+                x = self._corrector_step(corrector, i, x, pred.score, noise.fresh())
             # Predictor: one step of the reverse SDE.
             pred = yield Query(x, t_cur)
-            mean, std = self._predictor.update(sde, x, t_cur, t_next, pred, mu)
+            mean, std = self._predictor.step(plan, i, x, pred, mu)
             x = mean if (self.denoise and i == n - 1) else mean + std * noise(t_cur, t_next)
-            yield Step(i, x, t_next, pred.data)
+            yield Step(i, x, t_next, pred)
         return x
 
 

@@ -8,6 +8,7 @@ import numbers
 import torch
 
 from ..tensors import as_time, bcast
+from .cached import served_from_grid
 
 
 class LinearSDE(abc.ABC):
@@ -76,8 +77,16 @@ class LinearSDE(abc.ABC):
             hi = torch.where(above, hi, mid)
         return 0.5 * (lo + hi)
 
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        own = cls.__dict__.get("model_time")
+        if own is not None and not getattr(own, "served_from_grid", False):
+            cls.model_time = served_from_grid(own)  # a grid row's model time comes from the run's cache
+
+    @served_from_grid
     def model_time(self, t) -> torch.Tensor:
-        """The time value the network was trained with (the continuous time by default)."""
+        """The time value the network was trained with (the continuous time by default). At a row of a
+        grid a run is on (``GridCoefficients``), the value comes from that grid's table."""
         return as_time(t)
 
     def transition(self, t_from, t_to) -> tuple[torch.Tensor, torch.Tensor]:
@@ -142,6 +151,14 @@ class LinearSDE(abc.ABC):
         """The PF-ODE drift at a ``Prediction``: ``f (x − μ) − ½ g² ∇log p_t``, equal to the flow
         ``α′ x̂₀ + σ′ ε̂`` (SDEs whose f or g² is infinite somewhere compute it as that)."""
         return self.reverse_drift(x, t, pred.score, mu, ode=True)
+
+    def pf_ode_coefficients(self, t):
+        """The PF-ODE drift as ``c_y (x − μ) + c_ε ε̂`` with ``(c_y, c_ε) = (f, ½ g²/σ)`` at times ``t`` (the
+        score ``−ε̂/σ`` folded in), for samplers that plan their steps on a grid; None for an SDE that
+        computes its drift otherwise (its own ``pf_ode_drift``: rectified flow's is the flow itself)."""
+        if getattr(self.pf_ode_drift, "__func__", None) is not LinearSDE.pf_ode_drift:
+            return None
+        return self.f(t), 0.5 * self.g2(t) / self.sigma(t)
 
     def table_on(self, name: str, device) -> torch.Tensor:
         """The tensor attribute ``name`` on ``device``, copied there once: a host→device copy at every
