@@ -50,8 +50,12 @@ def paired_seconds(baseline, candidate, rounds: int) -> tuple[float, float]:
     return statistics.median(times[0]), statistics.median(times[1])
 
 
-def peer_overhead(steps: int = 50, batches=PEER_BATCHES, rounds: int = PEER_ROUNDS, peers=None) -> list[dict]:
-    """Per-NFE cost of each revsde loop and of its peer (``PEERS``), run alternately, with a free network."""
+def peer_overhead(steps: int = 50, batches=None, rounds: int | None = None, peers=None) -> list[dict]:
+    """Per-NFE cost of each revsde loop and of its peer (``PEERS``, at ``PEER_BATCHES``, ``PEER_ROUNDS``
+    alternating runs), with a free network: rows of ``label``, ``sampler``, ``library``, ``peer``, ``batch``
+    and ``revsde_us``, ``peer_us`` (µs per NFE), their ``ratio`` and NFE counts, or ``skipped`` with why."""
+    batches = PEER_BATCHES if batches is None else batches
+    rounds = PEER_ROUNDS if rounds is None else rounds
     from revsde.model import ScoreModel
     from revsde.sde import DiscreteVPSDE
     from revsde.solve import sample
@@ -121,7 +125,8 @@ def _k_diffusion_loop(kd, name: str, steps: int, start, output, alphas_cumprod):
 def _score_sde_pc(steps: int, start, output, snr: float = 0.16, eps: float = 1e-3):
     """score_sde's ``pc_sampler`` (``ReverseDiffusionPredictor`` + ``LangevinCorrector``, one corrector step,
     noise removal) on its discrete ``VPSDE(N=steps)``, transcribed from score_sde_pytorch's ``sampling.py``
-    and ``sde_lib.py``, with its ``get_score_fn`` (``−model(x, t (N − 1)) / sqrt(1 − ᾱ)``)."""
+    and ``sde_lib.py``, with its ``get_score_fn`` (``−model(x, t (N − 1)) / sqrt(1 − ᾱ)``). Its table
+    ``β_k = β_min/N … β_max/N`` needs N > 20 (β < 1)."""
     n = steps
     betas = torch.linspace(0.1 / n, 20.0 / n, n)
     alphas = 1 - betas

@@ -133,7 +133,8 @@ class SpeedResult:
         return "\n".join(lines)
 
     def to_json(self) -> dict:
-        return {"overhead": self.overhead, "graphs": self.graphs, "startup": self.startup, "noise": self.noise,
+        return {"overhead": self.overhead, "peers": self.peers, "graphs": self.graphs, "startup": self.startup,
+                "noise": self.noise,
                 "steps": self.steps, "shape": list(self.shape),
                 "device": self.device, "threads": self.threads, "version": __version__,
                 "torch": torch.__version__}
@@ -279,11 +280,12 @@ def startup(repeats: int = 3) -> list[dict]:
 
 
 def run_speed(steps: int = 50, repeats: int = 20, shape=(1, 3, 32, 32), gpu: bool | None = None) -> SpeedResult:
-    """The overhead and noise tables (CPU, one thread, as the tests run) and, with CUDA, the graphs table."""
+    """The overhead, peer and noise tables (CPU, one thread, as the tests run) and, with CUDA, the graphs table."""
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
         overhead = sampler_overhead(steps, shape, repeats)
+        peers = peer_overhead(steps)
         noise = noise_speed()
     finally:
         torch.set_num_threads(threads)
@@ -292,7 +294,7 @@ def run_speed(steps: int = 50, repeats: int = 20, shape=(1, 3, 32, 32), gpu: boo
         raise ValueError("--gpu asked for, but this torch build sees no CUDA device")
     graphs = graph_speed() if gpu else []
     return SpeedResult(overhead=overhead, steps=steps, shape=tuple(shape), device="cpu", graphs=graphs,
-                       startup=startup(), noise=noise)
+                       startup=startup(), noise=noise, peers=peers)
 
 
 def write(result: SpeedResult, out_dir: str | os.PathLike) -> dict[str, Path]:
