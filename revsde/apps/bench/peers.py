@@ -7,6 +7,7 @@ score_sde's PC loop. Each pair runs alternately in one process; ``revsde bench s
 """
 from __future__ import annotations
 
+import functools
 import importlib.util
 import inspect
 import statistics
@@ -54,39 +55,49 @@ def peer_overhead(steps: int = 50, batches=None, rounds: int | None = None, peer
     """Per-NFE cost of each revsde loop and of its peer (``PEERS``, at ``PEER_BATCHES``, ``PEER_ROUNDS``
     alternating runs), with a free network: rows of ``label``, ``sampler``, ``library``, ``peer``, ``batch``
     and ``revsde_us``, ``peer_us`` (µs per NFE), their ``ratio`` and NFE counts, or ``skipped`` with why."""
-    batches = PEER_BATCHES if batches is None else batches
     rounds = PEER_ROUNDS if rounds is None else rounds
-    from revsde.model import ScoreModel
-    from revsde.sde import DiscreteVPSDE
-    from revsde.solve import sample
-
-    kd, missing = k_diffusion()
-    ac = DiscreteVPSDE.from_schedule().alphas_cumprod  # diffusers' default DDPM table, every loop's
     rows = []
-    for batch in batches:
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(0)
-            output, start = 0.1 * torch.randn(batch, 3, 32, 32), torch.randn(batch, 3, 32, 32)
-        model = ScoreModel(lambda x, t: output, DiscreteVPSDE(ac))
-        for label, name, options, library, peer in (peers or PEERS):
+    for batch in (PEER_BATCHES if batches is None else batches):
+        for spec in (peers or PEERS):
+            label, name, _, library, peer = spec
             row = {"label": label, "sampler": name, "library": library, "peer": peer, "batch": batch}
             rows.append(row)
-            if library == "k-diffusion" and kd is None:
-                row["skipped"] = missing
+            loops = peer_loops(spec, steps, batch)
+            if isinstance(loops, str):
+                row["skipped"] = loops
                 continue
-            if library == "diffusers":
-                peer_run, peer_nfe = _diffusers_loop(peer, steps, start, output)
-            elif library == "k-diffusion":
-                peer_run, peer_nfe = _k_diffusion_loop(kd, peer, steps, start, output, ac)
-            else:
-                peer_run, peer_nfe = _score_sde_pc(steps, start, output), 2 * steps
-            run = lambda: sample(model, x_init=start, sampler=name, steps=steps, graphs=False,
-                                 generator=torch.Generator().manual_seed(0), **options)
-            nfe = steps * samplers_mod.get(name, **options).evals_per_step
+            (run, nfe), (peer_run, peer_nfe) = loops
             peer_s, revsde_s = paired_seconds(peer_run, run, rounds)
             row.update(revsde_us=revsde_s / nfe * 1e6, peer_us=peer_s / peer_nfe * 1e6, revsde_nfe=nfe,
                        peer_nfe=peer_nfe, ratio=(revsde_s / nfe) / (peer_s / peer_nfe))
     return rows
+
+
+def peer_loops(spec, steps: int, batch: int):
+    """``((revsde run, its NFE), (peer run, its NFE))`` of one ``PEERS`` entry on a ``(batch, 3, 32, 32)``
+    state, both starting from the same state with the same free network; or why the peer cannot run."""
+    from revsde.model import ScoreModel
+    from revsde.sde import DiscreteVPSDE
+    from revsde.solve import sample
+
+    _, name, options, library, peer = spec
+    kd, missing = k_diffusion() if library == "k-diffusion" else (None, None)
+    if library == "k-diffusion" and kd is None:
+        return missing
+    ac = DiscreteVPSDE.from_schedule().alphas_cumprod  # diffusers' default DDPM table, every loop's
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        output, start = 0.1 * torch.randn(batch, 3, 32, 32), torch.randn(batch, 3, 32, 32)
+    if library == "diffusers":
+        peer_loop = _diffusers_loop(peer, steps, start, output)
+    elif library == "k-diffusion":
+        peer_loop = _k_diffusion_loop(kd, peer, steps, start, output, ac)
+    else:
+        peer_loop = _score_sde_pc(steps, start, output), 2 * steps
+    model = ScoreModel(lambda x, t: output, DiscreteVPSDE(ac))
+    run = lambda: sample(model, x_init=start, sampler=name, steps=steps, graphs=False,
+                         generator=torch.Generator().manual_seed(0), **options)
+    return (run, steps * samplers_mod.get(name, **options).evals_per_step), peer_loop
 
 
 def _diffusers_loop(name: str, steps: int, start, output):
@@ -165,6 +176,7 @@ def _score_sde_pc(steps: int, start, output, snr: float = 0.16, eps: float = 1e-
     return run
 
 
+@functools.lru_cache(maxsize=None)
 def k_diffusion():
     """k-diffusion's ``(external, sampling)`` modules and None, or None and why not. Its package's
     ``__init__`` imports its training stack (CLIP, torchvision, wandb), which the samplers do not need:
