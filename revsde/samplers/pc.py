@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import torch
 
-from ..tensors import bcast, real_dtype
+from ..tensors import real_dtype
 from . import updates
 from .base import Query, Sampler, Step, check_choice, check_number
 from .classic import PREDICTORS
@@ -85,18 +85,19 @@ class PC(Sampler):
             if self.langevin_norms == "batch":  # score_sde: the batch means, one step for the whole batch
                 noise_norm, grad_norm = noise_norm.mean(), grad_norm.mean()
             eps = (self.snr * noise_norm / grad_norm) ** 2 * plan[i]
-            step, root = bcast(eps, x), bcast(torch.sqrt(2 * eps), x)
+            step = eps.reshape(eps.shape[:1] + (1,) * (x.ndim - 1))
+            root = torch.sqrt(2 * step)
         return x + step * score + root * z
 
     def run(self, sde, grid, x, mu, noise):
-        n = grid.shape[0] - 1
+        n, moves = grid.shape[0] - 1, range(self._n_corrector)
         plan = self._predictor.plan(sde, grid, x)
-        corrector = self._corrector_plan(sde, grid, x) if self._n_corrector else None
+        corrector = self._corrector_plan(sde, grid, x) if moves else None
         times = grid.unbind(0)  # each row's view made once
         for i in range(n):
             t_cur, t_next = times[i], times[i + 1]
             # Corrector: Langevin moves that leave p_{t_cur} invariant.
-            for _ in range(self._n_corrector):
+            for _ in moves:
                 pred = yield Query(x, t_cur)
                 x = self._corrector_step(corrector, i, x, pred.score, noise.fresh())
             # Predictor: one step of the reverse SDE.

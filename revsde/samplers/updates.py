@@ -69,11 +69,12 @@ def score_step(plan: Affine, i: int, x, score, mu):
 
 
 class EulerPlan(NamedTuple):
-    """An Euler-type predictor on every step of a grid: its mean (``Affine`` on the score) and noise ``std``.
-    ``singular``: the steps some of whose samples start where ``f`` is infinite (rectified flow at t = 1),
-    which take the posterior step there (``posterior_rows``, ``post``)."""
+    """An Euler-type predictor on every step of a grid: its mean (``Affine`` on the score, or on ε̂ where
+    ``on_noise``) and noise ``std``. ``singular``: the steps some of whose samples start where ``f`` is
+    infinite (rectified flow at t = 1), which take the posterior step there (``posterior_rows``, ``post``)."""
 
     mean: Affine
+    on_noise: bool
     std: tuple[torch.Tensor, ...]
     singular: list[bool]
     posterior_rows: tuple[torch.Tensor, ...] | None
@@ -99,16 +100,19 @@ def per_step(x: torch.Tensor, *tables: torch.Tensor, dtype=None) -> list[tuple[t
 
 def euler_plan(sde, grid, x, discretization: str = "euler") -> EulerPlan:
     """Euler–Maruyama's (= the reverse-diffusion predictor's ``"euler"``) coefficients on the whole grid
-    at once: ``x − [f (x − μ) − g² s] Δ``, noise ``g sqrt(Δ)``; with ``"exact"`` the reverse-diffusion
-    predictor's ``x − (a − 1)(x − μ) + G² s``, noise ``G`` (``a``, ``G²`` the SDE's forward transition)."""
+    at once: ``x − [f (x − μ) − g² s] Δ``, noise ``g sqrt(Δ)``, taken on ε̂ (``s = −ε̂/σ``: the factor
+    ``−g²Δ/σ`` planned, and no score made at each step); with ``"exact"`` the reverse-diffusion predictor's
+    ``x − (a − 1)(x − μ) + G² s``, noise ``G`` (``a``, ``G²`` the SDE's forward transition), on the score
+    and rounded as score_sde's (``score_step``)."""
     t_cur, t_next = grid[:-1], grid[1:]
     if discretization == "exact":
         a, G2 = _transitions(sde, grid)
         shift, var = 1 - a, G2
+        mean = affine(shift, var, x)
     else:
         dt = t_cur - t_next
         shift, var = -grid_table(sde, "f", grid)[:-1] * dt, grid_table(sde, "g2", grid)[:-1] * dt
-    mean = affine(shift, var, x)
+        mean = affine(shift, -var / grid_table(sde, "sigma", grid)[:-1], x)
     (std,) = per_step(x, torch.sqrt(var))
     singular, rows, post = [False] * (grid.shape[0] - 1), None, None
     if discretization != "exact" and singular_at_start(sde):
@@ -118,12 +122,16 @@ def euler_plan(sde, grid, x, discretization: str = "euler") -> EulerPlan:
         singular = infinite.any(1).tolist()  # one host read per run
         if any(singular):
             rows, post = per_step(x, infinite, dtype=torch.bool)[0], posterior_plan(sde, grid, x)
-    return EulerPlan(mean, std, singular, rows, post)
+    return EulerPlan(mean, discretization != "exact", std, singular, rows, post)
 
 
 def euler_step(plan: EulerPlan, i: int, x, pred, mu):
     """Step ``i`` of an ``euler_plan``: ``(mean, std)``."""
-    mean, std = score_step(plan.mean, i, x, pred.score, mu), plan.std[i]
+    if plan.on_noise:
+        mean = affine_step(plan.mean, i, x, pred.noise, mu)
+    else:
+        mean = score_step(plan.mean, i, x, pred.score, mu)
+    std = plan.std[i]
     if plan.singular[i]:  # the Euler step does not exist from f = ∞: the posterior step in those samples
         post_mean, post_std = posterior_step(plan.post, i, x, pred, mu)
         rows = plan.posterior_rows[i]

@@ -24,13 +24,16 @@ from revsde import samplers as samplers_mod
 PEERS = [
     ("mrs (order 2)", "mrs", {}, "diffusers", "DPMSolverMultistepScheduler"),
     ("mrs (order 2)", "mrs", {}, "k-diffusion", "sample_dpmpp_2m"),
+    ("mrs (order 2)", "mrs", {}, "k-diffusion", "sample_dpmpp_2m, lean denoiser"),
     ("euler_maruyama", "euler_maruyama", {}, "diffusers", "EulerAncestralDiscreteScheduler"),
     ("euler_maruyama", "euler_maruyama", {}, "k-diffusion", "sample_euler_ancestral"),
+    ("euler_maruyama", "euler_maruyama", {}, "k-diffusion", "sample_euler_ancestral, lean denoiser"),
     ("ancestral", "ancestral", {}, "diffusers", "DDPMScheduler"),
     ("ancestral", "ancestral", {}, "diffusers", "EulerAncestralDiscreteScheduler"),
     ("ode_euler", "ode_euler", {}, "k-diffusion", "sample_euler"),
     ("ode_heun", "ode_heun", {}, "diffusers", "HeunDiscreteScheduler"),
     ("ode_heun", "ode_heun", {}, "k-diffusion", "sample_heun"),
+    ("ode_heun", "ode_heun", {}, "k-diffusion", "sample_heun, lean denoiser"),
     ("pc (langevin)", "pc", {}, "score_sde", "pc_sampler"),
 ]
 PEER_BATCHES = (1, 64)
@@ -121,11 +124,16 @@ def _diffusers_loop(name: str, steps: int, start, output):
 
 
 def _k_diffusion_loop(kd, name: str, steps: int, start, output, alphas_cumprod):
-    """k-diffusion's ``name`` on the DDPM table through its ``DiscreteEpsDDPMDenoiser`` (how k-diffusion
-    samples a noise-predicting DDPM network), from ``start`` scaled to its σ_max; its NFE."""
+    """k-diffusion's sampler ``name`` on the DDPM table's σ through its ``DiscreteEpsDDPMDenoiser`` (how
+    k-diffusion samples a noise-predicting DDPM network: input scaling, σ → timestep, ``x − σ ε̂``), or with
+    ``", lean denoiser"`` through ``x − σ ε̂`` alone (the least a noise prediction needs: the stricter peer),
+    from ``start`` scaled to its σ_max; its NFE."""
     external, sampling = kd
+    name, _, variant = name.partition(", ")
     denoiser = external.DiscreteEpsDDPMDenoiser(lambda x, t: output, alphas_cumprod.float(), quantize=False)
     sigmas = denoiser.get_sigmas(steps)
+    if variant == "lean denoiser":
+        denoiser = lambda x, sigma: x - sigma[:, None, None, None] * output
     sampler = getattr(sampling, name)
     x_start = start * sigmas[0]
     run = lambda: sampler(denoiser, x_start, sigmas, disable=True)
