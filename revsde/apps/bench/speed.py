@@ -56,16 +56,17 @@ def _median_seconds(fn, repeats: int) -> float:
 
 
 def _interleaved_medians(fns, repeats: int) -> list[float]:
-    """Median seconds of each of ``fns``, timed in turn ``repeats`` times (after a warm-up), so that a
-    machine's load drifting during the measurement weighs on all of them alike."""
+    """Median CPU seconds of this process for each of ``fns`` (single-threaded work), timed in turn ``repeats``
+    times after a warm-up: other processes' load on a shared machine, and its drift during the measurement,
+    weigh on none of them or on all alike."""
     for fn in fns:
         fn()
     times = [[] for _ in fns]
     for _ in range(repeats):
         for seconds, fn in zip(times, fns):
-            start = time.perf_counter()
+            start = time.process_time()
             fn()
-            seconds.append(time.perf_counter() - start)
+            seconds.append(time.process_time() - start)
     return [statistics.median(t) for t in times]
 
 
@@ -118,8 +119,9 @@ class SpeedResult:
                              f"{g['graphed_ms'] / g['net_ms']:.2f} |")
         if self.noise:
             lines += ["", f"Batch-invariant noise: revsde.sample of the exact ring mixture (VP), shape (n, 2), "
-                      f"euler_maruyama, {self.noise[0]['steps']} steps, CPU, one thread; ms per run (median), and "
-                      "its ratio to one shared torch.Generator for the batch in the same process.", "",
+                      f"euler_maruyama, {self.noise[0]['steps']} steps, CPU, one thread; CPU ms per run (median, the "
+                      "two first columns timed in turn), and the ratio to one shared torch.Generator for the batch "
+                      "in the same process.", "",
                       "| n | shared generator | seed= (Philox streams) | ratio | per-sample torch generators | ratio |",
                       "|---|---|---|---|---|---|"]
             for row in self.noise:
@@ -202,7 +204,7 @@ def noise_speed(sizes=(64, 1000, 8000), steps: int = 50, repeats: int = 7) -> li
             return lambda: sample(model, (n, 2), sampler="euler_maruyama", steps=steps, graphs=False, **randomness)
 
         shared, philox = _interleaved_medians([run(generator=torch.Generator().manual_seed(0)), run(seed=0)], repeats)
-        per_sample = _median_seconds(lambda: run(generator=generators_from_seed(0, n))(), 1)
+        per_sample, = _interleaved_medians([lambda: run(generator=generators_from_seed(0, n))()], 1)
         rows.append({"n": n, "steps": steps, "shared_ms": shared * 1e3, "philox_ms": philox * 1e3,
                      "ratio": philox / shared, "torch_ms": per_sample * 1e3, "torch_ratio": per_sample / shared})
     return rows
