@@ -22,8 +22,9 @@ Measure samplers against their peers, per task:
            sampling at 100 NFE
   speech   PESQ/ESTOI/SI-SDR/RTF of a speech model on the held-out test pairs, SGMSE+'s sampler against
            the MR Sampler
-  speed    each sampler's loop overhead per step against diffusers' DPMSolverMultistep in the same
-           process, start-up time, and CUDA-graph replay on a GPU
+  speed    each sampler's loop overhead per step against its peer in the same process (diffusers,
+           k-diffusion when installed, score_sde's PC), the cost of batch-invariant noise, start-up
+           time, and CUDA-graph replay on a GPU
 Finished cells are cached in the output folder, so an interrupted run resumes; under
 torchrun --nproc_per_node=N -m revsde bench TASK ... the cells are split across the N processes."""
 

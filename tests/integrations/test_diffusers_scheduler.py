@@ -27,7 +27,8 @@ STEPPABLE = steppable_samplers()
 
 
 def test_steppable_samplers_are_all_but_the_adaptive_ones():
-    assert set(revsde.samplers.available()) - set(STEPPABLE) == {"ode_rk45", "torchsde", "dmcmc"}  # adaptive, or levels chosen at run time
+    # adaptive, levels chosen at run time, or going back up the grid (restart)
+    assert set(revsde.samplers.available()) - set(STEPPABLE) == {"ode_rk45", "torchsde", "dmcmc", "restart"}
 
 
 # --- config --------------------------------------------------------------------------------------
