@@ -153,16 +153,16 @@ def _run_restore(args) -> int:
 
 
 def _restore_grid(grid, model, sampler: str, nfe: int, options: dict):
-    """``--grid``: a grid name as it is, or a fitted grid file loaded for this model, sampler and NFE."""
+    """``--grid``: a grid name as it is, or a fitted grid file loaded for this model, sampler and NFE
+    (``tune.grid_flag``, as ``revsde sample`` reads it)."""
     from .. import grids, samplers
+    from .tune import grid_flag, is_grid_file
 
-    if grid is None or not grid.endswith(".json"):
-        if grid is not None and grid not in grids.available():
-            raise ValueError(f"--grid must be one of {', '.join(grids.available())} or a grid file FILE.json "
-                             f"(got {grid!r})")
-        return grid
+    if grid is not None and not is_grid_file(grid) and grid not in grids.available():
+        raise ValueError(f"--grid must be one of {', '.join(grids.available())} or a grid file FILE.json "
+                         f"(got {grid!r})")
     steps = nfe // samplers.get(sampler, **options).evals_per_step
-    return grids.load_grid(grid, model=model, sampler=sampler, steps=steps, options=options)
+    return grid_flag(grid, model=model, sampler=sampler, options=options, steps=steps)
 
 
 def _run_enhance(args) -> int:

@@ -135,8 +135,8 @@ class UniPCSampler(Sampler):
         alpha, sigma = sde.alpha(grid), sde.sigma(grid)
         cast = lambda c: c.to(device=x.device, dtype=real_dtype(x.dtype)).reshape((-1,) + (1,) * (x.ndim - 1))
 
-        def nodes(i: int, count: int) -> list[torch.Tensor]:  # λ of the outputs at steps i, i−1, … (clamped)
-            return [lam[max(i - j, 0)] for j in range(count)]
+        def nodes(i: int, count: int) -> list[torch.Tensor]:  # λ of the outputs at steps i, i−1, …
+            return [lam[i - j] for j in range(count)]
 
         predictor = [unipc_weights(nodes(i, orders[i]), lam[i + 1], alpha[i], alpha[i + 1], sigma[i], sigma[i + 1],
                                    orders[i], self.variant, self.prediction, False) for i in range(n)]
